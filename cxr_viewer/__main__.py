@@ -1,0 +1,3 @@
+from cxr_viewer.cli import main
+
+raise SystemExit(main())
