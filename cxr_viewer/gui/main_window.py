@@ -1,0 +1,363 @@
+"""The main window: study browser, image view, side panel, status bar, menus and shortcuts."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QToolBar,
+    QWidget,
+)
+
+from .. import RESEARCH_NOTICE, __version__
+from ..core.display import Voi, Window
+from ..core.image import LoadedImage, load_image_task
+from ..core.index import index_paths
+from ..core.study import ImageRef, StudyIndex
+from ..core.tasks import Progress
+from ..core.thumbnails import Thumbnail, thumbnails_task
+from .browser import StudyBrowser
+from .image_view import ImageView
+from .settings import Settings
+from .side_panel import SidePanel
+from .workers import TaskRunner
+
+FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    image_shown = Signal(object)  # LoadedImage, after it is on screen
+    index_loaded = Signal(object)  # StudyIndex
+
+    def __init__(self, settings: Settings | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.settings = settings or Settings()
+        self.setWindowTitle(f"cxr_viewer {__version__} - {RESEARCH_NOTICE}")
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
+
+        self.view = ImageView(self)
+        self.setCentralWidget(self.view)
+        self.browser = StudyBrowser(self)
+        self.side = SidePanel(self)
+        left = QDockWidget("Studies", self)
+        left.setObjectName("studies_dock")
+        left.setWidget(self.browser)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, left)
+        right = QDockWidget("Image", self)
+        right.setObjectName("image_dock")
+        right.setWidget(self.side)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, right)
+
+        self.index_runner = TaskRunner(self, "index")
+        self.image_runner = TaskRunner(self, "image")
+        self.thumb_runner = TaskRunner(self, "thumbnails")
+        self.study_index = StudyIndex()
+        self.current_ref: ImageRef | None = None
+
+        self._build_status_bar()
+        self._build_actions()
+        self._wire()
+        self.view.set_left_mode(self.settings.left_mouse_mode())
+        self._show_message("Open a DICOM or PNG/JPEG study: File > Open (Ctrl+O), Open Folder (Ctrl+Shift+O), or drop files here.")
+
+    # --- construction ------------------------------------------------------------------
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.position_label = QLabel("", self)
+        self.value_label = QLabel("", self)
+        self.units_label = QLabel("", self)
+        self.progress = QProgressBar(self)
+        self.progress.setMaximumWidth(160)
+        self.progress.setVisible(False)
+        self.notice_label = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
+        self.notice_label.setStyleSheet("color: #b00000; padding: 0 6px;")
+        for w in (self.position_label, self.value_label, self.units_label):
+            bar.addWidget(w)
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.notice_label)
+
+    def _action(self, text: str, slot, shortcut=None, tip: str = "", checkable: bool = False) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.setStatusTip(tip or text)
+        action.setCheckable(checkable)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        a = self._action
+        self.act_open = a("&Open Files...", self.open_files_dialog, QKeySequence.StandardKey.Open)
+        self.act_open_folder = a("Open &Folder...", self.open_folder_dialog, "Ctrl+Shift+O")
+        self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_fit = a("Zoom to &Fit", self.view.zoom_fit, "F")
+        self.act_1to1 = a("Zoom &1:1", self.view.zoom_1to1, "1")
+        self.act_zoom_in = a("Zoom In", lambda: self.view.zoom_by(1.25), "+")
+        self.act_zoom_out = a("Zoom Out", lambda: self.view.zoom_by(0.8), "-")
+        self.act_reset = a("&Reset View", self.reset_view, "R", "Default window, no invert, fit")
+        self.act_invert = a("&Invert", self._on_invert_action, "I", checkable=True)
+        self.act_auto = a("&Auto Window", self.auto_window, "A", "Window to the 0.5-99.5 percentiles")
+        self.act_next = a("Next Image", lambda: self.browser.step(1), "PgDown")
+        self.act_prev = a("Previous Image", lambda: self.browser.step(-1), "PgUp")
+        self.act_next_frame = a("Next Frame", lambda: self.step_frame(1), "Right")
+        self.act_prev_frame = a("Previous Frame", lambda: self.step_frame(-1), "Left")
+        self.act_cancel = a("Cancel Loading", self.cancel_loading, "Esc")
+        self.act_mode_window = a("Left Drag: Window/Level", lambda: self._set_left_mode("window"), "W", checkable=True)
+        self.act_mode_pan = a("Left Drag: Pan", lambda: self._set_left_mode("pan"), "P", checkable=True)
+        group = QActionGroup(self)
+        for act in (self.act_mode_window, self.act_mode_pan):
+            group.addAction(act)
+        (self.act_mode_pan if self.settings.left_mouse_mode() == "pan" else self.act_mode_window).setChecked(True)
+        self.preset_actions = [
+            a(f"Preset {i}", lambda _=False, i=i: self.apply_preset(i - 1), str(i)) for i in range(2, 10)
+        ]
+
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.act_open)
+        file_menu.addAction(self.act_open_folder)
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_quit)
+        view_menu = menu.addMenu("&View")
+        for act in (self.act_fit, self.act_1to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
+                    self.act_invert, self.act_auto, None, self.act_mode_window, self.act_mode_pan, None,
+                    self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
+            view_menu.addSeparator() if act is None else view_menu.addAction(act)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self._action("Mouse and Keys", self._show_help))
+
+        tools = QToolBar("Main", self)
+        tools.setObjectName("main_toolbar")
+        for act in (self.act_open, self.act_open_folder, None, self.act_fit, self.act_1to1, self.act_reset,
+                    None, self.act_auto, self.act_invert, None, self.act_mode_window, self.act_mode_pan,
+                    None, self.act_prev, self.act_next):
+            tools.addSeparator() if act is None else tools.addAction(act)
+        self.addToolBar(tools)
+
+    def _wire(self) -> None:
+        self.browser.image_selected.connect(self.show_ref)
+        self.view.voi_changed.connect(self._on_voi_changed)
+        self.view.pixel_hovered.connect(self._on_pixel_hovered)
+        c = self.side.controls
+        c.preset_chosen.connect(self.view.set_voi)
+        c.window_edited.connect(self.view.set_voi)
+        c.invert_toggled.connect(self.set_invert)
+        c.frame_chosen.connect(lambda f: self.show_ref(self.current_ref, f) if self.current_ref else None)
+
+        self.index_runner.progress.connect(self._on_index_progress)
+        self.index_runner.finished.connect(self._on_index_done)
+        self.index_runner.failed.connect(lambda msg: self._task_failed("Opening failed", msg))
+        self.index_runner.cancelled.connect(lambda: self._show_message("Opening cancelled."))
+        self.image_runner.finished.connect(self._on_image_loaded)
+        self.image_runner.failed.connect(self._on_image_failed)
+        self.thumb_runner.progress.connect(self._on_thumbnail)
+        for runner in (self.index_runner, self.image_runner):
+            runner.busy_changed.connect(self._update_busy)
+
+    # --- opening -----------------------------------------------------------------------
+    def open_paths(self, paths: list[str]) -> None:
+        paths = [os.fspath(p) for p in paths]
+        if not paths:
+            return
+        self.settings.add_recent(paths)
+        self.progress.setRange(0, 0)
+        self._show_message(f"Opening {len(paths)} item(s)...")
+        self.thumb_runner.cancel()
+        self.index_runner.submit(index_paths, paths)
+
+    def open_files_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Open images", self.settings.last_folder(), FILE_FILTER)
+        if files:
+            self.settings.set_last_folder(os.path.dirname(files[0]))
+            self.open_paths(files)
+
+    def open_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open folder (searched recursively)", self.settings.last_folder())
+        if folder:
+            self.settings.set_last_folder(folder)
+            self.open_paths([folder])
+
+    def cancel_loading(self) -> None:
+        for runner in (self.index_runner, self.image_runner, self.thumb_runner):
+            runner.cancel()
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent()
+        for path in recent:
+            act = self.recent_menu.addAction(path)
+            act.triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+        if not recent:
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def dragEnterEvent(self, event):  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):  # noqa: N802
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def _on_index_progress(self, p: Progress) -> None:
+        if p.total:
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(p.done)
+        self._show_message(f"{p.stage.capitalize()}: {p.done}" + (f" of {p.total}" if p.total else ""))
+
+    def _on_index_done(self, index: StudyIndex) -> None:
+        self.study_index = index
+        self.browser.set_index(index)
+        refs = self.browser.refs()
+        n_err = len(index.errors)
+        msg = f"{len(refs)} image(s) opened" + (f"; {n_err} file(s) could not be opened (listed under the studies)" if n_err else "")
+        self._show_message(msg)
+        self.index_loaded.emit(index)
+        if refs:
+            self.browser.select(refs[0])  # loads it
+            self.thumb_runner.submit(thumbnails_task, refs)
+        else:
+            self.view.clear()
+            self.side.controls.set_image(None)
+            self.side.metadata.set_image(None)
+
+    # --- showing -----------------------------------------------------------------------
+    def show_ref(self, ref: ImageRef, frame: int = 0) -> None:
+        self.current_ref = ref
+        self._show_message(f"Loading {os.path.basename(ref.path)}...")
+        self.image_runner.submit(load_image_task, ref, frame)
+
+    def _on_image_loaded(self, image: LoadedImage) -> None:
+        keep_view = self.view.image is not None and self.view.image.ref.path == image.ref.path
+        keep_voi = self.view.voi if keep_view and isinstance(self.view.voi, Window) else None
+        self.side.controls.set_image(image)
+        self.side.metadata.set_image(image)
+        self.view.set_image(image, keep_voi, keep_view=keep_view)
+        sp = image.ref.meta.spacing
+        self.units_label.setText(
+            f"Pixel {sp.col_mm:.4g} x {sp.row_mm:.4g} {sp.label}" if sp else "Lengths in px (no pixel spacing)")
+        frames = f", frame {image.frame + 1}/{image.ref.frames}" if image.ref.frames > 1 else ""
+        self._show_message(f"{os.path.basename(image.ref.path)}{frames}")
+        self.image_shown.emit(image)
+
+    def _on_image_failed(self, message: str) -> None:
+        self.view.clear()
+        self.side.controls.set_image(None)
+        self.side.metadata.set_image(None)
+        self._task_failed("Cannot show this image", message)
+
+    def _on_thumbnail(self, thumb: Thumbnail) -> None:
+        self.browser.set_thumbnail(thumb.path, thumb.pixels, thumb.error)
+
+    # --- display -----------------------------------------------------------------------
+    def set_invert(self, on: bool) -> None:
+        self.view.set_user_invert(on)
+        self.act_invert.setChecked(on)
+
+    def _on_invert_action(self, checked: bool) -> None:
+        self.set_invert(checked)
+
+    def auto_window(self) -> None:
+        if self.view.image is not None:
+            self.view.set_voi(self.view.image.auto_window())
+
+    def apply_preset(self, i: int) -> None:
+        presets = self.side.controls.presets()
+        if 0 <= i < len(presets):
+            self.view.set_voi(presets[i])
+
+    def reset_view(self) -> None:
+        self.view.reset()
+        self.act_invert.setChecked(False)
+
+    def step_frame(self, delta: int) -> None:
+        image = self.view.image
+        if image is not None and image.ref.frames > 1:
+            frame = min(max(image.frame + delta, 0), image.ref.frames - 1)
+            if frame != image.frame:
+                self.show_ref(image.ref, frame)
+
+    def _set_left_mode(self, mode: str) -> None:
+        self.view.set_left_mode(mode)
+        self.settings.set_left_mouse_mode(mode)
+
+    def _on_voi_changed(self, voi: Voi, _inverted: bool) -> None:
+        self.side.controls.show_voi(voi, self.view.user_invert)
+
+    def _on_pixel_hovered(self, row: int, col: int) -> None:
+        image = self.view.image
+        report = image.pixel_report(row, col) if image is not None and row >= 0 else None
+        if report is None:
+            self.position_label.setText("")
+            self.value_label.setText("")
+            return
+        stored, value = report
+        sp = image.ref.meta.spacing
+        pos = f"x {col}, y {row} px"
+        if sp is not None:
+            pos += f" ({col * sp.col_mm:.1f}, {row * sp.row_mm:.1f} {sp.label})"
+        self.position_label.setText(pos)
+        unit = f" {image.value_unit}" if image.value_unit else ""
+        self.value_label.setText(f"stored {stored:g}, value {value:g}{unit}")
+
+    # --- misc --------------------------------------------------------------------------
+    def _update_busy(self, _busy: bool) -> None:
+        busy = self.index_runner.busy or self.image_runner.busy
+        self.progress.setVisible(busy)
+        if busy and not self.index_runner.busy:
+            self.progress.setRange(0, 0)
+
+    def _show_message(self, text: str) -> None:
+        self.statusBar().showMessage(text)
+        self.last_message = text
+
+    def _task_failed(self, title: str, message: str) -> None:
+        self._show_message(f"{title}: {message}")
+
+    def _show_help(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.information(self, "Mouse and keys", (
+            "Left drag: window/level (horizontal = width, vertical = centre), or pan in pan mode (P / W).\n"
+            "Middle drag: pan.  Right drag or wheel: zoom.\n"
+            "F fit, 1 one-to-one, R reset, I invert, A auto window, 2-9 presets,\n"
+            "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n\n"
+            + RESEARCH_NOTICE))
+
+    def closeEvent(self, event):  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop all workers and wait for their threads (the app and test fixtures call this)."""
+        for runner in (self.index_runner, self.image_runner, self.thumb_runner):
+            runner.shutdown()
+
+
+def screenshot_when_shown(window: MainWindow, path: str, then_quit: bool = True) -> None:
+    """Save a screenshot once the first image is on screen (or the open failed), then quit."""
+    from PySide6.QtWidgets import QApplication
+
+    def grab(*_args) -> None:
+        def do() -> None:
+            window.grab().save(path)
+            if then_quit:
+                window.close()
+                QApplication.quit()
+        QTimer.singleShot(300, do)  # let thumbnails and the first paint land
+
+    window.image_shown.connect(grab)
+    window.image_runner.failed.connect(grab)
+    window.index_loaded.connect(lambda idx: None if idx.image_count else grab())

@@ -1,0 +1,52 @@
+"""One typed settings object over QSettings, with a reset."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QSettings
+
+MAX_RECENT = 10
+
+
+class Settings:
+    """User settings. Tests pass ``path`` (an .ini file) to stay away from the user's own."""
+
+    def __init__(self, path: str | None = None):
+        if path is None:
+            self._qs = QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "cxr_viewer", "cxr_viewer")
+        else:
+            self._qs = QSettings(path, QSettings.Format.IniFormat)
+
+    @property
+    def file_name(self) -> str:
+        return self._qs.fileName()
+
+    def recent(self) -> list[str]:
+        value = self._qs.value("recent", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def add_recent(self, paths: list[str]) -> None:
+        items = [os.path.abspath(p) for p in paths]
+        merged = items + [p for p in self.recent() if p not in items]
+        self._qs.setValue("recent", merged[:MAX_RECENT])
+        self._qs.sync()
+
+    def last_folder(self) -> str:
+        return str(self._qs.value("last_folder", "") or "")
+
+    def set_last_folder(self, folder: str) -> None:
+        self._qs.setValue("last_folder", folder)
+
+    def left_mouse_mode(self) -> str:
+        mode = str(self._qs.value("left_mouse_mode", "window") or "window")
+        return mode if mode in ("window", "pan") else "window"
+
+    def set_left_mouse_mode(self, mode: str) -> None:
+        self._qs.setValue("left_mouse_mode", mode)
+
+    def reset(self) -> None:
+        self._qs.clear()
+        self._qs.sync()
