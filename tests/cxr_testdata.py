@@ -108,10 +108,19 @@ def base_dataset(*, sop_class: str = DX_PRESENTATION, modality: str = "DX", pati
     return ds
 
 
+_BASE_KEYS = {"sop_class", "modality", "patient_id", "patient_name", "study_uid", "series_uid", "instance",
+              "study_date", "ts"}
+
+
 def image_dataset(pixels: np.ndarray, *, bits_stored: int | None = None, signed: bool = False,
                   photometric: str = "MONOCHROME2", frames: int | None = None, **kwargs) -> Dataset:
-    """A DX image dataset around ``pixels`` (2-D, (frames, r, c) or (r, c, 3) for RGB)."""
-    ds = base_dataset(**kwargs)
+    """A DX image dataset around ``pixels`` (2-D, (frames, r, c) or (r, c, 3) for RGB).
+
+    Keyword arguments of :func:`base_dataset` set the identity; any other keyword is a DICOM
+    keyword set on the dataset (``WindowCenter="40"``, ``PixelSpacing=[0.2, 0.2]``...).
+    """
+    base = {k: kwargs.pop(k) for k in list(kwargs) if k in _BASE_KEYS}
+    ds = base_dataset(**base)
     pixels = np.ascontiguousarray(pixels)
     rgb = photometric == "RGB"
     if rgb:
@@ -131,6 +140,8 @@ def image_dataset(pixels: np.ndarray, *, bits_stored: int | None = None, signed:
     if frames is not None:
         ds.NumberOfFrames = frames
     ds.PixelData = pixels.tobytes()
+    for keyword, value in kwargs.items():
+        setattr(ds, keyword, value)
     return ds
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -257,6 +257,8 @@ def frame_attributes(ds: Dataset, frame: int) -> Dataset:
     (Pixel Value Transformation, Frame VOI LUT) of enhanced multi-frame objects.
     """
     out = Dataset()
+    if getattr(ds, "file_meta", None) is not None:
+        out.file_meta = ds.file_meta  # byte order of OW LUT Data (Modality and VOI LUT Sequences)
     for kw in ("PixelRepresentation", "BitsStored", "BitsAllocated", "PhotometricInterpretation"):
         if kw in ds:
             setattr(out, kw, ds[kw].value)
@@ -321,7 +323,7 @@ def header_voi_luts(attrs: Dataset) -> tuple[VoiLut, ...]:
             n = n or 65536
             if attrs.get("PixelRepresentation", 0) == 1 and first > 32767:
                 first -= 65536
-            probe = np.arange(first, first + n, dtype=np.float64)
+            probe = np.arange(first, first + n, dtype=np.int64)
             table = apply_voi(probe, attrs, index=i)
         except Exception:
             continue  # a malformed table is skipped; the windows and auto levels remain
@@ -391,6 +393,11 @@ def decode_frame(path: str, frame: int = 0) -> DicomFrame:
         raise ImageOpenError(f"cannot decode pixel data ({ts.name}): {_first_line(exc)}") from None
     photometric = _text(ds, "PhotometricInterpretation").upper()
     attrs = frame_attributes(ds, frame)
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        try:
+            arr = apply_color_lut(arr, ds)  # indices -> RGB, shown as grey below
+        except Exception as exc:
+            raise ImageOpenError(f"cannot apply the palette colour lookup table: {_first_line(exc)}") from None
     if arr.ndim == 3:  # colour: show as grey
         stored = luma(arr)
         modality = stored

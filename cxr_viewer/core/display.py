@@ -1,7 +1,8 @@
 """The display pipeline: VOI (window/level or VOI LUT) and presentation (MONOCHROME1) for grey images.
 
-The viewer hands pyqtgraph's ImageItem ``data`` with ``levels`` and a 256-entry uint8 ``lut``
-(the fast path of ImageItem); :func:`render_uint8` applies the very same mapping in numpy, so
+The viewer hands pyqtgraph's ImageItem ``data`` with ``levels`` and a uint8 ``lut`` (256 entries,
+the fast path of ImageItem; 4096 for SIGMOID, whose steep middle needs finer steps);
+:func:`render_uint8` applies the very same mapping in numpy, so
 ``cxr-viewer render`` writes exactly what the window shows. Stored values are never rewritten:
 MONOCHROME1 and the user's invert flip the LUT only.
 """
@@ -16,6 +17,8 @@ import numpy as np
 
 VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
 LUT_SIZE = 256
+#: SIGMOID spans +-2 widths: 256 steps would leave errors of up to 2.5 grey levels at the centre.
+SIGMOID_LUT_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ Voi = Union[Window, VoiLut]
 
 @dataclass(frozen=True, eq=False)
 class DisplayMapping:
-    """What the view draws: ``data`` through ``levels`` into the 256-entry ``lut``."""
+    """What the view draws: ``data`` through ``levels`` into the ``lut`` (256 or 4096 entries)."""
 
     data: np.ndarray  # 2-D float32, C-contiguous
     levels: tuple[float, float]
@@ -79,10 +82,10 @@ class DisplayMapping:
 
 
 def _ramp(function: str) -> np.ndarray:
-    """The 256 LUT entries between the levels for a VOI function (increasing)."""
+    """The LUT entries between the levels for a VOI function (increasing)."""
     if function == "SIGMOID":
         # bin centres over [c-2w, c+2w], in units of the width: t in [-2, 2]
-        t = (np.arange(LUT_SIZE) + 0.5) / LUT_SIZE * 4.0 - 2.0
+        t = (np.arange(SIGMOID_LUT_SIZE) + 0.5) / SIGMOID_LUT_SIZE * 4.0 - 2.0
         y = 255.0 / (1.0 + np.exp(-4.0 * t))
         return np.clip(np.rint(y), 0, 255).astype(np.uint8)
     return np.arange(LUT_SIZE, dtype=np.uint8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections import defaultdict
 from typing import Generator, Iterable
 
@@ -31,7 +32,10 @@ def _dicomdir_files(path: str) -> tuple[list[str], list[OpenError]]:
     import pydicom
 
     try:
-        fs = FileSet(pydicom.dcmread(path, force=True))
+        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing files are reported below, not warned about
+            fs = FileSet(ds)
     except Exception as exc:
         return [], [OpenError(path, f"not a readable DICOMDIR: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
     files, errors = [], []
@@ -40,6 +44,15 @@ def _dicomdir_files(path: str) -> tuple[list[str], list[OpenError]]:
         if os.path.isfile(p):
             files.append(p)
         else:
+            errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
+    # FileSet drops records whose file is missing (with a warning only): report them here.
+    for record in ds.get("DirectoryRecordSequence") or []:
+        file_id = record.get("ReferencedFileID")
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else [str(v) for v in file_id]
+        p = os.path.join(os.path.dirname(os.path.abspath(path)), *parts)
+        if not os.path.isfile(p):
             errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
     return files, errors
 
@@ -130,13 +143,14 @@ def _sort_key(ref: ImageRef):
 def build_tree(entries: list[tuple[ImageRef, dicom_io.DicomKeys | None]]) -> tuple[PatientNode, ...]:
     """Group indexed images by PatientID/Name, StudyInstanceUID and SeriesInstanceUID.
 
-    Raster images have no UIDs: each folder of them is one study with one series.
+    Raster images have no UIDs or patient data: they sit under one patient node, and each
+    folder of them is one study with one series.
     """
     patients: dict[str, dict] = {}
     for ref, keys in entries:
         if keys is None:
             folder = os.path.dirname(os.path.abspath(ref.path))
-            pkey, pname, pid = "raster:" + folder, "", ""
+            pkey, pname, pid = "raster:", "", ""  # one node for all files without patient data
             skey, sdate, sdesc = "folder:" + folder, "", os.path.basename(folder)
             sekey, sedesc, modality = "folder:" + folder, ref.meta.series_description, "OT"
         else:

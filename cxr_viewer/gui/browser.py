@@ -69,6 +69,9 @@ class StudyBrowser(QWidget):
         self.tree.clear()
         self._items.clear()
         self._refs = []
+        placeholder = QPixmap(THUMB_SIZE // 2, THUMB_SIZE // 2)
+        placeholder.fill(Qt.GlobalColor.black)
+        placeholder_icon = QIcon(placeholder)
         for patient in index.patients:
             if patient.key.startswith("raster:"):
                 label = "Image files (no patient data)"
@@ -86,6 +89,7 @@ class StudyBrowser(QWidget):
                         item = QTreeWidgetItem(se_item, [os.path.basename(ref.path) + frames])
                         item.setData(0, REF_ROLE, ref)
                         item.setToolTip(0, ref.path)
+                        item.setIcon(0, placeholder_icon)
                         self._items[ref.path] = item
                         self._refs.append(ref)
         self.tree.expandAll()

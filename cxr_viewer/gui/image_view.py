@@ -142,7 +142,7 @@ class ImageView(QWidget):
         full = self.image.full_window()
         step = max(full.width, 1.0) / 512.0  # a drag across ~500 px spans the data range
         width = max(1.0, voi.width + dx * step)
-        center = voi.center - dy * step  # drag up: brighter (lower centre)
+        center = voi.center + dy * step  # drag down: higher centre, darker picture
         self.set_voi(voi.with_center_width(center, width))
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:

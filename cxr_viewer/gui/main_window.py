@@ -330,7 +330,7 @@ class MainWindow(QMainWindow):
         from PySide6.QtWidgets import QMessageBox
 
         QMessageBox.information(self, "Mouse and keys", (
-            "Left drag: window/level (horizontal = width, vertical = centre), or pan in pan mode (P / W).\n"
+            "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
             "F fit, 1 one-to-one, R reset, I invert, A auto window, 2-9 presets,\n"
             "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n\n"
