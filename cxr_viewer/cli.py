@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from . import RESEARCH_NOTICE, __version__
 
@@ -104,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p_render.add_argument("--invert", action="store_true", help="invert the display (on top of MONOCHROME1)")
     p_render.set_defaults(func=_render)
     args = parser.parse_args(argv)
-    return args.func(args)
+    with warnings.catch_warnings():
+        # Library warnings about damaged files (pydicom, Pillow) would break the one-line messages
+        # on stderr; every file that cannot be opened is reported with its own reason instead.
+        warnings.simplefilter("ignore")
+        return args.func(args)
 
 
 if __name__ == "__main__":

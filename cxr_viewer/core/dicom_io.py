@@ -8,6 +8,7 @@ lossless, JPEG-LS). No GPL plugin is used.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,10 @@ def decoder_package_for(ts: UID) -> str:
 
 def _syntax_label(ts: UID) -> str:
     return f"{ts.name} ({ts})" if ts.is_transfer_syntax else str(ts)
+
+
+def _is_deflated(ts: UID) -> bool:
+    return ts.is_transfer_syntax and ts.is_deflated
 
 
 def _first_line(exc: BaseException) -> str:
@@ -160,6 +165,17 @@ def _check_decodable(ts: UID) -> None:
         )
 
 
+def regular_file_size(path: str) -> int:
+    """The size of a regular file. Folders, pipes, devices and sockets are refused without being
+    opened (opening a FIFO for reading would block). Raises OSError if ``path`` cannot be stat'ed."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageOpenError("is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageOpenError("not a regular file (device, pipe or socket)")
+    return st.st_size
+
+
 def _check_size(rows: int, cols: int) -> None:
     if rows <= 0 or cols <= 0:
         raise ImageOpenError(f"invalid image size Rows={rows} Columns={cols}")
@@ -172,7 +188,7 @@ def _check_size(rows: int, cols: int) -> None:
 def read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
     """Index one DICOM file without decoding pixels. Raises ImageOpenError with a reason."""
     try:
-        size = os.path.getsize(path)
+        size = regular_file_size(path)
         if size == 0:
             raise ImageOpenError("empty file (0 bytes)")
         with open(path, "rb") as f:
@@ -182,10 +198,16 @@ def read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
             try:
                 ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
             except Exception as exc:  # pydicom raises many kinds on garbage
+                if has_preamble and f.tell() >= size:
+                    raise ImageOpenError("truncated file: it ends inside a data element") from None
                 raise ImageOpenError(f"not a readable DICOM file: {_first_line(exc)}") from None
             pixel_pos = f.tell()
             ts = _transfer_syntax(ds)
-            has_pixels = _has_pixel_tag_at(f, little_endian=ts != ExplicitVRBigEndian)
+            if _is_deflated(ts):  # the whole dataset is one zlib stream: look inside it
+                full = pydicom.dcmread(path, force=True)
+                has_pixels = any(t in full for t in PIXEL_TAGS)
+            else:
+                has_pixels = _has_pixel_tag_at(f, little_endian=ts != ExplicitVRBigEndian)
     except OSError as exc:
         raise ImageOpenError(f"cannot read file: {exc.strerror or _first_line(exc)}") from None
     has_meta = bool(getattr(ds, "file_meta", None))
@@ -194,17 +216,20 @@ def read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
     if not has_pixels:
         sop = ds.get("SOPClassUID")
         kind = UID(str(sop)).name if sop else "unknown SOP class"
-        ended = " (the file may be truncated)" if pixel_pos >= size and "Rows" in ds else ""
-        raise ImageOpenError(f"DICOM object without pixel data ({kind}): nothing to display{ended}")
+        if pixel_pos >= size and not _is_deflated(ts) and (not sop or "Rows" in ds or "Image Storage" in kind):
+            # the header stopped at the end of the file where an image needs its pixel data
+            raise ImageOpenError(f"truncated file: it ends before the pixel data ({kind})")
+        raise ImageOpenError(f"DICOM object without pixel data ({kind}): nothing to display")
     meta = meta_of(ds, ts)
     _check_size(meta.rows, meta.cols)
     _check_decodable(ts)
-    if not ts.is_compressed:
+    if not ts.is_compressed and not _is_deflated(ts):
         samples = max(1, _int(ds, "SamplesPerPixel", 1))
         bits = _int(ds, "BitsAllocated", 16)
         expected = meta.rows * meta.cols * meta.frames * samples * bits // 8
-        available = size - pixel_pos - 12  # tag, VR/reserved and length, at most 12 bytes
-        if available < expected - 8 and expected > 0:
+        # the element header: tag and length (implicit VR), plus VR and 2 reserved bytes (explicit)
+        available = size - pixel_pos - (8 if ts == ImplicitVRLittleEndian else 12)
+        if available < expected and expected > 0:
             raise ImageOpenError(
                 f"truncated file: pixel data has at most {max(available, 0):,} of {expected:,} bytes"
             )
@@ -367,7 +392,10 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 def decode_frame(path: str, frame: int = 0) -> DicomFrame:
     """Decode one frame: stored values, the Modality LUT output and the VOI choices."""
     try:
+        regular_file_size(path)
         ds = pydicom.dcmread(path, force=True)
+    except ImageOpenError:
+        raise
     except OSError as exc:
         raise ImageOpenError(f"cannot read file: {exc.strerror or _first_line(exc)}") from None
     except Exception as exc:
@@ -378,6 +406,8 @@ def decode_frame(path: str, frame: int = 0) -> DicomFrame:
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = ts
     if not any(t in ds for t in PIXEL_TAGS):
+        if "Rows" in ds or not len(ds):  # pydicom could not read the pixel data to its end
+            raise ImageOpenError(f"truncated file: pixel data missing or cut short ({ts.name})")
         raise ImageOpenError("DICOM object without pixel data: nothing to display")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     _check_size(rows, cols)

@@ -102,11 +102,12 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
         if stat.S_ISDIR(st.st_mode):
             pending.append(p)
             return
+        name = os.path.basename(p).lower()
         if not stat.S_ISREG(st.st_mode):
-            if not from_folder:
+            skipped = from_folder and (name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or name.startswith("."))
+            if not skipped:  # never opened (a FIFO would block), but reported like any bad file
                 errors.append(OpenError(p, "not a regular file (device, pipe or socket)"))
             return
-        name = os.path.basename(p).lower()
         if _is_dicomdir(p):
             dd_files, dd_errors = _dicomdir_files(p)
             errors.extend(dd_errors)

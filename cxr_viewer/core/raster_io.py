@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from .dicom_io import MAX_FRAME_PIXELS, luma
+from .dicom_io import MAX_FRAME_PIXELS, luma, regular_file_size
 from .errors import ImageOpenError
 from .study import ImageMeta, ImageRef
 
@@ -16,7 +16,7 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def _open(path: str) -> Image.Image:
-    if os.path.getsize(path) == 0:
+    if regular_file_size(path) == 0:
         raise ImageOpenError("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.display import DisplayMapping, Voi, VoiLut, Window, display_mapping, render_uint8
@@ -46,6 +46,11 @@ class ImageView(QWidget):
         self.graphics.setCentralItem(self.viewbox)
         self.item = pg.ImageItem(axisOrder="row-major")
         self.viewbox.addItem(self.item)
+        self.heat_item = pg.ImageItem(axisOrder="row-major")
+        self.heat_item.setZValue(10)
+        self.heat_item.setOpacity(0.7)
+        self.heat_item.setVisible(False)
+        self.viewbox.addItem(self.heat_item)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics)
@@ -65,6 +70,8 @@ class ImageView(QWidget):
 
     def set_image(self, image: LoadedImage, voi: Voi | None = None, keep_view: bool = False) -> None:
         same_size = self.image is not None and self.image.shape == image.shape
+        if self.image is None or self.image.ref.path != image.ref.path or self.image.frame != image.frame:
+            self.set_heatmap(None)  # a heatmap belongs to one image
         self.image = image
         self._mapping = None
         self.set_voi(voi if voi is not None else image.default_voi())
@@ -76,6 +83,25 @@ class ImageView(QWidget):
         self.voi = None
         self._mapping = None
         self.item.clear()
+        self.set_heatmap(None)
+
+    def set_heatmap(self, heat: np.ndarray | None, lut: np.ndarray | None = None) -> None:
+        """Overlay a [0, 1] heatmap (any resolution), stretched over the whole image."""
+        if heat is None or self.image is None:
+            self.heat_item.setVisible(False)
+            self.heat_item.clear()
+            return
+        self.heat_item.setImage(np.ascontiguousarray(heat, dtype=np.float32), levels=(0.0, 1.0), lut=lut,
+                                autoLevels=False)
+        h, w = self.image.shape
+        self.heat_item.setRect(QRectF(0, 0, w, h))
+        self.heat_item.setVisible(True)
+
+    def set_heatmap_opacity(self, opacity: float) -> None:
+        self.heat_item.setOpacity(float(opacity))
+
+    def heatmap_visible(self) -> bool:
+        return self.heat_item.isVisible() and self.heat_item.image is not None
 
     def set_voi(self, voi: Voi) -> None:
         if self.image is None:

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QProgressBar,
+    QScrollArea,
     QToolBar,
     QWidget,
 )
@@ -20,14 +21,18 @@ from .. import RESEARCH_NOTICE, __version__
 from ..core.display import Voi, Window
 from ..core.image import LoadedImage, load_image_task
 from ..core.index import index_paths
+from ..core.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task, score_many_task
+from ..core.model_store import ModelHolder, default_model_path
 from ..core.study import ImageRef, StudyIndex
 from ..core.tasks import Progress
 from ..core.thumbnails import Thumbnail, thumbnails_task
 from .browser import StudyBrowser
+from .findings_panel import FindingsPanel, heatmap_lut
 from .image_view import ImageView
 from .settings import Settings
 from .side_panel import SidePanel
 from .workers import TaskRunner
+from .worklist import Worklist
 
 FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
 
@@ -36,7 +41,11 @@ class MainWindow(QMainWindow):
     image_shown = Signal(object)  # LoadedImage, after it is on screen
     index_loaded = Signal(object)  # StudyIndex
 
-    def __init__(self, settings: Settings | None = None, parent: QWidget | None = None):
+    model_changed = Signal(object)  # ModelSummary or None
+    scored = Signal(object)  # ScoreResult shown in the findings panel
+
+    def __init__(self, settings: Settings | None = None, parent: QWidget | None = None,
+                 load_default_model: bool = True):
         super().__init__(parent)
         self.settings = settings or Settings()
         self.setWindowTitle(f"cxr_viewer {__version__} - {RESEARCH_NOTICE}")
@@ -47,18 +56,41 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.view)
         self.browser = StudyBrowser(self)
         self.side = SidePanel(self)
+        self.findings = FindingsPanel(self)
+        self.worklist = Worklist(self)
         left = QDockWidget("Studies", self)
         left.setObjectName("studies_dock")
         left.setWidget(self.browser)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, left)
+        findings_dock = QDockWidget("AI findings", self)
+        findings_dock.setObjectName("findings_dock")
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.findings)
+        findings_dock.setWidget(scroll)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, findings_dock)
         right = QDockWidget("Image", self)
         right.setObjectName("image_dock")
         right.setWidget(self.side)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, right)
+        self.worklist_dock = QDockWidget("Worklist", self)
+        self.worklist_dock.setObjectName("worklist_dock")
+        self.worklist_dock.setWidget(self.worklist)
+        self.tabifyDockWidget(left, self.worklist_dock)
+        left.raise_()
+        self._heat_lut = heatmap_lut()
+        self.models = ModelHolder()
+        self.model_summary: ModelSummary | None = None
+        self.last_score: ScoreResult | None = None
 
         self.index_runner = TaskRunner(self, "index")
         self.image_runner = TaskRunner(self, "image")
         self.thumb_runner = TaskRunner(self, "thumbnails")
+        self.model_runner = TaskRunner(self, "model")
+        self.score_runner = TaskRunner(self, "score")
+        self.worklist_runner = TaskRunner(self, "worklist")
+        self.runners = (self.index_runner, self.image_runner, self.thumb_runner, self.model_runner,
+                        self.score_runner, self.worklist_runner)
         self.study_index = StudyIndex()
         self.current_ref: ImageRef | None = None
 
@@ -66,6 +98,10 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._wire()
         self.view.set_left_mode(self.settings.left_mouse_mode())
+        if load_default_model:
+            path = self.settings.model_path() or default_model_path()
+            if path:
+                self.load_model(path)
         self._show_message("Open a DICOM or PNG/JPEG study: File > Open (Ctrl+O), Open Folder (Ctrl+Shift+O), or drop files here.")
 
     # --- construction ------------------------------------------------------------------
@@ -74,6 +110,7 @@ class MainWindow(QMainWindow):
         self.position_label = QLabel("", self)
         self.value_label = QLabel("", self)
         self.units_label = QLabel("", self)
+        self.device_label = QLabel("No model", self)
         self.progress = QProgressBar(self)
         self.progress.setMaximumWidth(160)
         self.progress.setVisible(False)
@@ -82,6 +119,7 @@ class MainWindow(QMainWindow):
         for w in (self.position_label, self.value_label, self.units_label):
             bar.addWidget(w)
         bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.device_label)
         bar.addPermanentWidget(self.notice_label)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "", checkable: bool = False) -> QAction:
@@ -117,6 +155,16 @@ class MainWindow(QMainWindow):
         for act in (self.act_mode_window, self.act_mode_pan):
             group.addAction(act)
         (self.act_mode_pan if self.settings.left_mouse_mode() == "pan" else self.act_mode_window).setChecked(True)
+        self.act_load_model = a("&Load Model...", self.load_model_dialog, "Ctrl+M")
+        self.act_default_model = a("Use &Default Model", self.use_default_model)
+        self.act_score_all = a("&Score All Opened Images", self.score_all, "Ctrl+Shift+S")
+        self.device_actions = {}
+        device_group = QActionGroup(self)
+        for dev, text in (("auto", "Device: Auto (CUDA if present)"), ("cpu", "Device: CPU"), ("cuda", "Device: CUDA")):
+            act = a(text, lambda _=False, d=dev: self.set_device(d), checkable=True)
+            device_group.addAction(act)
+            self.device_actions[dev] = act
+        self.device_actions[self.settings.device()].setChecked(True)
         self.preset_actions = [
             a(f"Preset {i}", lambda _=False, i=i: self.apply_preset(i - 1), str(i)) for i in range(2, 10)
         ]
@@ -134,6 +182,10 @@ class MainWindow(QMainWindow):
                     self.act_invert, self.act_auto, None, self.act_mode_window, self.act_mode_pan, None,
                     self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
+        model_menu = menu.addMenu("&Model")
+        for act in (self.act_load_model, self.act_default_model, None, *self.device_actions.values(), None,
+                    self.act_score_all):
+            model_menu.addSeparator() if act is None else model_menu.addAction(act)
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self._action("Mouse and Keys", self._show_help))
 
@@ -164,6 +216,19 @@ class MainWindow(QMainWindow):
         self.thumb_runner.progress.connect(self._on_thumbnail)
         for runner in (self.index_runner, self.image_runner):
             runner.busy_changed.connect(self._update_busy)
+        self.model_runner.finished.connect(self._on_model_loaded)
+        self.model_runner.failed.connect(self._on_model_failed)
+        self.score_runner.finished.connect(self._on_scored)
+        self.score_runner.failed.connect(lambda msg: self.findings.clear_result(f"scoring failed: {msg}"))
+        self.findings.heatmap_requested.connect(self._show_heatmap)
+        self.findings.opacity_changed.connect(self.view.set_heatmap_opacity)
+        self.worklist.start_requested.connect(self.score_all)
+        self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
+        self.worklist.image_requested.connect(self._open_from_worklist)
+        self.worklist_runner.progress.connect(self._on_worklist_row)
+        self.worklist_runner.finished.connect(lambda n: self.worklist.finish(f"{n} image(s) scored; sorted by pneumonia score."))
+        self.worklist_runner.failed.connect(lambda msg: self.worklist.finish(f"Stopped: {msg}"))
+        self.worklist_runner.cancelled.connect(lambda: self.worklist.finish("Cancelled; the rows so far are kept."))
 
     # --- opening -----------------------------------------------------------------------
     def open_paths(self, paths: list[str]) -> None:
@@ -189,7 +254,7 @@ class MainWindow(QMainWindow):
             self.open_paths([folder])
 
     def cancel_loading(self) -> None:
-        for runner in (self.index_runner, self.image_runner, self.thumb_runner):
+        for runner in (self.index_runner, self.image_runner, self.thumb_runner, self.worklist_runner):
             runner.cancel()
 
     def _fill_recent_menu(self) -> None:
@@ -251,6 +316,7 @@ class MainWindow(QMainWindow):
         frames = f", frame {image.frame + 1}/{image.ref.frames}" if image.ref.frames > 1 else ""
         self._show_message(f"{os.path.basename(image.ref.path)}{frames}")
         self.image_shown.emit(image)
+        self._score_current()
 
     def _on_image_failed(self, message: str) -> None:
         self.view.clear()
@@ -260,6 +326,95 @@ class MainWindow(QMainWindow):
 
     def _on_thumbnail(self, thumb: Thumbnail) -> None:
         self.browser.set_thumbnail(thumb.path, thumb.pixels, thumb.error)
+
+    # --- model and scoring ---------------------------------------------------------------
+    def load_model(self, path: str) -> None:
+        self.findings.set_status(f"Loading model {os.path.basename(path)}...")
+        self.model_runner.submit(self.models.load_task, path, self.settings.device())
+
+    def load_model_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", self.settings.last_folder(),
+                                              "cxr_viewer models (*.safetensors)")
+        if path:
+            self.load_model(path)
+
+    def use_default_model(self) -> None:
+        path = default_model_path()
+        if path is None:
+            self._show_message("No default model is installed (models/default.safetensors).")
+            return
+        self.settings.set_model_path("")
+        self.load_model(path)
+
+    def set_device(self, device: str) -> None:
+        self.settings.set_device(device)
+        summary = self.models.summary()
+        if summary is not None:
+            self.load_model(summary.path)
+
+    def _on_model_loaded(self, summary: ModelSummary) -> None:
+        self.model_summary = summary
+        if summary.path != default_model_path():
+            self.settings.set_model_path(summary.path)
+        self.findings.set_model(summary)
+        self.findings.set_status("")
+        self.device_label.setText(f"Model on {summary.device}")
+        self.model_changed.emit(summary)
+        self._score_current()
+
+    def _on_model_failed(self, message: str) -> None:
+        # the previous model, if any, stays loaded
+        self.findings.set_model(self.models.summary(), error=message)
+        self._show_message(f"Model not loaded: {message}")
+        self.model_changed.emit(self.models.summary())
+
+    def _score_current(self) -> None:
+        image = self.view.image
+        scorer = self.models.scorer
+        if image is None or scorer is None:
+            return
+        self.findings.clear_result("scoring...")
+        self.score_runner.submit(score_image_task, scorer, image)
+
+    def _on_scored(self, result: ScoreResult) -> None:
+        image = self.view.image
+        if image is None or (result.path, result.frame) != (image.ref.path, image.frame):
+            return  # scores of an image no longer shown
+        self.last_score = result
+        self.findings.set_result(result)
+        self._show_heatmap(self.findings.shown_heatmap())
+        self.scored.emit(result)
+
+    def _show_heatmap(self, head: str) -> None:
+        result = self.last_score
+        image = self.view.image
+        if (not head or result is None or image is None or head not in result.heatmaps
+                or (result.path, result.frame) != (image.ref.path, image.frame)):
+            self.view.set_heatmap(None)
+            return
+        self.view.set_heatmap(result.heatmaps[head], self._heat_lut)
+        self.view.set_heatmap_opacity(self.findings.opacity.value() / 100.0)
+
+    def score_all(self) -> None:
+        scorer = self.models.scorer
+        refs = self.browser.refs()
+        if scorer is None:
+            self.worklist.info.setText("No model loaded: nothing can be scored.")
+            return
+        if not refs:
+            self.worklist.info.setText("Open images first.")
+            return
+        self.worklist_dock.raise_()
+        self.worklist.begin(len(refs))
+        self.worklist_runner.submit(score_many_task, scorer, refs)
+
+    def _on_worklist_row(self, row: WorklistRow) -> None:
+        self.worklist.add_row(row)
+
+    def _open_from_worklist(self, path: str) -> None:
+        ref = next((r for r in self.browser.refs() if r.path == path), None)
+        if ref is not None:
+            self.browser.select(ref)
 
     # --- display -----------------------------------------------------------------------
     def set_invert(self, on: bool) -> None:
@@ -342,15 +497,22 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop all workers and wait for their threads (the app and test fixtures call this)."""
-        for runner in (self.index_runner, self.image_runner, self.thumb_runner):
+        for runner in self.runners:
             runner.shutdown()
 
 
-def screenshot_when_shown(window: MainWindow, path: str, then_quit: bool = True) -> None:
-    """Save a screenshot once the first image is on screen (or the open failed), then quit."""
+def screenshot_when_shown(window: MainWindow, path: str, then_quit: bool = True, timeout_ms: int = 60000) -> None:
+    """Save a screenshot once the first image is on screen and, when a model is loaded or loading,
+    scored (or the open or the model failed); then quit."""
     from PySide6.QtWidgets import QApplication
 
+    done = []
+
     def grab(*_args) -> None:
+        if done:
+            return
+        done.append(True)
+
         def do() -> None:
             window.grab().save(path)
             if then_quit:
@@ -358,6 +520,14 @@ def screenshot_when_shown(window: MainWindow, path: str, then_quit: bool = True)
                 QApplication.quit()
         QTimer.singleShot(300, do)  # let thumbnails and the first paint land
 
-    window.image_shown.connect(grab)
+    def on_image(_image) -> None:
+        if window.models.scorer is None and not window.model_runner.busy:
+            grab()
+
+    window.image_shown.connect(on_image)
+    window.scored.connect(grab)
+    window.score_runner.failed.connect(grab)
+    window.model_runner.failed.connect(lambda _m: grab() if window.view.image is not None else None)
     window.image_runner.failed.connect(grab)
     window.index_loaded.connect(lambda idx: None if idx.image_count else grab())
+    QTimer.singleShot(timeout_ms, grab)

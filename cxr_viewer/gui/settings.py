@@ -47,6 +47,20 @@ class Settings:
     def set_left_mouse_mode(self, mode: str) -> None:
         self._qs.setValue("left_mouse_mode", mode)
 
+    def model_path(self) -> str:
+        """A model the user loaded (empty: use the default model)."""
+        return str(self._qs.value("model_path", "") or "")
+
+    def set_model_path(self, path: str) -> None:
+        self._qs.setValue("model_path", path)
+
+    def device(self) -> str:
+        value = str(self._qs.value("device", "auto") or "auto")
+        return value if value in ("auto", "cpu", "cuda") else "auto"
+
+    def set_device(self, device: str) -> None:
+        self._qs.setValue("device", device)
+
     def reset(self) -> None:
         self._qs.clear()
         self._qs.sync()

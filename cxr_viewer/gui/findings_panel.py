@@ -1,0 +1,170 @@
+"""AI findings: per-head calibrated probability, label, operating point, meaning; heatmap controls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import RESEARCH_NOTICE
+from ..core.inference import HEAD_MEANING, ModelSummary, ScoreResult
+from ..core.model import HEAD_TITLES, HEADS
+
+HEATMAP_COLORMAP = "inferno"
+
+
+def heatmap_lut() -> np.ndarray:
+    """256 x 4 RGBA: inferno colours, transparent at 0 rising to 80% opaque at the hottest."""
+    lut = pg.colormap.get(HEATMAP_COLORMAP).getLookupTable(nPts=256, alpha=True).astype(np.uint8)
+    ramp = np.clip(np.linspace(0.0, 1.6, 256), 0, 1) * 204
+    lut[:, 3] = ramp.astype(np.uint8)
+    return lut
+
+
+def legend_pixmap(width: int = 160, height: int = 12) -> QPixmap:
+    lut = pg.colormap.get(HEATMAP_COLORMAP).getLookupTable(nPts=width, alpha=False).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.repeat(lut[None, :, :3], height, axis=0))
+    img = QImage(rgb.data, width, height, width * 3, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(img.copy())
+
+
+class HeadBox(QFrame):
+    def __init__(self, head: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.head = head
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.title = QLabel(f"<b>{HEAD_TITLES[head]}</b>", self)
+        self.score = QLabel("", self)
+        self.score.setTextFormat(Qt.TextFormat.RichText)
+        self.detail = QLabel("", self)
+        self.detail.setWordWrap(True)
+        self.meaning = QLabel(HEAD_MEANING[head], self)
+        self.meaning.setWordWrap(True)
+        self.meaning.setStyleSheet("color: #555;")
+        self.heatmap = QCheckBox("Show heatmap", self)
+        self.heatmap.setEnabled(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        for w in (self.title, self.score, self.detail, self.heatmap, self.meaning):
+            layout.addWidget(w)
+
+    def show_unavailable(self, reason: str) -> None:
+        self.score.setText(f"<i>{reason}</i>")
+        self.detail.setText("")
+        self.heatmap.setEnabled(False)
+        self.heatmap.setChecked(False)
+
+
+class FindingsPanel(QGroupBox):
+    heatmap_requested = Signal(str)  # head name, or "" for none
+    opacity_changed = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("", parent)
+        self.model_label = QLabel("", self)
+        self.model_label.setWordWrap(True)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.boxes = {h: HeadBox(h, self) for h in HEADS}
+        self.opacity = QSlider(Qt.Orientation.Horizontal, self)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(70)
+        self.legend = QLabel(self)
+        self.legend.setPixmap(legend_pixmap())
+        self.notice = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
+        self.notice.setStyleSheet("color: #b00000;")
+        legend_row = QHBoxLayout()
+        legend_row.addWidget(QLabel("low", self))
+        legend_row.addWidget(self.legend)
+        legend_row.addWidget(QLabel("high", self))
+        legend_row.addStretch(1)
+        opacity_row = QHBoxLayout()
+        opacity_row.addWidget(QLabel("Heatmap opacity", self))
+        opacity_row.addWidget(self.opacity, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.notice)
+        layout.addWidget(self.model_label)
+        layout.addWidget(self.status)
+        for box in self.boxes.values():
+            layout.addWidget(box)
+        layout.addLayout(opacity_row)
+        layout.addLayout(legend_row)
+        for head, box in self.boxes.items():
+            box.heatmap.toggled.connect(lambda on, h=head: self._on_heatmap_toggled(h, on))
+        self.opacity.valueChanged.connect(lambda v: self.opacity_changed.emit(v / 100.0))
+        self.result: ScoreResult | None = None
+        self.set_model(None)
+
+    def set_model(self, summary: ModelSummary | None, error: str = "") -> None:
+        if summary is None:
+            text = ("<b>No model loaded: no scores.</b> Load one with Model > Load Model..., or train one "
+                    "(Model > Train, or <tt>cxr-viewer train</tt>).")
+            if error:
+                text += f"<br>Last attempt failed: {error}"
+            self.model_label.setText(text)
+            for box in self.boxes.values():
+                box.show_unavailable("not available: no model loaded")
+        else:
+            self.model_label.setText(
+                f"Model: {summary.name} v{summary.version} ({summary.sha256[:12]})<br>Device: {summary.device}"
+                + (f"<br><span style='color:#b00000'>Last load failed, kept this model: {error}</span>" if error else ""))
+            for head, box in self.boxes.items():
+                if head not in summary.trained_heads:
+                    box.show_unavailable(f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head")
+                else:
+                    box.score.setText("<i>waiting for an image</i>")
+                    box.detail.setText("")
+        self.result = None
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def set_result(self, result: ScoreResult) -> None:
+        self.result = result
+        for hs in result.heads:
+            box = self.boxes[hs.head]
+            if not hs.available:
+                box.show_unavailable(hs.reason)
+                continue
+            label = "above threshold" if hs.positive else "below threshold"
+            colour = "#b00000" if hs.positive else "#006000"
+            box.score.setText(f"<span style='font-size:16pt'><b>{hs.probability * 100:.1f}%</b></span> "
+                              f"<span style='color:{colour}'>{label}</span>")
+            op = ""
+            if hs.sensitivity is not None and hs.specificity is not None:
+                op = (f"; at this threshold the model had sensitivity {hs.sensitivity:.2f} and specificity "
+                      f"{hs.specificity:.2f} on its validation data")
+            box.detail.setText(f"Calibrated probability; threshold {hs.threshold:.2f}{op}.")
+            box.heatmap.setEnabled(hs.head in result.heatmaps)
+        self.set_status(f"Scored in {result.seconds * 1000:.0f} ms on {result.device}.")
+
+    def clear_result(self, text: str = "") -> None:
+        self.result = None
+        for box in self.boxes.values():
+            if box.heatmap.isEnabled():
+                box.score.setText("<i>scoring...</i>" if not text else f"<i>{text}</i>")
+                box.detail.setText("")
+        self.set_status(text)
+
+    def shown_heatmap(self) -> str:
+        return next((h for h, b in self.boxes.items() if b.heatmap.isChecked()), "")
+
+    def _on_heatmap_toggled(self, head: str, on: bool) -> None:
+        if on:  # one heatmap at a time
+            for h, box in self.boxes.items():
+                if h != head and box.heatmap.isChecked():
+                    box.heatmap.blockSignals(True)
+                    box.heatmap.setChecked(False)
+                    box.heatmap.blockSignals(False)
+        self.heatmap_requested.emit(self.shown_heatmap())

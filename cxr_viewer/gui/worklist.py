@@ -1,0 +1,105 @@
+"""Worklist: score every opened image and list them by pneumonia score, highest first."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.inference import WorklistRow
+from ..core.model import HEAD_TITLES, HEADS
+
+PATH_ROLE = Qt.ItemDataRole.UserRole + 2
+
+
+class _ScoreItem(QTableWidgetItem):
+    """Sorts by number; images without a score sort last."""
+
+    def __init__(self, value: float | None):
+        super().__init__("n/a" if value is None else f"{value * 100:.1f}%")
+        self.value = -1.0 if value is None else value
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other):  # noqa: D105
+        return self.value < getattr(other, "value", -1.0)
+
+
+class Worklist(QWidget):
+    start_requested = Signal()
+    cancel_requested = Signal()
+    image_requested = Signal(str)  # path
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.start = QPushButton("Score all opened images", self)
+        self.cancel = QPushButton("Cancel", self)
+        self.cancel.setEnabled(False)
+        self.progress = QProgressBar(self)
+        self.info = QLabel("", self)
+        self.table = QTableWidget(0, 2 + len(HEADS), self)
+        self.table.setHorizontalHeaderLabels(["Image", *[HEAD_TITLES[h].split(" (")[0] for h in HEADS], "Note"])
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        row = QHBoxLayout()
+        row.addWidget(self.start)
+        row.addWidget(self.cancel)
+        row.addWidget(self.progress, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(row)
+        layout.addWidget(self.info)
+        layout.addWidget(self.table, 1)
+        self.start.clicked.connect(self.start_requested)
+        self.cancel.clicked.connect(self.cancel_requested)
+        self.table.cellClicked.connect(self._on_clicked)
+        self._total = 0
+
+    def begin(self, total: int) -> None:
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(0)
+        self._total = total
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(0)
+        self.start.setEnabled(False)
+        self.cancel.setEnabled(True)
+        self.info.setText(f"Scoring {total} image(s)...")
+
+    def add_row(self, row: WorklistRow) -> None:
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        name = QTableWidgetItem(os.path.basename(row.path))
+        name.setData(PATH_ROLE, row.path)
+        name.setToolTip(row.path)
+        self.table.setItem(r, 0, name)
+        for i, head in enumerate(HEADS):
+            self.table.setItem(r, 1 + i, _ScoreItem(row.probabilities.get(head)))
+        self.table.setItem(r, 1 + len(HEADS), QTableWidgetItem(row.error))
+        self.progress.setValue(self.table.rowCount())
+
+    def finish(self, text: str) -> None:
+        self.start.setEnabled(True)
+        self.cancel.setEnabled(False)
+        self.info.setText(text)
+        self.table.setSortingEnabled(True)
+        self.table.sortItems(1, Qt.SortOrder.DescendingOrder)
+
+    def paths_in_order(self) -> list[str]:
+        return [self.table.item(r, 0).data(PATH_ROLE) for r in range(self.table.rowCount())]
+
+    def _on_clicked(self, row: int, _col: int) -> None:
+        item = self.table.item(row, 0)
+        if item is not None:
+            self.image_requested.emit(item.data(PATH_ROLE))
