@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,13 +49,7 @@ def module_corpus(shared_data: Path, tmp_path_factory) -> td.BrokenCorpus:
     return td.build_broken_corpus(shared_data, tmp_path_factory.mktemp("corpus") / "corpus")
 
 
-def run_cli(*args: str, timeout: float = 60, python_code: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m cxr_viewer ARGS`` (or ``python -c CODE ARGS``) from the repository root."""
-    cmd = [sys.executable, "-c", python_code, *args] if python_code else [sys.executable, "-m", "cxr_viewer", *args]
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
 @pytest.fixture
 def cli():
-    return run_cli
+    """``cli("info", PATH, ...)``: run the command line in a subprocess (see :func:`td.run_cli`)."""
+    return td.run_cli

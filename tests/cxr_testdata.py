@@ -10,6 +10,8 @@ import functools
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,8 +326,8 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     kermany = kermany_jpegs(shared, 1)[0]
 
     # good files beside the bad ones
-    c.good["nih"] = Path(shutil.copy(nih_path, root / "good_nih.dcm"))
-    c.good["kermany"] = Path(shutil.copy(kermany, root / "good_kermany.jpeg"))
+    c.good["nih"] = Path(shutil.copyfile(nih_path, root / "good_nih.dcm"))
+    c.good["kermany"] = Path(shutil.copyfile(kermany, root / "good_kermany.jpeg"))
     c.good["no_meta"] = without_file_meta(root / "no_preamble_no_meta.dcm", nih_path)
 
     # zero bytes
@@ -343,10 +345,10 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     c.index_errors["cut_pixels"] = Case(root / "cut_pixels.dcm", ("truncated",))
     j2k_raw = rg1(shared, "J2KR").read_bytes()
     (root / "cut_j2k.dcm").write_bytes(j2k_raw[: len(j2k_raw) // 2])
-    c.decode_errors["cut_j2k"] = Case(root / "cut_j2k.dcm", ("cannot decode", "jpeg 2000"))
+    c.decode_errors["cut_j2k"] = Case(root / "cut_j2k.dcm", ("truncated", "jpeg 2000"))
 
     # text named .dcm
-    shutil.copy(dicom_dir(shared) / "labels.csv", root / "notes.dcm")
+    shutil.copyfile(dicom_dir(shared) / "labels.csv", root / "notes.dcm")
     c.index_errors["text"] = Case(root / "notes.dcm", ("not a dicom file",))
 
     # DICOM without pixel data
@@ -371,7 +373,7 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     # truncated raster: JPEG and PNG cut inside the header (index fails) and the data (decode fails)
     jpeg_raw = kermany.read_bytes()
     (root / "cut_head.jpeg").write_bytes(jpeg_raw[:100])
-    c.index_errors["cut_jpeg_header"] = Case(root / "cut_head.jpeg", ("not a readable image",))
+    c.index_errors["cut_jpeg_header"] = Case(root / "cut_head.jpeg", ("not a readable image", "truncated"))
     (root / "cut_data.jpeg").write_bytes(jpeg_raw[: len(jpeg_raw) // 2])
     c.decode_errors["cut_jpeg_data"] = Case(root / "cut_data.jpeg", ("cannot decode", "truncated"))
     png_path = root / "_full.png"
@@ -379,19 +381,19 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     png_raw = png_path.read_bytes()
     png_path.unlink()
     (root / "cut_head.png").write_bytes(png_raw[:20])
-    c.index_errors["cut_png_header"] = Case(root / "cut_head.png", ("not a readable image",))
+    c.index_errors["cut_png_header"] = Case(root / "cut_head.png", ("not a readable image", "truncated"))
     (root / "cut_data.png").write_bytes(png_raw[: len(png_raw) // 2])
-    c.decode_errors["cut_png_data"] = Case(root / "cut_data.png", ("cannot decode",))
+    c.decode_errors["cut_png_data"] = Case(root / "cut_data.png", ("cannot decode", "truncated"))
 
     # symlinks: a folder link to its parent (must not loop) and a file link to itself
     sub = root / "sub"
     sub.mkdir()
-    shutil.copy(kermany, sub / "nested.jpeg")
+    shutil.copyfile(kermany, sub / "nested.jpeg")
     c.good["nested"] = sub / "nested.jpeg"
     c.dir_loop = sub / "up"
     os.symlink("..", c.dir_loop)
     os.symlink("self.dcm", root / "self.dcm")
-    c.index_errors["self_link"] = Case(root / "self.dcm", ("symbolic link loop",))
+    c.index_errors["self_link"] = Case(root / "self.dcm", ("symbolic link",))
 
     # a named pipe that nobody writes to: opening it for reading would block forever
     c.fifo = root / "pipe.dcm"
@@ -399,7 +401,7 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     c.index_errors["fifo"] = Case(c.fifo, ("not a regular file",))
 
     # a real JPEG 2000 file (good unless its decoder is removed)
-    c.j2k = Path(shutil.copy(rg1(shared, "J2KR"), root / "j2k_lossless.dcm"))
+    c.j2k = Path(shutil.copyfile(rg1(shared, "J2KR"), root / "j2k_lossless.dcm"))
     c.good["j2k"] = c.j2k
 
     # odd but valid PNGs
@@ -407,3 +409,39 @@ def build_broken_corpus(shared: Path, root: Path) -> BrokenCorpus:
     for name, (p, _) in c.odd_png.items():
         c.good[f"odd_{name}"] = p
     return c
+
+
+# --- making the JPEG 2000 decoder unavailable -----------------------------------------------
+
+#: Python run before ``cxr_viewer.cli.main`` in a subprocess: pydicom's JPEG 2000 decoders lose
+#: every plugin (pylibjpeg-openjpeg, gdcm, Pillow), as if pylibjpeg-openjpeg were not installed.
+NO_J2K_PRELUDE = """
+import sys
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEG2000, JPEG2000Lossless
+for uid in (JPEG2000, JPEG2000Lossless):
+    get_decoder(uid)._available.clear()
+from cxr_viewer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def disable_j2k_decoders(monkeypatch) -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+    for uid in (JPEG2000, JPEG2000Lossless):
+        decoder = get_decoder(uid)
+        assert decoder.is_available  # installed here: the test really removes it
+        monkeypatch.setattr(decoder, "_available", {})
+        assert not decoder.is_available
+
+
+def run_cli(*args: str, timeout: float = 60, python_code: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m cxr_viewer ARGS`` (or ``python -c CODE ARGS``) from the repository root.
+
+    ``timeout`` guards against a hang (the test fails with TimeoutExpired); it is no speed check.
+    """
+    cmd = [sys.executable, "-c", python_code, *args] if python_code else [sys.executable, "-m", "cxr_viewer", *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)

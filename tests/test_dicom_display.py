@@ -471,7 +471,7 @@ def test_dicomdir_groups_patient_study_series(tmp_path, shared_data, rg1_crop):
 
     src = tmp_path / "src"
     src.mkdir()
-    copies = [Path(shutil.copy(p, src / f"real{i}.dcm"))
+    copies = [Path(shutil.copyfile(p, src / f"real{i}.dcm"))
               for i, p in enumerate([td.nih(shared_data), td.siim(shared_data), td.rg1(shared_data)])]
     # one more patient: two studies, the first with two series, around real pixels
     study_a, study_b = generate_uid(), generate_uid()
@@ -537,8 +537,8 @@ def test_dicomdir_listing_a_missing_file(tmp_path, shared_data):
 def test_bad_dicomdir_is_reported(tmp_path, shared_data):
     folder = tmp_path / "media"
     folder.mkdir()
-    shutil.copy(td.nih(shared_data), folder / "DICOMDIR")  # an image, not a directory record
-    shutil.copy(td.siim(shared_data), folder / "image.dcm")
+    shutil.copyfile(td.nih(shared_data), folder / "DICOMDIR")  # an image, not a directory record
+    shutil.copyfile(td.siim(shared_data), folder / "image.dcm")
     result = index([str(folder)])
     assert result.image_count == 1
     assert len(result.errors) == 1 and "DICOMDIR" in result.errors[0].reason

@@ -46,13 +46,15 @@ def _dicomdir_files(path: str) -> tuple[list[str], list[OpenError]]:
         else:
             errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
     # FileSet drops records whose file is missing (with a warning only): report them here.
+    reported = {os.path.abspath(e.path) for e in errors}
     for record in ds.get("DirectoryRecordSequence") or []:
         file_id = record.get("ReferencedFileID")
         if not file_id:
             continue
         parts = [file_id] if isinstance(file_id, str) else [str(v) for v in file_id]
         p = os.path.join(os.path.dirname(os.path.abspath(path)), *parts)
-        if not os.path.isfile(p):
+        if not os.path.isfile(p) and p not in reported:
+            reported.add(p)
             errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
     return files, errors
 

@@ -68,12 +68,26 @@ def resize_square(img01: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def preprocess_unit(values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
+                    spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
+    """Steps 1-3: modality values -> (size, size) float32 in [0, 1].
+
+    Training caches this output on disk and augments it; inference goes straight on.
+    """
+    return resize_square(normalise_intensity(values, monochrome1, padding, spec), spec.input_size)
+
+
+def standardise(unit: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
+    """Step 4: (..., size, size) in [0, 1] -> (..., channels, size, size) standardised float32."""
+    x = (np.asarray(unit, dtype=np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
+    x = np.expand_dims(x, -3)
+    return np.ascontiguousarray(np.repeat(x, spec.channels, axis=-3), dtype=np.float32)
+
+
 def preprocess(values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
                spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
     """Modality values -> model input, float32 (channels, size, size)."""
-    small = resize_square(normalise_intensity(values, monochrome1, padding, spec), spec.input_size)
-    x = (small - np.float32(spec.mean)) / np.float32(spec.std)
-    return np.ascontiguousarray(np.broadcast_to(x, (spec.channels, *x.shape)), dtype=np.float32)
+    return standardise(preprocess_unit(values, monochrome1, padding, spec), spec)
 
 
 def preprocess_image(image, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:

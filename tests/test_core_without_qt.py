@@ -1,0 +1,116 @@
+"""``cxr_viewer.core`` and the ``info``/``render`` command line work where Qt cannot be imported.
+
+A fresh interpreter gets a meta-path finder that makes every import of PySide6, shiboken6,
+pyqtgraph, PyQt5 and PyQt6 raise ImportError; then it imports every module under
+``cxr_viewer.core``, indexes and renders a real image and runs ``cli.main(['info', ...])``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cxr_testdata as td
+
+pytestmark = pytest.mark.shared_data
+
+SCRIPT = textwrap.dedent(
+    r'''
+    import importlib
+    import io
+    import json
+    import pkgutil
+    import sys
+    from contextlib import redirect_stdout
+
+    BLOCKED = ("PySide6", "shiboken6", "pyqtgraph", "PyQt5", "PyQt6")
+    attempts = []
+
+
+    class NoQt:
+        """Refuses Qt and its bindings, as on a machine without them."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                attempts.append(name)
+                raise ImportError(f"{name} is blocked in this test: the core must not need Qt")
+            return None
+
+
+    sys.meta_path.insert(0, NoQt())
+    for name in BLOCKED:  # the blocker works
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{name} imported despite the blocker")
+    attempts.clear()
+
+    import cxr_viewer.core
+
+    modules = sorted(m.name for m in pkgutil.walk_packages(cxr_viewer.core.__path__, "cxr_viewer.core."))
+    for name in modules:
+        importlib.import_module(name)
+
+    from cxr_viewer import cli
+    from cxr_viewer.core.display import display_mapping, render_uint8
+    from cxr_viewer.core.image import load_image
+    from cxr_viewer.core.index import index
+
+    data_folder, rg1_folder, out_png = sys.argv[1:4]
+    result = index([rg1_folder])
+    ref = next(result.images())
+    image = load_image(ref)
+    pixels = render_uint8(display_mapping(image.values, image.default_voi(), image.monochrome1))
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        info_rc = cli.main(["info", "--json", data_folder])
+    render_rc = cli.main(["render", ref.path, "-o", out_png])
+
+    print(json.dumps({
+        "modules": modules,
+        "images": result.image_count,
+        "errors": len(result.errors),
+        "shape": list(pixels.shape),
+        "grey_levels": int(len(set(pixels.ravel().tolist()))),
+        "info_rc": info_rc,
+        "info_images": sum(len(se["images"]) for p in json.loads(buffer.getvalue())["patients"]
+                           for st in p["studies"] for se in st["series"]),
+        "render_rc": render_rc,
+        "qt_modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
+        "pyside6_loaded": "PySide6" in sys.modules,
+        "attempts": attempts,
+    }))
+    '''
+)
+
+
+def test_core_and_cli_import_and_work_without_qt(shared_data, tmp_path):
+    out_png = tmp_path / "noqt.png"
+    rg1_folder = td.rg1(shared_data).parent
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(td.dicom_dir(shared_data)), str(rg1_folder), str(out_png)],
+        cwd=td.REPO_ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    core_files = sorted(
+        f"cxr_viewer.core.{p.stem}" for p in (td.REPO_ROOT / "cxr_viewer" / "core").glob("*.py")
+        if p.stem != "__init__"
+    )
+    assert report["modules"] == core_files  # every module under core was imported
+    for needed in ("index", "image", "display", "dicom_io", "raster_io", "study", "tasks", "errors", "fileio"):
+        assert f"cxr_viewer.core.{needed}" in report["modules"]
+    assert report["images"] == 3 and report["errors"] == 0
+    assert report["shape"] == [1955, 1841] and report["grey_levels"] > 100
+    assert report["info_rc"] == 0 and report["info_images"] == 6
+    assert report["render_rc"] == 0 and out_png.stat().st_size > 0
+    assert report["qt_modules"] == [] and report["pyside6_loaded"] is False
+    assert report["attempts"] == [], f"the core tried to import Qt: {report['attempts']}"
