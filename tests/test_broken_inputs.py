@@ -174,8 +174,8 @@ def test_missing_jpeg2000_decoder_names_the_package(broken_corpus, monkeypatch):
     path = str(broken_corpus.j2k)
     assert open_image(path).shape == (1955, 1841)  # decodes while the plugin is there
     td.disable_j2k_decoders(monkeypatch)
-    for err_reason in (errors_by_path(index([path]))[path],):
-        assert_reason(err_reason, ("JPEG 2000", "1.2.840.10008.1.2.4.90", "not installed", "pylibjpeg-openjpeg"))
+    reason = errors_by_path(index([path]))[path]
+    assert_reason(reason, ("JPEG 2000", "1.2.840.10008.1.2.4.90", "not installed", "pylibjpeg-openjpeg"))
     with pytest.raises(ImageOpenError, match="install pylibjpeg-openjpeg"):
         open_image(path)
     # the good files beside it still open

@@ -157,9 +157,9 @@ class Scorer:
 
     def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = ""):
         self.meta, self.choice, self.path = meta, choice, path
-        self.model = model.to(choice.device).eval()
+        # channels_last: faster convolutions with cuDNN and with oneDNN on the CPU
+        self.model = model.to(choice.device).to(memory_format=torch.channels_last).eval()
         if choice.device.startswith("cuda"):
-            self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         self.head_names = self.model.head_names
         self.trained = [h for h in self.head_names if meta.heads[h].trained]
@@ -177,8 +177,8 @@ class Scorer:
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))
         if self.choice.device.startswith("cuda"):
-            t = t.pin_memory().to(self.choice.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return t
+            t = t.pin_memory().to(self.choice.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S)."""

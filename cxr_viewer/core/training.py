@@ -344,8 +344,7 @@ def _evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: Pr
             batch = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             x = torch.stack([b[0] for b in batch]).to(device)
             y = torch.stack([b[1] for b in batch]).to(device)
-            if device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(choice):
                 logits = model(x)
             n = int((y >= 0).sum())
@@ -420,9 +419,9 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
 
     # model, optimiser, schedule
     model, init_note = initial_model(cfg)
-    model = model.to(device)
+    # channels_last: faster convolutions with cuDNN and with oneDNN bf16 on the CPU
+    model = model.to(device).to(memory_format=torch.channels_last)
     if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     net = model
     if distributed:
@@ -479,8 +478,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         for step, (x, y) in enumerate(loader):
             cancel.raise_if_cancelled()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(choice):
                 logits = net(x)
             loss = masked_bce(logits, y)

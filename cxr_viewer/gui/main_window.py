@@ -157,6 +157,7 @@ class MainWindow(QMainWindow):
         (self.act_mode_pan if self.settings.left_mouse_mode() == "pan" else self.act_mode_window).setChecked(True)
         self.act_load_model = a("&Load Model...", self.load_model_dialog, "Ctrl+M")
         self.act_default_model = a("Use &Default Model", self.use_default_model)
+        self.act_train = a("&Train a Model...", self.open_training_dialog, "Ctrl+T")
         self.act_score_all = a("&Score All Opened Images", self.score_all, "Ctrl+Shift+S")
         self.device_actions = {}
         device_group = QActionGroup(self)
@@ -183,8 +184,8 @@ class MainWindow(QMainWindow):
                     self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
         model_menu = menu.addMenu("&Model")
-        for act in (self.act_load_model, self.act_default_model, None, *self.device_actions.values(), None,
-                    self.act_score_all):
+        for act in (self.act_load_model, self.act_default_model, self.act_train, None, *self.device_actions.values(),
+                    None, self.act_score_all):
             model_menu.addSeparator() if act is None else model_menu.addAction(act)
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self._action("Mouse and Keys", self._show_help))
@@ -351,6 +352,16 @@ class MainWindow(QMainWindow):
         summary = self.models.summary()
         if summary is not None:
             self.load_model(summary.path)
+
+    def open_training_dialog(self) -> None:
+        from .training_dialog import TrainingDialog
+
+        summary = self.models.summary()
+        dialog = TrainingDialog(self, summary.path if summary else None)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.model_ready.connect(self.load_model)
+        self.training_dialog = dialog
+        dialog.show()
 
     def _on_model_loaded(self, summary: ModelSummary) -> None:
         self.model_summary = summary

@@ -14,6 +14,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
+from ..core.data import DataError
 from ..core.errors import ImageOpenError
 from ..core.model import ModelFileError
 from ..core.tasks import CancelToken, Cancelled
@@ -88,7 +89,7 @@ class TaskRunner(QObject):
                 self._event.emit(generation, "progress", item)
         except Cancelled:
             self._event.emit(generation, "cancelled", None)
-        except (ImageOpenError, ModelFileError) as exc:
+        except (ImageOpenError, ModelFileError, DataError) as exc:
             self._event.emit(generation, "failed", str(exc))
         except MemoryError:
             self._event.emit(generation, "failed", "out of memory: close other images or programs and try again")
