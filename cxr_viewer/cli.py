@@ -194,8 +194,33 @@ def _train_config(args: argparse.Namespace):
     return cfg
 
 
+def _train_heads(args: argparse.Namespace) -> int:
+    from .core.data import DataError
+    from .core.head_training import HeadTrainConfig, train_heads
+
+    if not args.init or args.init == "scratch":
+        print("cxr-viewer train: --freeze-backbone needs --init MODEL.safetensors (the backbone to keep)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cfg = HeadTrainConfig(data_dir=args.data_dir, base_model=args.init, out=args.out, labels_csv=args.labels_csv,
+                          folds=args.cv, seed=args.seed or 0, device=args.device or "auto",
+                          precision=args.precision or "auto", version=args.version)
+    if args.cache_dir is not None:
+        cfg.cache_dir = args.cache_dir or None
+    try:
+        done = _run_with_bar(train_heads(cfg))
+    except DataError as exc:
+        print(f"cxr-viewer train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(done.report_text)
+    print(f"model: {done.model_path}\nreport: {done.report_path}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _train(args: argparse.Namespace) -> int:
     import csv
+
+    if args.freeze_backbone:
+        return _train_heads(args)
 
     from .core.data import DataError
     from .core.fileio import atomic_path
@@ -203,6 +228,7 @@ def _train(args: argparse.Namespace) -> int:
     from .core.training import EpochEvent, ScanEvent, StepEvent, train
 
     cfg = _train_config(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs and prints
     log_path = args.log or os.path.splitext(cfg.out)[0] + ".log.csv"
     rows: list[dict] = []
     if args.resume and os.path.exists(log_path):
@@ -212,6 +238,8 @@ def _train(args: argparse.Namespace) -> int:
             "val_auroc", "val_sensitivity", "val_specificity", "images_per_s", "eta_s"]
 
     def write_log() -> None:
+        if not main_rank:
+            return
         with atomic_path(log_path) as tmp:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -223,6 +251,8 @@ def _train(args: argparse.Namespace) -> int:
     def on_event(ev) -> None:
         import time as _t
 
+        if not main_rank:
+            return
         now = _t.time()
         if isinstance(ev, ScanEvent):
             print(ev.summary, file=sys.stderr)
@@ -256,6 +286,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"\ncxr-viewer train: stopped; resume with --resume (checkpoint {cfg.checkpoint_path})", file=sys.stderr)
         return EXIT_FAIL
     write_log()
+    if not main_rank:
+        return EXIT_OK
     print(done.report_text)
     print(f"model: {done.model_path}\nreport: {done.report_path}\nlog: {log_path}", file=sys.stderr)
     return EXIT_OK
@@ -273,7 +305,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("cxr-viewer evaluate: no model: pass --model FILE.safetensors", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        scorer = Scorer.from_file(model_path, args.device)
+        scorer = Scorer.from_file(model_path, args.device, args.precision)
         samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
         result = _run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap))
     except FileNotFoundError as exc:
@@ -382,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--out", required=True, help="output model .safetensors (a .json description is written beside it)")
     p_train.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     p_train.add_argument("--log", help="CSV log of the training events (default: beside --out)")
+    p_train.add_argument("--freeze-backbone", action="store_true",
+                         help="keep the --init model's backbone and other heads; fit only the heads this data labels, "
+                              "estimated by patient-grouped cross-validation (--cv)")
+    p_train.add_argument("--cv", type=int, default=5, help="folds for --freeze-backbone (default 5)")
     p_train.set_defaults(func=_train)
     p_eval = sub.add_parser("evaluate", help="evaluate a model on labelled images")
     p_eval.add_argument("data_dir")
@@ -390,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="test: the test/ split (or the folder's class folders); validation: the model's own validation split")
     p_eval.add_argument("--labels-csv")
     p_eval.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p_eval.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p_eval.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
     p_eval.add_argument("--json", action="store_true")
     p_eval.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON")

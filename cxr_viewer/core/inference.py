@@ -150,6 +150,7 @@ class ModelSummary:
     all_heads: tuple[str, ...]
     device: str
     input_size: int
+    head_notes: dict = field(default_factory=dict)  # why a head is not available
 
 
 class Scorer:
@@ -172,7 +173,8 @@ class Scorer:
 
     def summary(self) -> ModelSummary:
         return ModelSummary(self.path, self.meta.name, self.meta.version, self.meta.weights_sha256,
-                            tuple(self.trained), tuple(self.head_names), self.choice.label, self.meta.input_size)
+                            tuple(self.trained), tuple(self.head_names), self.choice.label, self.meta.input_size,
+                            {h: i.note for h, i in self.meta.heads.items() if not i.trained and i.note})
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))
@@ -203,8 +205,10 @@ class Scorer:
         for i, h in enumerate(self.head_names):
             info = self.meta.heads[h]
             if not info.trained:
-                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=f"not available: this model has no trained {HEAD_TITLES[h].split(' (')[0].lower()} head",
-                                     meaning=HEAD_MEANING[h]))
+                reason = f"not available: this model has no trained {HEAD_TITLES[h].split(' (')[0].lower()} head"
+                if info.note:
+                    reason += f" ({info.note})"
+                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=reason, meaning=HEAD_MEANING[h]))
                 continue
             p = float(probs[i])
             op = info.operating_point or {}

@@ -203,6 +203,8 @@ def load_model(path: str) -> tuple[CxrNet, ModelMeta]:
     try:
         with open(path, "rb") as f:
             head = f.read(8)
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {os.path.basename(path)}: {exc.strerror}") from None
     if head.startswith(_PICKLE_MAGICS):

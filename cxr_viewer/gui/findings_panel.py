@@ -121,7 +121,9 @@ class FindingsPanel(QGroupBox):
                 + (f"<br><span style='color:#b00000'>Last load failed, kept this model: {error}</span>" if error else ""))
             for head, box in self.boxes.items():
                 if head not in summary.trained_heads:
-                    box.show_unavailable(f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head")
+                    reason = f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head"
+                    note = summary.head_notes.get(head, "")
+                    box.show_unavailable(reason + (f" ({note})" if note else ""))
                 else:
                     box.score.setText("<i>waiting for an image</i>")
                     box.detail.setText("")

@@ -1,0 +1,100 @@
+"""Inference benchmark: batch-1 latency (open -> scores + heatmap) and folder throughput end to end
+(decode + preprocess + model) beside model-only throughput, same device and precision, as a ratio.
+
+    python bench/inference.py [--model models/default.safetensors] [--images 256] [--batch 16]
+
+Uses the real images in ../shared/data (Kermany 224 px, full-size JPEGs, DICOM). Research use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cxr_viewer.core.image import open_image  # noqa: E402
+from cxr_viewer.core.index import read_any  # noqa: E402
+from cxr_viewer.core.inference import Scorer, choose_device, score_many_task  # noqa: E402
+from cxr_viewer.core.model_store import default_model_path  # noqa: E402
+from cxr_viewer.core.preprocess import preprocess_image  # noqa: E402
+from cxr_viewer.core.tasks import run_to_completion  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def images(n: int) -> list[Path]:
+    k = sorted((SHARED / "kermany" / "train" / "PNEUMONIA").iterdir())[: n // 2]
+    k += sorted((SHARED / "kermany" / "train" / "NORMAL").iterdir())[: n - len(k)]
+    return k
+
+
+def latency(scorer: Scorer, files: list[Path], repeats: int = 3) -> dict:
+    out = {}
+    for f in files:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            scorer.score(open_image(str(f)), heatmaps=True)
+            times.append(time.perf_counter() - t0)
+        out[f.name] = round(statistics.median(times) * 1000, 1)
+    return out
+
+
+def throughput(scorer: Scorer, files: list[Path], batch: int) -> dict:
+    refs = [read_any(str(f))[0] for f in files]
+    t0 = time.perf_counter()
+    n = run_to_completion(score_many_task(scorer, refs, batch_size=batch))
+    end_to_end = n / (time.perf_counter() - t0)
+    x = np.stack([preprocess_image(open_image(str(f)), scorer.meta.preprocessing) for f in files[: batch * 4]])
+    scorer.probabilities(x[:batch])  # warm-up
+    t0 = time.perf_counter()
+    done = 0
+    while done < len(files):
+        scorer.probabilities(x[(done // batch * batch) % len(x):][:batch])
+        done += batch
+    model_only = done / (time.perf_counter() - t0)
+    return {"end_to_end_img_s": round(end_to_end, 1), "model_only_img_s": round(model_only, 1),
+            "ratio": round(end_to_end / model_only, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=default_model_path())
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    if not args.model or not SHARED.is_dir():
+        sys.exit("needs a model (models/default.safetensors or --model) and ../shared/data")
+    files = images(args.images)
+    big = sorted((SHARED / "kermany_fullres" / "train" / "PNEUMONIA").iterdir())[:2]
+    dcm = [SHARED / "dicom" / "pydicom-data_RG1" / "RG1_J2KR.dcm", SHARED / "dicom" / "pydicom-data_RG1" / "RG1_UNCR.dcm"]
+    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "runs": []}
+    combos = [("cpu", "fp32"), ("cpu", "bf16")]
+    if torch.cuda.is_available():
+        combos += [("cuda", "auto")]
+    for device, precision in combos:
+        choice = choose_device(device, precision)
+        scorer = Scorer.from_file(args.model, device, precision)
+        scorer.score(open_image(str(files[0])))  # warm-up
+        run = {"device": choice.label,
+               "latency_ms_open_to_scores_and_heatmap": latency(scorer, [files[0], *big, *dcm]),
+               **throughput(scorer, files, args.batch)}
+        report["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

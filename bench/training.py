@@ -1,0 +1,116 @@
+"""Training benchmark: images/s of the full pipeline (decoded-and-resized cache, augmentation in a
+DataLoader worker, forward/backward/step) beside the model-only step on in-memory tensors, same
+device and precision; first (uncached: JPEG decode) and cached epochs; Kermany 224 px and
+full-size JPEGs.
+
+    python bench/training.py [--images 128] [--batch 16] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cxr_viewer.core.data import PreprocessCache, Sample  # noqa: E402
+from cxr_viewer.core.inference import autocast, choose_device  # noqa: E402
+from cxr_viewer.core.model import CxrNet  # noqa: E402
+from cxr_viewer.core.preprocess import PreprocessSpec  # noqa: E402
+from cxr_viewer.core.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
+from cxr_viewer.core.training import ArrayDataset, masked_bce, prepare_images  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def step_rate(model, opt, loader_iter, steps, choice) -> float:
+    seen, t0 = 0, None
+    for i in range(steps + 1):
+        x, y = next(loader_iter)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(choice):
+            loss = masked_bce(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i == 0:
+            t0 = time.perf_counter()  # the first step warms up
+        else:
+            seen += len(x)
+    return seen / (time.perf_counter() - t0)
+
+
+def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
+    spec = PreprocessSpec()
+    cache_dir = tempfile.mkdtemp(prefix="cxr-bench-cache-")
+    samples = [Sample(str(f), (int("PNEUMONIA" in str(f)), None), f.stem, "x") for f in files]
+    try:
+        t0 = time.perf_counter()
+        imgs, samples, _ = run_to_completion(prepare_images(samples, PreprocessCache(cache_dir, spec), NEVER_CANCELLED, "p"))
+        first_decode = len(samples) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run_to_completion(prepare_images(samples, PreprocessCache(cache_dir, spec), NEVER_CANCELLED, "p"))
+        cached_load = len(samples) / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    labels = np.array([[float(s.labels[0]), -1.0] for s in samples], dtype=np.float32)
+    model = CxrNet().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    model.train()
+    ds = ArrayDataset(imgs, labels, spec, augment=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=1, persistent_workers=True)
+
+    def forever(dl):
+        while True:
+            yield from dl
+
+    pipeline = step_rate(model, opt, forever(loader), steps, choice)
+    x = torch.randn(batch, 3, spec.input_size, spec.input_size)
+    y = torch.from_numpy(labels[:batch])
+
+    def same():
+        while True:
+            yield x, y
+
+    model_only = step_rate(model, opt, same(), steps, choice)
+    return {"images": label, "n": len(samples), "device": choice.label,
+            "first_epoch_decode_img_s": round(first_decode, 1), "cached_load_img_s": round(cached_load, 1),
+            "cached_pipeline_step_img_s": round(pipeline, 2), "model_only_step_img_s": round(model_only, 2),
+            "cached_vs_model_only": round(pipeline / model_only, 3),
+            "first_epoch_estimate_img_s": round(1 / (1 / first_decode + 1 / pipeline), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=6)
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit("needs ../shared/data")
+    kermany = sorted((SHARED / "kermany/train/PNEUMONIA").iterdir())[: args.images // 2]
+    kermany += sorted((SHARED / "kermany/train/NORMAL").iterdir())[: args.images // 2]
+    fullres = sorted((SHARED / "kermany_fullres/train/PNEUMONIA").iterdir())
+    runs = []
+    combos = [("cpu", "bf16"), ("cpu", "fp32")] + ([("cuda", "auto")] if torch.cuda.is_available() else [])
+    for device, precision in combos:
+        choice = choose_device(device, precision)
+        for files, label in ((kermany, "kermany 224 px JPEG"), (fullres, "full-size JPEG (1693-2772 px)")):
+            r = run(files, label, args.batch, args.steps, choice)
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+    print(json.dumps({"cpus": os.cpu_count(), "torch": torch.__version__, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""pytest-qt: the training dialog on a tiny real subset: live plots, cancel, report, use the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from cxr_viewer.core.training import EpochEvent, StepEvent  # noqa: E402
+from cxr_viewer.gui.app import configure_pyqtgraph  # noqa: E402
+from cxr_viewer.gui.main_window import MainWindow  # noqa: E402
+from cxr_viewer.gui.settings import Settings  # noqa: E402
+from cxr_viewer.gui.training_dialog import TrainingDialog  # noqa: E402
+from training_data import tiny_kaggle_root  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "out" / "screenshots"
+
+
+@pytest.fixture
+def dialog(qtbot, shared_data, tmp_path):
+    configure_pyqtgraph()
+    root = tiny_kaggle_root(shared_data, tmp_path / "data", per_class=10)
+    dlg = TrainingDialog()
+    qtbot.addWidget(dlg)
+    dlg.folder.setText(str(root))
+    dlg.out.setText(str(tmp_path / "models" / "m.safetensors"))
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    yield dlg
+    dlg.shutdown()
+
+
+def small(dlg: TrainingDialog, tmp_path: Path, **kw):
+    cfg = dlg.config()
+    cfg.input_size, cfg.batch_size, cfg.epochs, cfg.max_steps_per_epoch = 48, 4, 2, 3
+    cfg.num_workers, cfg.precision, cfg.device, cfg.bootstrap, cfg.val_split = 0, "fp32", "cpu", 20, 0.25
+    cfg.cache_dir, cfg.warmup_steps = str(tmp_path / "cache"), 1
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_scan_shows_counts(qtbot, dialog):
+    with qtbot.waitSignal(dialog.scan_runner.finished, timeout=30000):
+        dialog.scan()
+    text = dialog.scan_text.toPlainText()
+    assert "NORMAL 10" in text and "PNEUMONIA 10" in text and "grouped by patient" in text
+
+
+def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):
+    epochs = []
+    dialog.runner.progress.connect(lambda ev: epochs.append(ev) if isinstance(ev, EpochEvent) else None)
+    shot = []
+
+    def screenshot_mid_training(ev):
+        if isinstance(ev, EpochEvent) and ev.epoch == 0 and not shot:
+            qtbot.wait(300)  # let the throttled redraw land
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shot.append(dialog.grab().save(str(SCREENSHOTS / "training_dialog_mid_run.png")))
+
+    dialog.runner.progress.connect(screenshot_mid_training)
+    with qtbot.waitSignal(dialog.runner.finished, timeout=300000):
+        dialog.start_training(config=small(dialog, tmp_path))
+    assert len(epochs) == 2 and shot == [True]
+    xs, ys = dialog.step_curve.getData()
+    assert len(xs) == 6
+    ex, ey = dialog.val_curve.getData()
+    assert list(ex) == [1, 2]
+    assert len(dialog.auc_curve.getData()[0]) == 2
+    report = dialog.report.toPlainText()
+    assert "precision" in report and "AUROC" in report and "Research use only" in report
+    assert dialog.report_image.pixmap() is not None and not dialog.report_image.pixmap().isNull()
+    with qtbot.waitSignal(dialog.model_ready, timeout=5000) as b:
+        dialog.use.click()
+    assert b.args[0].endswith("m.safetensors") and Path(b.args[0]).exists()
+
+
+def test_cancel_stops_and_keeps_checkpoint(qtbot, dialog, tmp_path):
+    cfg = small(dialog, tmp_path, epochs=5)
+    steps = []
+    dialog.runner.progress.connect(lambda ev: steps.append(ev) if isinstance(ev, StepEvent) else None)
+    dialog.start_training(config=cfg)
+    qtbot.waitUntil(lambda: any(s.epoch == 1 for s in steps), timeout=300000)
+    dialog.cancel.click()
+    qtbot.waitUntil(lambda: dialog.start.isEnabled(), timeout=60000)
+    assert "Cancelled" in dialog.status.text()
+    assert Path(cfg.checkpoint_path).exists() and not Path(cfg.out).exists()
+    assert max(s.epoch for s in steps) <= 2
+
+
+def test_main_window_opens_the_dialog(qtbot, tmp_path):
+    configure_pyqtgraph()
+    win = MainWindow(Settings(str(tmp_path / "s.ini")), load_default_model=False)
+    qtbot.addWidget(win)
+    win.act_train.trigger()
+    assert win.training_dialog.isVisible()
+    win.training_dialog.close()
+    win.shutdown()
