@@ -183,7 +183,7 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "num_workers",
-                "limit_per_class", "max_steps_per_epoch", "name", "version"):
+                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -262,10 +262,11 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"  skipped {e.path}: {e.reason}", file=sys.stderr)
         elif isinstance(ev, StepEvent):
             rows.append({"time": f"{now:.1f}", "event": "step", **{k: getattr(ev, k) for k in ("epoch", "step", "steps", "loss", "lr", "images_per_s")}})
-            if now - state["last"] > 2 or ev.step == ev.steps:
+            tty = sys.stderr.isatty()
+            if now - state["last"] > (2 if tty else 60) or ev.step == ev.steps:
                 state["last"] = now
-                sys.stderr.write(f"\repoch {ev.epoch + 1} step {ev.step}/{ev.steps} loss {ev.loss:.4f} "
-                                 f"{ev.images_per_s:.1f} img/s   ")
+                text = f"epoch {ev.epoch + 1} step {ev.step}/{ev.steps} loss {ev.loss:.4f} {ev.images_per_s:.1f} img/s"
+                sys.stderr.write(f"\r{text}   " if tty else text + "\n")
                 sys.stderr.flush()
         elif isinstance(ev, EpochEvent):
             rows.append({"time": f"{now:.1f}", "event": "epoch", **{k: getattr(ev, k) for k in cols if hasattr(ev, k)}})
@@ -365,6 +366,8 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--cache-dir", help="decoded-and-resized image cache ('' to disable)")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs)")
     p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--threshold-rule", help="youden (default) or sensitivity:TARGET, e.g. sensitivity:0.97; "
+                                           "with --resume of a finished run, re-finalises with the new rule")
     p.add_argument("--name")
     p.add_argument("--version")
 
@@ -376,8 +379,15 @@ def _gui(argv: list[str]) -> int:
     )
     parser.add_argument("paths", nargs="*", help="DICOM/PNG/JPEG files, folders or DICOMDIRs to open")
     parser.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window once the first image is shown, then quit")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check this installation: load the samples, score them with the default model, exit 0/1")
+    parser.add_argument("--json", metavar="OUT", help="with --self-test: also write the report to OUT")
     parser.add_argument("--version", action="version", version=f"cxr-viewer {__version__}")
     args = parser.parse_args(argv)
+    if args.self_test:
+        from .core.selftest import main as self_test
+
+        return self_test(args.json)
     from .gui.app import run_app
 
     return run_app(args.paths, screenshot=args.screenshot)

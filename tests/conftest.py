@@ -53,3 +53,20 @@ def module_corpus(shared_data: Path, tmp_path_factory) -> td.BrokenCorpus:
 def cli():
     """``cli("info", PATH, ...)``: run the command line in a subprocess (see :func:`td.run_cli`)."""
     return td.run_cli
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """The real main window (no default model loaded; tests load what they need), shut down after."""
+    from cxr_viewer.gui.app import configure_pyqtgraph
+    from cxr_viewer.gui.main_window import MainWindow
+    from cxr_viewer.gui.settings import Settings
+
+    configure_pyqtgraph()
+    win = MainWindow(Settings(str(tmp_path / "settings.ini")), load_default_model=False)
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.shutdown()

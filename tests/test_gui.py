@@ -19,25 +19,12 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 from cxr_viewer import RESEARCH_NOTICE  # noqa: E402
 from cxr_viewer.core.display import Window, display_mapping, render_uint8  # noqa: E402
 from cxr_viewer.core.image import open_image  # noqa: E402
-from cxr_viewer.gui.app import configure_pyqtgraph  # noqa: E402
 from cxr_viewer.gui.main_window import MainWindow  # noqa: E402
 from cxr_viewer.gui.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "resources" / "samples"
 SCREENSHOTS = REPO / "out" / "screenshots"
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    configure_pyqtgraph()
-    win = MainWindow(Settings(str(tmp_path / "settings.ini")))
-    qtbot.addWidget(win)
-    win.resize(1300, 850)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.shutdown()
 
 
 def open_and_wait(qtbot, win: MainWindow, paths, timeout=30000):
@@ -243,7 +230,16 @@ def test_newest_request_wins(qtbot, window):
 
 
 def test_screenshot_of_real_study(qtbot, window):
-    open_and_wait(qtbot, window, [SAMPLES])
+    from cxr_viewer.core.model_store import default_model_path
+
+    model = default_model_path()
+    if model:  # the shipped model, so the screenshot shows its findings
+        with qtbot.waitSignal(window.model_changed, timeout=60000):
+            window.load_model(model)
+        with qtbot.waitSignal(window.scored, timeout=60000):
+            window.open_paths([str(SAMPLES)])
+    else:
+        open_and_wait(qtbot, window, [SAMPLES])
     qtbot.waitUntil(lambda: not window.thumb_runner.busy, timeout=30000)
     qtbot.wait(100)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

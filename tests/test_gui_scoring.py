@@ -14,9 +14,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QTimer  # noqa: E402
 
 from cxr_viewer import RESEARCH_NOTICE  # noqa: E402
-from cxr_viewer.gui.app import configure_pyqtgraph  # noqa: E402
-from cxr_viewer.gui.main_window import MainWindow  # noqa: E402
-from cxr_viewer.gui.settings import Settings  # noqa: E402
 from model_fixtures import REPO, make_test_model  # noqa: E402
 
 SAMPLES = REPO / "resources" / "samples"
@@ -26,18 +23,6 @@ SCREENSHOTS = REPO / "out" / "screenshots"
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     return make_test_model(tmp_path_factory.mktemp("gui_model") / "m.safetensors")
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    configure_pyqtgraph()
-    win = MainWindow(Settings(str(tmp_path / "settings.ini")), load_default_model=False)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.shutdown()
 
 
 def load(qtbot, win, path):

@@ -203,3 +203,16 @@ def test_two_cpu_processes_under_torchrun(tiny_root, tmp_path):
     meta = read_meta(str(out))
     assert meta.training["world_size"] == 2
     assert meta.heads["pneumonia"].trained
+
+
+def test_experiment_grid_prints_the_comparison_table(tiny_root, tmp_path, cli):
+    r = cli("experiment", str(tiny_root), "--optimizers", "sgd,adagrad", "--val-split", "0.25", "--epochs", "1",
+            "--batch-size", "4", "--input-size", "32", "--max-steps-per-epoch", "1", "--precision", "fp32",
+            "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path / "exp"), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = r.stdout
+    assert "| sgd | 25% | pneumonia |" in table and "| adagrad | 25% | pneumonia |" in table
+    assert "always-majority" in table and "AUROC" in table
+    rows = (tmp_path / "exp" / "experiment.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("optimizer,val_split,head")

@@ -47,6 +47,29 @@ def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return min(max(t, 1e-6), 1.0 - 1e-6)
 
 
+def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
+    """The highest threshold whose sensitivity on (y, p) is at least ``target``.
+
+    Spends no more sensitivity than the target allows and keeps all the specificity it can.
+    """
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, p)
+    ok = np.flatnonzero(tpr >= target)
+    t = float(thr[ok[0]]) if len(ok) else float(np.min(p))
+    return min(max(t, 1e-6), 1.0 - 1e-6)
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> tuple[float, str]:
+    """``rule``: ``youden`` or ``sensitivity:0.97``. Returns the threshold and the rule in words."""
+    if rule == "youden":
+        return youden_threshold(y, p), "Youden's J (max sensitivity + specificity - 1)"
+    if rule.startswith("sensitivity:"):
+        target = float(rule.split(":", 1)[1])
+        return sensitivity_threshold(y, p, target), f"the highest threshold with sensitivity >= {target:g}"
+    raise ValueError(f"unknown threshold rule {rule!r}: use youden or sensitivity:0.97")
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray, iters: int = 200) -> float:
     """Temperature scaling (Guo et al. 2017): T minimising the NLL of sigmoid(logit / T) on (logits, y)."""
     import torch

@@ -35,7 +35,7 @@ from .data import (
 from .errors import ImageOpenError
 from .fileio import atomic_path, write_bytes_atomic
 from .inference import autocast, choose_device
-from .metrics import auroc, binary_report, fit_temperature, format_report, save_report_plots, youden_threshold
+from .metrics import auroc, binary_report, choose_threshold, fit_temperature, format_report, save_report_plots
 from .model import HEADS, CxrNet, HeadInfo, ModelFileError, ModelMeta, load_model, save_model
 from .preprocess import PreprocessSpec
 from .study import OpenError
@@ -74,6 +74,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     checkpoint: str | None = None  # default: OUT with .ckpt
     bootstrap: int = 1000
+    threshold_rule: str = "youden"  # or "sensitivity:0.97"
     name: str = "cxr_viewer ResNet50"
     version: str = "1"
 
@@ -90,6 +91,8 @@ class TrainConfig:
             raise DataError("epochs, batch size and learning rate must be positive")
         if not self.out.endswith(".safetensors"):
             raise DataError("the output model must be a .safetensors path")
+        if self.threshold_rule != "youden" and not self.threshold_rule.startswith("sensitivity:"):
+            raise DataError("the threshold rule must be youden or sensitivity:TARGET (e.g. sensitivity:0.97)")
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -540,7 +543,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         y, z = val_y[m, j], val_logits[m, j]
         temperature = fit_temperature(z, y)
         p = 1 / (1 + np.exp(-z / temperature))
-        threshold = youden_threshold(y, p)
+        threshold, rule_text = choose_threshold(y, p, cfg.threshold_rule)
         rep = binary_report(y, p, threshold, CLASS_NAMES[h], bootstrap=cfg.bootstrap, seed=cfg.seed)
         reports[h] = rep
         texts.append(format_report(h, rep))
@@ -548,8 +551,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             trained=True, threshold=threshold, temperature=temperature, negative=CLASS_NAMES[h][0],
             positive=CLASS_NAMES[h][1],
             operating_point={"sensitivity": rep["sensitivity"], "specificity": rep["specificity"]},
-            rule="temperature: NLL-optimal on the validation split; threshold: Youden's J (max sensitivity + "
-                 "specificity - 1) on the calibrated validation probabilities",
+            rule=f"temperature: NLL-optimal on the validation split; threshold: {rule_text} on the calibrated "
+                 "validation probabilities",
         )
     meta.training = {
         "data_dir": os.path.abspath(cfg.data_dir), "labels_csv": cfg.labels_csv, "validation": val_note,

@@ -1,0 +1,75 @@
+"""The shipped default model: verified by its SHA-256, used by default, scoring the bundled samples
+consistently with their labels, and the lung-cancer association head honest about what it can do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cxr_viewer.core.image import open_image
+from cxr_viewer.core.inference import Scorer
+from cxr_viewer.core.model import read_meta, sha256_file, sidecar_path
+from cxr_viewer.core.model_store import default_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "default.safetensors"
+SAMPLES = REPO / "resources" / "samples"
+
+
+def test_default_model_ships_with_card_and_matching_hash(monkeypatch):
+    assert MODEL.exists(), "models/default.safetensors is part of the product"
+    meta = read_meta(str(MODEL))
+    assert sha256_file(str(MODEL)) == meta.weights_sha256
+    assert MODEL.stat().st_size < 60 * 1024 * 1024
+    assert (REPO / "models" / "MODEL_CARD.md").exists()
+    card = (REPO / "models" / "MODEL_CARD.md").read_text()
+    assert meta.weights_sha256 in card and "Research use only" in card
+    monkeypatch.delenv("CXR_VIEWER_MODEL", raising=False)
+    assert default_model_path() == str(MODEL)
+    assert meta.heads["pneumonia"].trained
+    train = meta.training
+    assert "kermany" in train["data_dir"] and "grouped by patient" in train["validation"]
+
+
+def test_lung_head_is_only_available_when_cross_validation_beats_chance():
+    meta = read_meta(str(MODEL))
+    head = meta.heads["lung_cancer_association"]
+    cv = meta.metrics.get("cross_validation", {}).get("lung_cancer_association")
+    assert cv is not None, "the lung-cancer association head must carry its cross-validated estimate"
+    low = cv["auroc_ci95"][0]
+    assert head.trained == (low > 0.5)
+    if not head.trained:
+        assert "not better than chance" in head.note
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return Scorer.from_file(str(MODEL), "cpu")
+
+
+def test_bundled_kermany_samples_score_consistently_with_their_labels(scorer):
+    threshold = scorer.meta.heads["pneumonia"].threshold
+    scores = {}
+    for label in ("NORMAL", "PNEUMONIA"):
+        for f in sorted((SAMPLES / "kermany" / label).iterdir()):
+            scores[f.name] = (label, scorer.score(open_image(str(f)), heatmaps=False).head("pneumonia").probability)
+    for name, (label, p) in scores.items():
+        assert (p >= threshold) == (label == "PNEUMONIA"), (name, label, p, threshold)
+    assert min(p for lab, p in scores.values() if lab == "PNEUMONIA") > max(p for lab, p in scores.values() if lab == "NORMAL")
+
+
+def test_bundled_dicoms_get_scores_and_heatmaps(scorer):
+    for f in sorted((SAMPLES / "dicom").glob("*.dcm")):
+        result = scorer.score(open_image(str(f)))
+        pneu = result.head("pneumonia")
+        assert pneu.available and 0.0 <= pneu.probability <= 1.0
+        assert result.heatmaps["pneumonia"].max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_report_json_beside_the_model_matches_the_card_metrics():
+    meta = read_meta(str(MODEL))
+    report = json.loads((REPO / "models" / "default.report.json").read_text())
+    assert report["heads"]["pneumonia"]["auroc"] == pytest.approx(meta.metrics["validation"]["pneumonia"]["auroc"])
+    assert json.loads(Path(sidecar_path(str(MODEL))).read_text())["notice"].startswith("Research use only")
