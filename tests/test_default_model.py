@@ -65,7 +65,8 @@ def test_bundled_dicoms_get_scores_and_heatmaps(scorer):
         result = scorer.score(open_image(str(f)))
         pneu = result.head("pneumonia")
         assert pneu.available and 0.0 <= pneu.probability <= 1.0
-        assert result.heatmaps["pneumonia"].max() == pytest.approx(1.0, abs=1e-5)
+        heat = result.heatmaps["pneumonia"]
+        assert heat.shape == (224, 224) and heat.min() >= 0.0 and 0.9 < heat.max() <= 1.0  # upsampled from 7 x 7
 
 
 def test_report_json_beside_the_model_matches_the_card_metrics():

@@ -396,6 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
 
     # data
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
+    validate_for_training(scan.splits.get("train", []))  # empty or single-class data: say so before splitting
     train_s, val_s, val_note = choose_validation(scan, cfg.val_split, cfg.seed)
     train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)

@@ -75,7 +75,7 @@ class TrainingDialog(QDialog):
         self.current_model = current_model
         self.runner = TaskRunner(self, "training")
         self.scan_runner = TaskRunner(self, "scan")
-        self.done: DoneEvent | None = None
+        self.finished_run: DoneEvent | None = None
         self._steps: list[tuple[float, float]] = []
         self._epochs: list[EpochEvent] = []
         self._dirty = False
@@ -84,6 +84,7 @@ class TrainingDialog(QDialog):
         self._timer = QTimer(self)
         self._timer.setInterval(PLOT_INTERVAL_MS)
         self._timer.timeout.connect(self._redraw)
+        self.finished.connect(lambda _result: self.shutdown())
 
     # --- construction ------------------------------------------------------------------
     def _build(self) -> None:
@@ -284,7 +285,7 @@ class TrainingDialog(QDialog):
         if not cfg.data_dir:
             self.status.setText("Choose a data folder first.")
             return
-        self.done = None
+        self.finished_run = None
         if not resume:
             self._steps, self._epochs = [], []
         self._dirty = True
@@ -301,8 +302,8 @@ class TrainingDialog(QDialog):
         self.runner.submit(train, cfg, resume)
 
     def _use_model(self) -> None:
-        if self.done is not None:
-            self.model_ready.emit(self.done.model_path)
+        if self.finished_run is not None:
+            self.model_ready.emit(self.finished_run.model_path)
 
     # --- events ------------------------------------------------------------------------
     def _on_event(self, ev: object) -> None:
@@ -358,7 +359,7 @@ class TrainingDialog(QDialog):
         self.status.setText(text)
 
     def _on_done(self, done: DoneEvent) -> None:
-        self.done = done
+        self.finished_run = done
         self._finish(f"Finished: best epoch {done.best_epoch + 1}" + (" (stopped early)" if done.stopped_early else "")
                      + f". Model saved to {done.model_path}")
         self.use.setEnabled(True)
@@ -383,6 +384,5 @@ class TrainingDialog(QDialog):
         self.runner.shutdown(60000)
         self.scan_runner.shutdown()
 
-    def closeEvent(self, event):  # noqa: N802
-        self.shutdown()
-        super().closeEvent(event)
+    # Closing a dialog ends in done(), which emits finished: stop the workers there. (Overriding
+    # closeEvent and calling QDialog.closeEvent from Python crashed PySide6 6.12 at teardown.)
