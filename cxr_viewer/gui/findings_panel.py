@@ -47,6 +47,7 @@ class HeadBox(QFrame):
         self.title = QLabel(f"<b>{HEAD_TITLES[head]}</b>", self)
         self.score = QLabel("", self)
         self.score.setTextFormat(Qt.TextFormat.RichText)
+        self.score.setWordWrap(True)
         self.detail = QLabel("", self)
         self.detail.setWordWrap(True)
         self.meaning = QLabel(HEAD_MEANING[head], self)

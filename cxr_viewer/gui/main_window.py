@@ -66,6 +66,7 @@ class MainWindow(QMainWindow):
         findings_dock.setObjectName("findings_dock")
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.findings)
         findings_dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, findings_dock)

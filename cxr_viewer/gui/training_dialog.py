@@ -181,13 +181,17 @@ class TrainingDialog(QDialog):
         self.step_curve = self.step_plot.plot(pen=pg.mkPen("#4a90d9", width=1))
         self.loss_plot = pg.PlotWidget(parent=self, title="Loss per epoch")
         self.loss_plot.addLegend()
-        self.train_curve = self.loss_plot.plot(pen=pg.mkPen("#4a90d9", width=2), symbol="o", name="train")
-        self.val_curve = self.loss_plot.plot(pen=pg.mkPen("#e67e22", width=2), symbol="o", name="validation")
+        self.train_curve = self.loss_plot.plot(pen=pg.mkPen("#4a90d9", width=2), symbol="o",
+                                              symbolBrush="#4a90d9", name="train")
+        self.val_curve = self.loss_plot.plot(pen=pg.mkPen("#e67e22", width=2), symbol="o",
+                                            symbolBrush="#e67e22", name="validation")
         self.metric_plot = pg.PlotWidget(parent=self, title="Validation accuracy and AUROC")
         self.metric_plot.addLegend()
         self.metric_plot.setYRange(0.4, 1.0)
-        self.acc_curve = self.metric_plot.plot(pen=pg.mkPen("#27ae60", width=2), symbol="o", name="accuracy")
-        self.auc_curve = self.metric_plot.plot(pen=pg.mkPen("#8e44ad", width=2), symbol="t", name="AUROC")
+        self.acc_curve = self.metric_plot.plot(pen=pg.mkPen("#27ae60", width=2), symbol="o",
+                                              symbolBrush="#27ae60", name="accuracy")
+        self.auc_curve = self.metric_plot.plot(pen=pg.mkPen("#8e44ad", width=2), symbol="t",
+                                              symbolBrush="#8e44ad", name="AUROC")
         for p in (self.step_plot, self.loss_plot, self.metric_plot):
             p.setLabel("bottom", "step" if p is self.step_plot else "epoch")
             p.showGrid(x=True, y=True, alpha=0.3)
