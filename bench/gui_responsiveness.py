@@ -57,6 +57,7 @@ def main() -> None:
     wait(win.model_changed)
     timer = QTimer()
     timer.timeout.connect(beat)
+    last[0] = time.perf_counter()
     timer.start(5)
     t0 = time.perf_counter()
     win.open_paths([args.folder])

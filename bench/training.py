@@ -76,7 +76,7 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
 
     pipeline = step_rate(model, opt, forever(loader), steps, choice)
     x = torch.randn(batch, 3, spec.input_size, spec.input_size)
-    y = torch.from_numpy(labels[:batch])
+    y = torch.from_numpy(np.resize(labels, (batch, labels.shape[1])))
 
     def same():
         while True:

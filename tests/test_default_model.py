@@ -74,3 +74,13 @@ def test_report_json_beside_the_model_matches_the_card_metrics():
     report = json.loads((REPO / "models" / "default.report.json").read_text())
     assert report["heads"]["pneumonia"]["auroc"] == pytest.approx(meta.metrics["validation"]["pneumonia"]["auroc"])
     assert json.loads(Path(sidecar_path(str(MODEL))).read_text())["notice"].startswith("Research use only")
+
+
+def test_self_test_passes_and_writes_its_report(tmp_path, cli):
+    out = tmp_path / "self_test.json"
+    r = cli("--self-test", "--json", str(out), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["model"]["sha256"] == read_meta(str(MODEL)).weights_sha256
+    assert {e["kind"] for e in report["images"]} == {"dicom", "raster"}
+    assert all(e["ok"] and "pneumonia" in e["heatmaps"] for e in report["images"])
