@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Generator
 
 import numpy as np
@@ -36,13 +37,23 @@ class LoadedImage:
     def shape(self) -> tuple[int, int]:
         return self.values.shape  # type: ignore[return-value]
 
-    def auto_window(self) -> Window:
+    # Computed once (the GUI's loader warms them in the worker thread, so window/level drags on
+    # the GUI thread never rescan the pixels).
+    @cached_property
+    def _auto(self) -> Window:
         return percentile_window(self.values, self.padding, name="Auto (0.5-99.5 percentile)")
 
-    def full_window(self) -> Window:
+    @cached_property
+    def _full(self) -> Window:
         if self.ref.kind == "raster" and self.stored.dtype == np.uint8:
             return Window(128.0, 256.0, "LINEAR_EXACT", "Full range (8-bit)")
         return full_range_window(self.values, self.padding)
+
+    def auto_window(self) -> Window:
+        return self._auto
+
+    def full_window(self) -> Window:
+        return self._full
 
     def presets(self) -> list[Voi]:
         """Header windows and VOI LUTs first (in file order), then auto and full range."""
@@ -86,6 +97,7 @@ def load_image_task(ref: ImageRef, frame: int = 0,
     yield Progress("decoding", 0, 1, ref.path)
     cancel.raise_if_cancelled()
     image = load_image(ref, frame)
+    image.auto_window(), image.full_window()  # computed here, off the GUI thread
     cancel.raise_if_cancelled()
     yield Progress("decoding", 1, 1, ref.path)
     return image
