@@ -42,6 +42,15 @@ def run_self_test(device: str = "auto") -> dict:
     kinds = {r.kind for r in refs}
     check("samples indexed", bool(refs) and kinds == {"dicom", "raster"} and not found.errors,
           f"{len(refs)} images ({', '.join(sorted(kinds))}) in {time.perf_counter() - t0:.2f} s; {len(found.errors)} errors")
+    try:  # torchvision's compiled ops (a frozen bundle missing _C_stable.so fails here)
+        import torch
+        import torchvision  # noqa: F401
+
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+        keep = torch.ops.torchvision.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+        check("torchvision compiled ops", keep.tolist() == [0], f"torchvision {torchvision.__version__}")
+    except Exception as exc:  # noqa: BLE001
+        check("torchvision compiled ops", False, str(exc))
     model_path = default_model_path()
     if not check("default model present", model_path is not None, str(model_path)):
         report["ok"] = False
