@@ -63,3 +63,14 @@ def test_frozen_app_opens_a_study_in_a_real_x_window(xvfb_display, tmp_path):
     assert grey.shape[0] > 400 and grey.std() > 20
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     out.replace(SCREENSHOTS / "frozen_xvfb_window.png")
+
+
+def test_frozen_window_mode_offscreen(tmp_path):
+    """The second self-test mode without any display: main window on a sample, closed once rendered."""
+    out = tmp_path / "offscreen.png"
+    r = subprocess.run([str(APP), str(REPO / "resources" / "samples" / "dicom"), "--screenshot", str(out)],
+                       capture_output=True, text=True, timeout=300, env=_env(tmp_path, QT_QPA_PLATFORM="offscreen"),
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    grey = np.asarray(Image.open(out).convert("L"))
+    assert grey.shape[0] > 400 and grey.std() > 20
