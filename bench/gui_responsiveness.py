@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("folder", nargs="?", default=str(REPO / "resources" / "samples"))
     ap.add_argument("--model", default=default_model_path())
     args = ap.parse_args()
-    app = QApplication.instance() or QApplication([])
+    _app = QApplication.instance() or QApplication([])  # kept alive for the whole run
     configure_pyqtgraph()
     import tempfile
 

@@ -97,26 +97,35 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+def _load_scorer(command: str, model: str | None, device: str, precision: str = "auto"):
+    """The --model file (else the default model) on the device; None after a one-line message."""
+    from .core.inference import Scorer
+    from .core.model import ModelFileError
+    from .core.model_store import default_model_path
+
+    model_path = model or default_model_path()
+    if not model_path:
+        print(f"cxr-viewer {command}: no model: pass --model FILE.safetensors (none is installed in models/)",
+              file=sys.stderr)
+        return None
+    try:
+        return Scorer.from_file(model_path, device, precision)
+    except (ModelFileError, ValueError) as exc:  # unreadable/refused file, or a device not available here
+        print(f"cxr-viewer {command}: cannot use model {model_path}: {exc}", file=sys.stderr)
+        return None
+
+
 def _predict(args: argparse.Namespace) -> int:
     import csv
 
     from .core.index import index
-    from .core.inference import Scorer, score_many_task
-    from .core.model import HEADS, ModelFileError
-    from .core.model_store import default_model_path
+    from .core.inference import score_many_task
+    from .core.model import HEADS
 
-    model_path = args.model or default_model_path()
-    if not model_path:
-        print("cxr-viewer predict: no model: pass --model FILE.safetensors (none is installed in models/)", file=sys.stderr)
+    scorer = _load_scorer("predict", args.model, args.device)
+    if scorer is None:
         return EXIT_BAD_INPUT
-    try:
-        scorer = Scorer.from_file(model_path, args.device)
-    except FileNotFoundError:
-        print(f"cxr-viewer predict: model file not found: {model_path}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ModelFileError, ValueError) as exc:
-        print(f"cxr-viewer predict: cannot use model {model_path}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    model_path = scorer.path
     found = index(args.paths)
     refs = list(found.images())
     records: list[dict] = []
@@ -297,22 +306,17 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .core.data import DataError
     from .core.evaluation import evaluate_task, select_samples
-    from .core.inference import Scorer
-    from .core.model import ModelFileError
-    from .core.model_store import default_model_path
 
-    model_path = args.model or default_model_path()
-    if not model_path:
-        print("cxr-viewer evaluate: no model: pass --model FILE.safetensors", file=sys.stderr)
+    scorer = _load_scorer("evaluate", args.model, args.device, args.precision)
+    if scorer is None:
         return EXIT_BAD_INPUT
     try:
-        scorer = Scorer.from_file(model_path, args.device, args.precision)
         samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
         result = _run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap))
     except FileNotFoundError as exc:
         print(f"cxr-viewer evaluate: not found: {exc.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ModelFileError, DataError, ValueError) as exc:
+    except (DataError, ValueError) as exc:
         print(f"cxr-viewer evaluate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:

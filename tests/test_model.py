@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 from cxr_viewer.core.image import open_image
 from cxr_viewer.core.inference import Scorer, choose_device, cpu_supports_bf16, grad_cam
-from cxr_viewer.core.model import ModelFileError, load_model, read_meta, sidecar_path
+from cxr_viewer.core.model import ModelFileError, load_model, sidecar_path
 from cxr_viewer.core.preprocess import PreprocessSpec, preprocess, preprocess_image
 from model_fixtures import DEFAULT_MODEL, REPO, make_test_model
 

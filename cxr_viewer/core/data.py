@@ -24,7 +24,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import ImageOpenError
 from .image import open_image
 from .model import HEADS
 from .preprocess import PreprocessSpec, preprocess_unit
@@ -272,19 +271,3 @@ class PreprocessCache:
             np.save(tmp, np.rint(unit * 65535.0).astype(np.uint16), allow_pickle=False)
             os.replace(tmp, cached)
         return unit
-
-
-def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[OpenError]]:
-    """Drop samples whose file cannot be indexed (headers only), listing why."""
-    from .index import read_any
-
-    good, bad = [], []
-    for s in samples:
-        try:
-            read_any(s.path)
-            good.append(s)
-        except ImageOpenError as exc:
-            bad.append(OpenError(s.path, str(exc)))
-        except OSError as exc:
-            bad.append(OpenError(s.path, f"cannot read file: {exc.strerror}"))
-    return good, bad

@@ -20,7 +20,7 @@ from typing import Generator
 import numpy as np
 import torch
 
-from .data import DataError, PreprocessCache, check_readable, default_cache_dir, scan_dataset, validate_for_training
+from .data import DataError, PreprocessCache, default_cache_dir, scan_dataset, validate_for_training
 from .fileio import write_bytes_atomic
 from .inference import autocast, choose_device
 from .metrics import binary_report, fit_temperature, format_report, save_report_plots, youden_threshold
@@ -105,12 +105,12 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
     model = model.to(choice.device).to(memory_format=torch.channels_last)
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
     samples = [s for split in ("train", "val", "test") for s in scan.splits.get(split, [])]
-    samples, bad = check_readable(samples)
-    per_head = validate_for_training(samples)
-    heads = [h for h in HEADS if per_head[h]]
+    validate_for_training(samples)
     spec = meta.preprocessing
     cache = PreprocessCache(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), spec)
-    images, samples, bad2 = yield from prepare_images(samples, cache, cancel, "preparing images")
+    images, samples, bad = yield from prepare_images(samples, cache, cancel, "preparing images")
+    per_head = validate_for_training(samples)  # after unreadable images were dropped and listed
+    heads = [h for h in HEADS if per_head[h]]
     feats = yield from _features(model, images, spec, cfg.augmented_copies, choice, cancel, cfg.seed)
     reports, texts, cv = {}, [], {}
     for head in heads:
@@ -157,7 +157,7 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
                   f"{cfg.augmented_copies} augmented copies; {cfg.steps} full-batch steps",
         "cross_validation": cv, "base_model_sha256": meta.weights_sha256,
         "config": {k: v for k, v in vars(cfg).items() if k != "cache_dir"},
-        "skipped": len(bad) + len(bad2),
+        "skipped": len(bad),
     })
     meta.metrics.setdefault("cross_validation", {}).update(
         {h: {k: v for k, v in r.items() if k not in ("roc_curve", "calibration_curve")} for h, r in reports.items()})

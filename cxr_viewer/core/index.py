@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from collections import defaultdict
 from typing import Generator, Iterable
 
 from . import dicom_io, raster_io

@@ -11,7 +11,6 @@ OpenCV, matplotlib and more) and test it against a hand-computed case.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 
 from .errors import ImageOpenError
 from .image import LoadedImage, load_image
-from .model import HEAD_TITLES, CxrNet, ModelMeta, load_model
+from .model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
 from .preprocess import preprocess_image
 from .study import ImageRef
 from .tasks import NEVER_CANCELLED, CancelToken, Progress
@@ -205,10 +204,8 @@ class Scorer:
         for i, h in enumerate(self.head_names):
             info = self.meta.heads[h]
             if not info.trained:
-                reason = f"not available: this model has no trained {HEAD_TITLES[h].split(' (')[0].lower()} head"
-                if info.note:
-                    reason += f" ({info.note})"
-                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=reason, meaning=HEAD_MEANING[h]))
+                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=unavailable_reason(h, info.note),
+                                     meaning=HEAD_MEANING[h]))
                 continue
             p = float(probs[i])
             op = info.operating_point or {}
@@ -284,8 +281,3 @@ def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 
                                                  for i, h in enumerate(scorer.head_names)})
         cancel.raise_if_cancelled()
     return scored
-
-
-def logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))

@@ -26,6 +26,12 @@ HEAD_TITLES = {"pneumonia": "Pneumonia", "lung_cancer_association": "Lung-cancer
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
+def unavailable_reason(head: str, note: str = "") -> str:
+    """What the viewer and ``predict`` say instead of a score for a head that was not trained."""
+    reason = f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head"
+    return reason + (f" ({note})" if note else "")
+
+
 class ModelFileError(Exception):
     """A model file that cannot be used; ``str(err)`` is one line for the user."""
 

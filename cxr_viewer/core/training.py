@@ -26,7 +26,6 @@ from .data import (
     DataError,
     PreprocessCache,
     Sample,
-    check_readable,
     choose_validation,
     default_cache_dir,
     scan_dataset,
@@ -400,16 +399,14 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     train_s, val_s, val_note = choose_validation(scan, cfg.val_split, cfg.seed)
     train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
-    train_s, bad1 = check_readable(train_s)
-    val_s, bad2 = check_readable(val_s)
-    per_head = validate_for_training(train_s)
-    heads = tuple(h for h in HEADS if per_head[h])
+    validate_for_training(train_s)  # before decoding anything
     spec = PreprocessSpec(input_size=cfg.input_size)
     cache = PreprocessCache(cfg.cache_dir, spec)
-    train_x, train_s, bad3 = yield from prepare_images(train_s, cache, cancel, "preparing training images")
-    val_x, val_s, bad4 = yield from prepare_images(val_s, cache, cancel, "preparing validation images")
-    validate_for_training(train_s)
-    skipped = tuple(scan.skipped + bad1 + bad2 + bad3 + bad4)
+    train_x, train_s, bad_train = yield from prepare_images(train_s, cache, cancel, "preparing training images")
+    val_x, val_s, bad_val = yield from prepare_images(val_s, cache, cancel, "preparing validation images")
+    per_head = validate_for_training(train_s)  # unreadable images are gone now (prepare_images lists them)
+    heads = tuple(h for h in HEADS if per_head[h])
+    skipped = tuple(scan.skipped + bad_train + bad_val)
     train_y, val_y = _labels_array(train_s), _labels_array(val_s)
     for h in heads:
         j = HEADS.index(h)

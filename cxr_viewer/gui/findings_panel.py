@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 
 from .. import RESEARCH_NOTICE
 from ..core.inference import HEAD_MEANING, ModelSummary, ScoreResult
-from ..core.model import HEAD_TITLES, HEADS
+from ..core.model import HEAD_TITLES, HEADS, unavailable_reason
 
 HEATMAP_COLORMAP = "inferno"
 
@@ -122,9 +122,7 @@ class FindingsPanel(QGroupBox):
                 + (f"<br><span style='color:#b00000'>Last load failed, kept this model: {error}</span>" if error else ""))
             for head, box in self.boxes.items():
                 if head not in summary.trained_heads:
-                    reason = f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head"
-                    note = summary.head_notes.get(head, "")
-                    box.show_unavailable(reason + (f" ({note})" if note else ""))
+                    box.show_unavailable(unavailable_reason(head, summary.head_notes.get(head, "")))
                 else:
                     box.score.setText("<i>waiting for an image</i>")
                     box.detail.setText("")

@@ -12,7 +12,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from ..core.display import DisplayMapping, Voi, VoiLut, Window, display_mapping, render_uint8
+from ..core.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
 from ..core.image import LoadedImage
 
 
