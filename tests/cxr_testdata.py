@@ -437,11 +437,16 @@ def disable_j2k_decoders(monkeypatch) -> None:
         assert not decoder.is_available
 
 
-def run_cli(*args: str, timeout: float = 60, python_code: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 60, python_code: str | None = None, env: dict | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m cxr_viewer ARGS`` (or ``python -c CODE ARGS``) from the repository root.
 
     ``timeout`` guards against a hang (the test fails with TimeoutExpired); it is no speed check.
     """
     cmd = [sys.executable, "-c", python_code, *args] if python_code else [sys.executable, "-m", "cxr_viewer", *args]
+    full_env = {**os.environ, **env} if env else None
+    if stdin is not None:
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, input=stdin,
+                              env=full_env)
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=full_env)

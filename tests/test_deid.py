@@ -1,0 +1,271 @@
+"""De-identification (PS3.15 Annex E basic profile via dicom-anonymizer) of every real DICOM we
+have, and results (SR, SC) built from de-identified copies."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import cxr_testdata as td
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID
+
+from cxr_viewer.core import dicom_results as dr
+from cxr_viewer.core import overlay
+from cxr_viewer.core.deid import (
+    Deidentifier,
+    action_for,
+    deidentify_file,
+    identifying_attributes,
+)
+from cxr_viewer.core.image import open_image
+from cxr_viewer.core.inference import Scorer
+from cxr_viewer.core.model_store import default_model_path
+
+SAMPLE_DIR = td.REPO_ROOT / "resources" / "samples" / "dicom"
+RG1 = SAMPLE_DIR / "RG1_J2KR.dcm"
+#: The library's dummy values: an original that already held one cannot "change".
+DUMMIES = {"00010101", "000000.00", "00010101010101.000000+0000", "ANONYMIZED", "0", "000Y"}
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+
+def sample_dicoms() -> list[Path]:
+    return sorted(SAMPLE_DIR.glob("*.dcm"))
+
+
+def shared_dicoms() -> list[Path]:
+    return td.all_dicoms(td.SHARED_DATA) if td.SHARED_DATA.is_dir() else []
+
+
+def read_or_skip(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - depends on the shared data
+        pytest.skip(f"pydicom cannot read {path.name}: {exc}")
+
+
+def secrets_of(ds: Dataset) -> list[str]:
+    """What must not survive: name parts, IDs, accession, institution, referring physician,
+    station, other IDs, and the original instance UIDs (at any depth)."""
+    out: list[str] = []
+    name = str(ds.get("PatientName", "") or "")
+    out += [p for p in name.replace("=", "^").split("^") if len(p) >= 3]
+    for kw in ("PatientID", "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "StationName",
+               "InstitutionalDepartmentName", "DeviceSerialNumber"):
+        value = str(ds.get(kw, "") or "").strip()
+        if len(value) >= 3:
+            out.append(value)
+    other = ds.get("OtherPatientIDs")
+    values = list(other) if isinstance(other, (list, MultiValue)) else ([other] if other else [])
+    out += [str(v) for v in values if len(str(v)) >= 3]
+
+    def uids(dataset, elem):
+        if elem.VR == "UI" and elem.keyword in (*UID_KEYWORDS, "ReferencedSOPInstanceUID") and elem.value:
+            out.append(str(elem.value))
+
+    ds.walk(uids)
+    return out
+
+
+def header_bytes(ds: Dataset) -> bytes:
+    """The data set serialised without its pixel data (pixel bytes could match 3 letters by chance)."""
+    head = copy.deepcopy(ds)
+    if "PixelData" in head:
+        del head.PixelData
+    buf = io.BytesIO()
+    head.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def file_header_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    pos = raw.rfind(b"\xe0\x7f\x10\x00")
+    return raw[:pos] if pos > 0 else raw
+
+
+def assert_no_secrets(data: bytes, secrets: list[str], where: str) -> None:
+    for secret in secrets:
+        for encoded in {secret.encode("latin-1", "ignore"), secret.encode("utf-8")}:
+            assert encoded not in data, f"{secret!r} survives in {where}"
+
+
+def check_deidentified(path: Path, tmp_path: Path) -> None:
+    ds = read_or_skip(path)
+    before = copy.deepcopy(ds)
+    d = Deidentifier()
+    out = d.dataset(ds)
+
+    # the input is untouched
+    assert ds == before and ds.file_meta == before.file_meta
+    # every attribute the profile acts on has lost its value
+    found = identifying_attributes(before)
+    assert "PatientID" in found or not str(before.get("PatientID", "")).strip()
+    for keyword, value in found.items():
+        if keyword not in out or out[keyword].VR == "SQ" or value in DUMMIES:
+            continue
+        assert str(out[keyword].value) != value, f"{keyword} kept {value!r}"
+    for kw in UID_KEYWORDS:
+        if kw in before:
+            assert out[kw].value == d.uid(before[kw].value) != before[kw].value
+            assert UID(out[kw].value).is_valid
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert out.PatientIdentityRemoved == "YES"
+    assert "Basic Application Level Confidentiality Profile" in out.DeidentificationMethod[0]
+    assert any("dicom-anonymizer" in v for v in out.DeidentificationMethod)
+    code = out.DeidentificationMethodCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "113100", "DCM", "Basic Application Confidentiality Profile")
+    assert out.PatientID.startswith("ANON-") and str(out.PatientName) == out.PatientID
+    private = []
+    out.walk(lambda dataset, elem: private.append(elem.tag) if elem.tag.is_private else None)
+    assert private == []
+    # pixels, and what is needed to show them, unchanged
+    assert out.PixelData == before.PixelData
+    assert out.file_meta.TransferSyntaxUID == before.file_meta.TransferSyntaxUID
+    for kw in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored", "SOPClassUID"):
+        assert out.get(kw) == before.get(kw)
+
+    # nothing identifying anywhere: in memory and in the file written
+    secrets = secrets_of(before)
+    assert secrets
+    assert_no_secrets(header_bytes(out), secrets, f"de-identified {path.name}")
+    dst = tmp_path / f"deid_{path.name}"
+    written = deidentify_file(str(path), str(dst), d)
+    assert written.SOPInstanceUID == out.SOPInstanceUID  # same session, same UIDs
+    assert_no_secrets(file_header_bytes(dst), secrets, f"written {dst.name}")
+    back = pydicom.dcmread(dst)
+    assert back.PixelData == before.PixelData and back.SOPInstanceUID == out.SOPInstanceUID
+
+
+@pytest.mark.parametrize("path", sample_dicoms(), ids=lambda p: p.name)
+def test_sample_dicoms_are_deidentified(path, tmp_path):
+    check_deidentified(path, tmp_path)
+
+
+def test_shared_dicoms_are_deidentified(shared_data, tmp_path):
+    paths = td.all_dicoms(shared_data)
+    assert len(paths) >= 6
+    for path in paths:
+        check_deidentified(path, tmp_path)
+
+
+def test_uids_are_consistent_within_a_session_only():
+    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
+    one = Deidentifier()
+    a, b = one.dataset(ds), one.dataset(ds)
+    for kw in UID_KEYWORDS[:3]:
+        assert a[kw].value == b[kw].value == one.uid(ds[kw].value)
+    assert a.PatientID == b.PatientID
+    other = Deidentifier().dataset(ds)
+    for kw in UID_KEYWORDS[:3]:
+        assert other[kw].value != a[kw].value
+    assert other.PatientID != a.PatientID
+    # UIDs of the standard itself are no identifiers
+    assert one.uid(ds.SOPClassUID) == ds.SOPClassUID and a.SOPClassUID == ds.SOPClassUID
+
+
+def test_library_global_uid_map_is_not_used():
+    from dicomanonymizer import simpledicomanonymizer as sda
+
+    size = len(sda.dictionary)
+    Deidentifier().dataset(pydicom.dcmread(RG1, stop_before_pixels=True))
+    assert len(sda.dictionary) == size
+
+
+def test_references_between_images_of_one_study(shared_data):
+    """RG1_J2KR's Source Image Sequence points at RG1_UNCR: kept valid after de-identification."""
+    uncr = pydicom.dcmread(td.rg1(shared_data, "UNCR"), stop_before_pixels=True)
+    j2kr = pydicom.dcmread(td.rg1(shared_data, "J2KR"), stop_before_pixels=True)
+    assert j2kr.SourceImageSequence[0].ReferencedSOPInstanceUID == uncr.SOPInstanceUID
+    d = Deidentifier()
+    new_j2kr, new_uncr = d.dataset(j2kr), d.dataset(uncr)  # reference seen before the referenced file
+    assert new_j2kr.SourceImageSequence[0].ReferencedSOPInstanceUID == new_uncr.SOPInstanceUID
+    assert new_j2kr.StudyInstanceUID == new_uncr.StudyInstanceUID != uncr.StudyInstanceUID
+    assert new_j2kr.PatientID == new_uncr.PatientID
+
+
+def test_identifying_attributes_come_from_the_profile_table():
+    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
+    found = identifying_attributes(ds)
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
+               "StudyInstanceUID", "SOPInstanceUID", "StudyDate", "ReferringPhysicianName", "SourceImageSequence"):
+        assert kw in found, kw
+    assert found["PatientName"] == "CompressedSamples^RG1" and found["PatientID"] == "9RG1"
+    for kw in ("Modality", "Rows", "SOPClassUID", "PhotometricInterpretation", "DateOfLastCalibration"):
+        assert kw not in found, kw  # kept by the profile, or empty
+    assert action_for(0x00100010) == "Z" and action_for(0x00080018) == "U"
+    assert action_for(0x00280010) is None and action_for(0x00091001) == "X"
+
+
+def test_nested_and_free_text_identifiers_are_removed():
+    """Identifiers hidden where the profile's table does not look: a private block, a kept
+    free-text attribute, and a code meaning inside a kept sequence (headers written by hand
+    around the real RG1 file)."""
+    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
+    ds.private_block(0x0009, "CXR TEST", create=True).add_new(0x01, "LO", "CompressedSamples^RG1")
+    ds.ManufacturerModelName = "Cassette of patient 9RG1"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "51185008", "SCT"
+    region.CodeMeaning = "Chest of CompressedSamples (exam Number)"
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.ReferencedImageSequence = Sequence([Dataset()])
+    ds.ReferencedImageSequence[0].ReferencedSOPClassUID = ds.SOPClassUID
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    d = Deidentifier()
+    out = d.dataset(ds)
+    data = header_bytes(out)
+    assert_no_secrets(data, ["CompressedSamples", "9RG1", "exam Number", "CXR TEST", ds.SOPInstanceUID], "copy")
+    assert out.ManufacturerModelName.startswith("Cassette of patient ")
+    assert out.AnatomicRegionSequence[0].CodeValue == "51185008"  # the code itself is kept
+    ref = out.ReferencedImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == out.SOPInstanceUID  # a reference to itself, kept valid
+    assert ref.ReferencedSOPClassUID == ds.SOPClassUID
+
+
+# --- results from a de-identified source --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rg1_result():
+    path = default_model_path()
+    assert path, "models/default.safetensors is missing"
+    image = open_image(str(RG1))
+    return image, Scorer.from_file(str(path)).score(image)
+
+
+def test_results_from_a_deidentified_source(rg1_result, tmp_path):
+    image, result = rg1_result
+    original = pydicom.dcmread(RG1)
+    d = Deidentifier()
+    copy_path = tmp_path / "rg1_deid.dcm"
+    deidentify_file(str(RG1), str(copy_path), d)
+    source = dr.read_source_header(copy_path)
+    assert source.SOPInstanceUID == d.uid(original.SOPInstanceUID)
+
+    sr_path, sc_path = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+    dr.write_dataset(dr.build_sr(source, result), sr_path)
+    dr.write_dataset(dr.build_secondary_capture(source, overlay.annotated_rgb(image, result), result), sc_path)
+    secrets = secrets_of(original)
+    for path in (sr_path, sc_path):
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID == source.StudyInstanceUID == d.uid(original.StudyInstanceUID)
+        assert ds.PatientID == source.PatientID and ds.PatientID.startswith("ANON-")
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert_no_secrets(file_header_bytes(path), secrets, path.name)
+        assert dr.vr_problems(ds) == []
+    sr = pydicom.dcmread(sr_path)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    sc = pydicom.dcmread(sc_path)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    rendered = sc.pixel_array
+    assert rendered.shape == (*image.shape, 3)
+    # the de-identified copy decodes to the very same pixels as the original
+    assert np.array_equal(pydicom.dcmread(copy_path).pixel_array, original.pixel_array)

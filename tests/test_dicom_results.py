@@ -1,0 +1,374 @@
+"""AI results as DICOM: the TID 1500 SR and the burnt-in Secondary Capture, from the real sample
+DICOMs scored by the real shipped model (loaded once for the module)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
+
+import cxr_testdata as td
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import UID
+
+from cxr_viewer import RESEARCH_NOTICE, __version__
+from cxr_viewer.core import dicom_results as dr
+from cxr_viewer.core import overlay
+from cxr_viewer.core.image import open_image
+from cxr_viewer.core.inference import HeadScore, Scorer, ScoreResult
+from cxr_viewer.core.model import unavailable_reason
+from cxr_viewer.core.model_store import default_model_path
+
+SAMPLES = td.REPO_ROOT / "resources" / "samples"
+RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
+NIH = SAMPLES / "dicom" / "NIH_DX_no_finding.dcm"
+KERMANY_JPEG = SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+PROBABILITY = ("122157", "DCM")
+PNEUMONIA = ("233604007", "SCT")
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    path = default_model_path()
+    assert path, "models/default.safetensors is missing"
+    return Scorer.from_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def scored(scorer):
+    """path -> (LoadedImage, ScoreResult, header) for both samples (scored once)."""
+    out = {}
+    for path in (RG1, NIH):
+        image = open_image(str(path))
+        out[path.name] = (image, scorer.score(image), dr.read_source_header(path))
+    return out
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def content_items(ds):
+    """Every SR content item (pydicom Datasets), depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def concept(item) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodeValue), str(code.CodingSchemeDesignator)
+
+
+def texts(ds) -> list[str]:
+    return [str(i.TextValue) for i in content_items(ds) if i.ValueType == "TEXT"]
+
+
+def num_items(ds) -> list:
+    return [i for i in content_items(ds) if i.ValueType == "NUM"]
+
+
+def dsrdump_problems(path: Path) -> str | None:
+    """dcmtk's SR parser output on stderr (None when dcmtk is not installed)."""
+    exe = shutil.which("dsrdump")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr.strip()
+
+
+def unavailable_result(result: ScoreResult) -> ScoreResult:
+    """The same result as if the model had no trained head at all."""
+    heads = tuple(HeadScore(h.head, h.title, False, reason=unavailable_reason(h.head, "test"), meaning=h.meaning)
+                  for h in result.heads)
+    return dataclasses.replace(result, heads=heads, heatmaps={})
+
+
+# --- SR ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [RG1.name, NIH.name])
+def test_sr_round_trip(scored, tmp_path, name):
+    _, result, src = scored[name]
+    pneu = result.head("pneumonia")
+    assert pneu.available and not result.head("lung_cancer_association").available
+
+    path = tmp_path / "sr.dcm"
+    dr.write_dataset(dr.build_sr(src, result), path)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == COMPREHENSIVE_SR and ds.Modality == "SR"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
+    assert UID(ds.SeriesInstanceUID).is_valid and UID(ds.SOPInstanceUID).is_valid
+    assert ds.PatientID == src.PatientID and str(ds.PatientName) == str(src.PatientName)
+    assert ds.Manufacturer == "cxr_viewer project" and ds.SoftwareVersions == f"cxr_viewer {__version__}"
+    assert RESEARCH_NOTICE in ds.SeriesDescription
+    assert ds.SeriesNumber == 9901 and ds.VerificationFlag == "UNVERIFIED"
+    evidence = ds.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == src.StudyInstanceUID
+    refs = [r.ReferencedSOPInstanceUID for s in evidence.ReferencedSeriesSequence for r in s.ReferencedSOPSequence]
+    assert refs == [src.SOPInstanceUID]
+    assert dr.vr_problems(ds) == []
+
+    # the scores, read back with highdicom
+    sr = hd.sr.srread(path)
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 1  # one per available head: pneumonia only
+    group = groups[0]
+    assert (group.finding_type.value, group.finding_type.scheme_designator) == PNEUMONIA
+    assert [i.referenced_sop_instance_uid for i in group.source_images] == [src.SOPInstanceUID]
+    (measurement,) = group.get_measurements()
+    assert (measurement.name.value, measurement.name.scheme_designator) == PROBABILITY
+    assert measurement.value == pytest.approx(pneu.probability, abs=1e-6)
+    assert (measurement.unit.value, measurement.unit.scheme_designator) == ("1", "UCUM")
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert (evaluation.name.value, evaluation.name.scheme_designator) == PNEUMONIA
+    assert evaluation.value.value == ("52101004" if pneu.positive else "272519000")
+
+    # no lung-cancer number anywhere: one NUM item in the whole tree, pneumonia's
+    nums = num_items(ds)
+    assert len(nums) == 1 and concept(nums[0]) == PROBABILITY
+    # TID 4019 algorithm identification under the measurement
+    algorithm = [(concept(i)[0], str(i.TextValue)) for i in nums[0].ContentSequence]
+    assert ("111001", result.model_name) in algorithm and ("111003", result.model_version) in algorithm
+    params = [v for code, v in algorithm if code == "111002"]
+    assert f"sha256={result.model_sha256}" in params and "calibration=temperature" in params
+    assert f"threshold={pneu.threshold:.6g}" in params
+    all_text = texts(ds)
+    assert any("Lung-cancer association" in t and "not available" in t for t in all_text)
+    assert RESEARCH_NOTICE in all_text  # a TEXT item of its own, in the root's Qualitative Evaluations
+
+    # the model as the device observer
+    items = {concept(i): i for i in content_items(ds) if i.RelationshipType == "HAS OBS CONTEXT"}
+    assert items[("121005", "DCM")].ConceptCodeSequence[0].CodeValue == "121007"  # observer type: device
+    assert items[("121012", "DCM")].UID == dr.device_uid(result.model_sha256)
+    assert items[("121016", "DCM")].TextValue == result.model_sha256
+    assert len(result.model_sha256) == 64
+    assert items[("121014", "DCM")].TextValue == "cxr_viewer project"
+    assert result.model_name in items[("121013", "DCM")].TextValue
+    assert items[("121015", "DCM")].TextValue == f"{result.model_name} {result.model_version}"
+
+    problems = dsrdump_problems(path)
+    assert not problems, problems
+
+
+def test_sr_tree_reads_with_from_dataset(scored):
+    _, result, src = scored[RG1.name]
+    ds = dr.build_sr(src, result)
+    sr = hd.sr.ComprehensiveSR.from_dataset(ds)
+    report = sr.content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert len(report.get_image_measurement_groups(referenced_sop_instance_uid=src.SOPInstanceUID)) == 1
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+
+def test_device_uid_is_stable_and_valid():
+    sha = "abc0942c2e0a16a3b174081358b4467283d8cbe7feb18739b1c00e5ebae0dc84"
+    uid = dr.device_uid(sha)
+    assert uid == f"2.25.{int(sha[:32], 16)}" and UID(uid).is_valid and len(uid) <= 64
+    assert dr.device_uid(sha) == uid
+
+
+def test_sr_without_any_trained_head(scored):
+    _, result, src = scored[NIH.name]
+    none = unavailable_result(result)
+    ds = dr.build_sr(src, none)
+    assert num_items(ds) == []
+    assert not [i for i in content_items(ds) if i.ValueType == "CODE" and concept(i) == PNEUMONIA]
+    all_text = texts(ds)
+    for title in ("Pneumonia", "Lung-cancer association"):
+        assert any(t.startswith(title) and "not available" in t for t in all_text)
+    assert RESEARCH_NOTICE in all_text
+    sr = hd.sr.ComprehensiveSR.from_dataset(ds)
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.get_measurements() == [] and group.source_images[0].referenced_sop_instance_uid == src.SOPInstanceUID
+
+
+# --- Secondary Capture ---------------------------------------------------------------------------
+
+
+def text_box(sc_rgb: np.ndarray, plain_rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (top, left, bottom, right) of the pixels the burnt-in text changed."""
+    rows, cols = np.nonzero(np.any(sc_rgb != plain_rgb, axis=2))
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+@pytest.mark.parametrize("name", [RG1.name, NIH.name])
+def test_secondary_capture(scored, tmp_path, name):
+    image, result, src = scored[name]
+    rgb = overlay.annotated_rgb(image, result)
+    assert rgb.dtype == np.uint8 and rgb.shape == (*image.shape, 3) and rgb.flags.c_contiguous
+    path = tmp_path / "sc.dcm"
+    dr.write_dataset(dr.build_secondary_capture(src, rgb, result), path)
+
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3
+    assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
+    assert ds.SeriesNumber == 9902
+    assert ds.BurnedInAnnotation == "YES"
+    assert RESEARCH_NOTICE in ds.SeriesDescription and RESEARCH_NOTICE in ds.ImageComments
+    assert "Lung-cancer association: not available" in ds.ImageComments
+    assert "Grad-CAM" in ds.DerivationDescription
+    (ref,) = ds.SourceImageSequence
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (src.SOPClassUID, src.SOPInstanceUID)
+    assert "PixelSpacing" not in ds  # RG1's is a bogus [0, 0], the NIH file has none
+    assert dr.vr_problems(ds) == []
+    pixels = ds.pixel_array
+    assert np.array_equal(pixels, rgb)
+    assert np.array_equal(hd.imread(path).get_frame(1), rgb)
+
+    # the heatmap: where it is hot the picture is coloured, unlike the plain grey rendering
+    grey = overlay.render_grey(image)
+    heat = overlay.resize_heatmap(result.heatmaps["pneumonia"], image.shape)
+    plain = overlay.composite_rgb(image, result.heatmaps["pneumonia"])
+    top, left, bottom, right = text_box(pixels, plain)
+    hot = heat > 0.8
+    hot[:bottom, :right] = False
+    assert hot.sum() > 1000
+    diff = np.abs(pixels.astype(int) - grey[:, :, None].astype(int)).max(axis=2)
+    assert diff[hot].mean() > 40
+    colour = pixels.astype(int).max(axis=2) - pixels.astype(int).min(axis=2)
+    assert colour[hot].mean() > 40  # inferno's hot end is yellow, not grey
+    cold = heat < 0.02
+    cold[:bottom, :right] = False
+    assert diff[cold].max() <= 3  # transparent where the map is cold
+
+    # the text box: top-left, at most 40% of the width, dark with bright text
+    assert (top, left) == (0, 0)
+    assert right <= 0.4 * image.shape[1] + 1 and bottom < 0.6 * image.shape[0]
+    box = pixels[top:bottom, left:right]
+    assert (box.min(axis=2) >= 240).sum() > 200  # white text
+    assert box.mean() < plain[top:bottom, left:right].mean()  # the box darkens what it covers
+
+
+def test_secondary_capture_keeps_known_pixel_spacing(scorer, shared_data):
+    path = td.siim(shared_data)  # a real CR with PixelSpacing 0.168 mm
+    image = open_image(str(path))
+    result = scorer.score(image)
+    src = dr.read_source_header(path)
+    sc = dr.build_secondary_capture(src, overlay.annotated_rgb(image, result), result)
+    assert [float(v) for v in sc.PixelSpacing] == [float(v) for v in src.PixelSpacing]
+    half = overlay.composite_rgb(image, None)[::2, ::2]
+    assert "PixelSpacing" not in dr.build_secondary_capture(src, np.ascontiguousarray(half), result)
+    assert "LossyImageCompression" in sc and sc.LossyImageCompression == "01"  # the source was JPEG
+
+
+def test_secondary_capture_without_any_trained_head(scored):
+    image, result, src = scored[NIH.name]
+    none = unavailable_result(result)
+    lines = overlay.result_lines(none)
+    assert "Pneumonia: not available" in lines and "Lung-cancer association: not available" in lines
+    assert "Heatmap: none" in lines and RESEARCH_NOTICE in lines
+    assert not any(ch.isdigit() for line in lines[:2] for ch in line)  # no score at all
+    rgb = overlay.annotated_rgb(image, none)
+    grey = overlay.composite_rgb(image, None)
+    _, _, bottom, right = text_box(rgb, grey)
+    outside = np.ones(image.shape, bool)
+    outside[:bottom, :right] = False
+    assert np.array_equal(rgb[outside], grey[outside])  # no heatmap drawn
+    sc = dr.build_secondary_capture(src, rgb, none)
+    assert "Pneumonia: not available" in sc.ImageComments
+    assert "Lung-cancer association: not available" in sc.ImageComments
+    with pytest.raises(ValueError, match="not available"):
+        overlay.annotated_rgb(image, none, head="pneumonia")
+
+
+def test_result_lines(scored):
+    _, result, _ = scored[RG1.name]
+    lines = overlay.result_lines(result)
+    p = result.head("pneumonia")
+    assert lines[0].startswith(f"Pneumonia: {p.probability:.2f} ({'positive' if p.positive else 'negative'} "
+                               f"at threshold {p.threshold:.2f}; sens ")
+    assert lines[1] == "Lung-cancer association: not available"
+    assert lines[2] == "Heatmap: Pneumonia (Grad-CAM)"
+    assert lines[3] == f"Model: {result.model_name} {result.model_version} sha256:{result.model_sha256[:12]}"
+    assert lines[4] == RESEARCH_NOTICE
+    src = dr.read_source_header(RG1)
+    joined = "\n".join(lines)
+    for identifier in ("CompressedSamples", "9RG1", src.StudyInstanceUID, "exam Number"):
+        assert identifier not in joined
+
+
+def test_heatmap_colours_are_the_guis():
+    from matplotlib import colormaps
+
+    lut = overlay.heatmap_rgba_lut()
+    assert lut.shape == (256, 4) and lut[0, 3] == 0 and lut[-1, 3] == 204 and lut[160, 3] == 204
+    expected = np.rint(colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255)
+    assert np.abs(lut[:, :3].astype(int) - expected).max() <= 1
+
+
+def test_text_box_on_a_small_image():
+    grey = td.kermany_grey(KERMANY_JPEG)  # 224 x 224
+    rgb = np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    lines = ["Pneumonia: 0.87 (positive at threshold 0.19; sens 0.97 / spec 0.96 on validation)",
+             "Lung-cancer association: not available", RESEARCH_NOTICE]
+    out = overlay.burn_in_text(rgb, lines)
+    top, left, bottom, right = text_box(out, rgb)
+    assert (top, left) == (0, 0) and right <= 0.4 * 224 + 1
+    assert (out[:bottom, :right].min(axis=2) >= 200).sum() > 20
+    assert np.array_equal(out[bottom:], rgb[bottom:])
+
+
+def test_sc_preview_png(scored):
+    """The picture of one SC, for people to look at (out/ is git-ignored)."""
+    image, result, src = scored[RG1.name]
+    sc = dr.build_secondary_capture(src, overlay.annotated_rgb(image, result), result)
+    out = td.REPO_ROOT / "out"
+    out.mkdir(exist_ok=True)
+    Image.fromarray(sc.pixel_array).save(out / "sc_preview.png")
+    assert (out / "sc_preview.png").stat().st_size > 10_000
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_export_errors(tmp_path, scored):
+    with pytest.raises(dr.ExportError, match=r"needs a DICOM source image; .*IM-0115-0001\.jpeg is a JPEG$"):
+        dr.read_source_header(KERMANY_JPEG)
+    png = tmp_path / "kermany.png"
+    Image.open(KERMANY_JPEG).save(png)
+    with pytest.raises(dr.ExportError, match=r"kermany\.png is a PNG$"):
+        dr.read_source_header(png)
+    text = tmp_path / "notes.dcm"
+    text.write_text("not an image\n" * 20)
+    with pytest.raises(dr.ExportError, match="not a DICOM file"):
+        dr.read_source_header(text)
+    with pytest.raises(dr.ExportError, match="cannot read"):
+        dr.read_source_header(tmp_path / "missing.dcm")
+
+    _, result, src = scored[NIH.name]
+    for bad in (None, dataclasses.replace(result, heads=())):
+        with pytest.raises(dr.ExportError, match="no AI result"):
+            dr.build_sr(src, bad)
+        with pytest.raises(dr.ExportError, match="no AI result"):
+            dr.build_secondary_capture(src, np.zeros((4, 4, 3), np.uint8), bad)
+    with pytest.raises(dr.ExportError, match="SHA-256"):
+        dr.build_sr(src, dataclasses.replace(result, model_sha256=""))
+    with pytest.raises(dr.ExportError, match="RGB"):
+        dr.build_secondary_capture(src, np.zeros((4, 4), np.uint8), result)
+    for message in ("needs a DICOM source image", "no AI result"):
+        assert "\n" not in message
+
+
+def test_write_is_atomic(scored, tmp_path):
+    _, result, src = scored[NIH.name]
+    target = tmp_path / "sr.dcm"
+    target.write_bytes(b"previous")
+    broken = dr.build_sr(src, result)
+    del broken.file_meta.TransferSyntaxUID  # enforce_file_format refuses it
+    with pytest.raises(dr.ExportError, match="cannot write"):
+        dr.write_dataset(broken, target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["sr.dcm"]

@@ -1,0 +1,158 @@
+"""``cxr-viewer export``: SR, Secondary Capture, PDF report and image copy, plain and de-identified.
+
+Real sample studies, the real shipped model; the PDF is rendered back to PNG (pypdfium2) and
+saved under out/screenshots/ to be looked at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+import cxr_testdata as td
+
+SAMPLES = td.REPO_ROOT / "resources" / "samples"
+RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
+NIH = SAMPLES / "dicom" / "NIH_DX_no_finding.dcm"
+PNG_DIR = SAMPLES / "kermany" / "PNEUMONIA"
+SHOTS = td.REPO_ROOT / "out" / "screenshots"
+
+
+def render_pdf(path: Path, scale: float = 1.0) -> list[np.ndarray]:
+    """Each page of a PDF as an RGB array (pypdfium2, independent of the Qt writer)."""
+    pdfium = pytest.importorskip("pypdfium2", reason="pypdfium2 renders PDFs in tests: pip install -e '.[test]'")
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return [np.asarray(doc[i].render(scale=scale).to_pil().convert("RGB")) for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+def pdf_text(path: Path) -> list[str]:
+    pdfium = pytest.importorskip("pypdfium2")
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One export run over both DICOM samples and one PNG: everything, not de-identified."""
+    out = tmp_path_factory.mktemp("export")
+    src = out / "src"
+    src.mkdir()
+    for p in (RG1, NIH):
+        shutil.copy(p, src / p.name)
+    png = sorted(PNG_DIR.iterdir())[0]
+    shutil.copy(png, src / png.name)
+    r = td.run_cli("export", str(src / RG1.name), "--sr", str(out / "sr.dcm"), "--sc", str(out / "sc.dcm"),
+                   "--pdf", str(out / "report.pdf"), "--image", str(out / "copy.dcm"), "--device", "cpu",
+                   timeout=240)
+    return out, r
+
+
+def test_export_writes_all_four(exported):
+    out, r = exported
+    assert r.returncode == 0, r.stderr
+    for name in ("sr.dcm", "sc.dcm", "report.pdf", "copy.dcm"):
+        assert (out / name).stat().st_size > 1000, name
+        assert str(out / name) in r.stdout
+    sr = pydicom.dcmread(out / "sr.dcm")
+    sc = pydicom.dcmread(out / "sc.dcm")
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == src.StudyInstanceUID
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID and sc.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sc.PatientID == src.PatientID  # not de-identified: the study it belongs to
+    copy = pydicom.dcmread(out / "copy.dcm")
+    assert copy.SOPInstanceUID == src.SOPInstanceUID
+    assert "Research use only" in r.stderr
+
+
+def test_pdf_page_shows_header_image_scores_and_notice(exported):
+    out, _ = exported
+    texts = pdf_text(out / "report.pdf")
+    assert len(texts) == 1
+    text = " ".join(texts[0].split())
+    assert "Research use only. Not for diagnostic use." in text
+    assert "CompressedSamples RG1" in text and "9RG1" in text  # header: patient name and ID
+    assert "Pneumonia" in text and "positive at probability >=" in text  # score with its operating point
+    assert "not available" in text  # the untrained lung-cancer head is never a score
+    assert "SHA-256" in text and "validation AUROC" in text  # model and model-card summary
+    page = render_pdf(out / "report.pdf", scale=1.5)[0]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(page).save(SHOTS / "pdf_report_page1.png")
+    h, w, _ = page.shape
+    assert h > w  # A4 portrait
+    # the image area (left, below the header) is mostly dark radiograph, the page around it white
+    left = page[int(h * 0.3):int(h * 0.6), int(w * 0.1):int(w * 0.5)]
+    assert left.mean() < 200 and page[:, :].mean() > 150
+    # the heatmap adds colour (inferno: red/orange/yellow) to a grey radiograph
+    r, g, b = (left[..., i].astype(int) for i in range(3))
+    assert ((r - b) > 40).mean() > 0.01
+
+
+def test_deidentified_export_keeps_no_identifier(tmp_path):
+    out = tmp_path
+    r = td.run_cli("export", str(RG1), "--sr", str(out / "sr.dcm"), "--sc", str(out / "sc.dcm"), "--pdf",
+                   str(out / "r.pdf"), "--image", str(out / "copy.dcm"), "--deidentify", "--device", "cpu",
+                   timeout=240)
+    assert r.returncode == 0, r.stderr
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    secrets = [str(src.PatientID), "CompressedSamples", str(src.StudyInstanceUID), str(src.SOPInstanceUID),
+               str(src.SeriesInstanceUID), str(src.get("InstitutionName", "")), str(src.get("AccessionNumber", ""))]
+    secrets = [s for s in secrets if len(s) >= 4]
+    for name in ("sr.dcm", "sc.dcm", "copy.dcm"):
+        raw = (out / name).read_bytes()
+        for s in secrets:
+            assert s.encode() not in raw, (name, s)
+        ds = pydicom.dcmread(out / name)
+        assert ds.PatientIdentityRemoved == "YES"
+    copy, sr, sc = (pydicom.dcmread(out / n) for n in ("copy.dcm", "sr.dcm", "sc.dcm"))
+    # one de-identification for the whole export: the results point at the de-identified copy
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == copy.StudyInstanceUID
+    refs = {str(item.ReferencedSOPInstanceUID) for item in sc.SourceImageSequence}
+    assert copy.SOPInstanceUID in refs
+    assert copy.SOPInstanceUID.encode() in (out / "sr.dcm").read_bytes()
+    text = " ".join(pdf_text(out / "r.pdf")[0].split())
+    for s in ("CompressedSamples", "9RG1", "Philips"):
+        assert s not in text
+    assert "De-identified" in text
+    page = render_pdf(out / "r.pdf")[0]
+    from PIL import Image
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(page).save(SHOTS / "pdf_report_deidentified.png")
+
+
+def test_png_source_gives_pdf_but_no_dicom(tmp_path):
+    png = sorted(PNG_DIR.iterdir())[0]
+    r = td.run_cli("export", str(png), "--sr", str(tmp_path / "sr.dcm"), "--device", "cpu", timeout=180)
+    assert r.returncode == 2
+    assert "needs a DICOM source image" in r.stderr
+    assert not (tmp_path / "sr.dcm").exists()
+    r = td.run_cli("export", str(png), str(RG1), "--pdf", str(tmp_path / "two.pdf"), "--device", "cpu", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert len(render_pdf(tmp_path / "two.pdf", scale=0.3)) == 2  # one page per image
+
+
+def test_export_exit_codes(tmp_path):
+    r = td.run_cli("export", str(RG1))
+    assert r.returncode == 2 and "nothing to export" in r.stderr
+    r = td.run_cli("export", str(tmp_path / "missing.dcm"), "--pdf", str(tmp_path / "x.pdf"))
+    assert r.returncode == 2 and not (tmp_path / "x.pdf").exists()
+    r = td.run_cli("export", str(RG1), "--sr", str(tmp_path / "no" / "such" / "dir" / "sr.dcm"), "--device", "cpu",
+                   timeout=180)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    # a good image and a PNG asked for an SR: partly done
+    png = sorted(PNG_DIR.iterdir())[0]
+    r = td.run_cli("export", str(RG1), str(png), "--sr", str(tmp_path / "srs"), "--device", "cpu", timeout=240)
+    assert r.returncode == 1, r.stderr
+    assert [p.name for p in (tmp_path / "srs").iterdir()] == ["RG1_J2KR_sr.dcm"]
