@@ -83,8 +83,49 @@ def run_self_test(device: str = "auto") -> dict:
         entry["ok"] = ok
         report["images"].append(entry)
     check("every sample scored with a heatmap", all(e["ok"] for e in report["images"]), f"{len(report['images'])} images")
+    dicom = next((r for r in refs if r.kind == "dicom"), None)
+    if dicom is not None:
+        _check_clinical(check, scorer, dicom)
     report["ok"] = all(c["ok"] for c in report["checks"])
     return report
+
+
+def _check_clinical(check, scorer, ref) -> None:
+    """SR + Secondary Capture of a de-identified sample, re-read; the PACS libraries import."""
+    import io
+
+    try:
+        import pydicom
+
+        from .deid import Deidentifier
+        from .dicom_results import build_secondary_capture, build_sr, read_source_header
+        from .image import load_image
+        from .overlay import annotated_rgb
+
+        t0 = time.perf_counter()
+        image = load_image(ref)
+        result = scorer.score(image)
+        header = Deidentifier().dataset(read_source_header(ref.path))
+        back = []
+        for ds in (build_sr(header, result), build_secondary_capture(header, annotated_rgb(image, result), result)):
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            back.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+        ok = all(b.StudyInstanceUID == header.StudyInstanceUID for b in back) and header.PatientIdentityRemoved == "YES"
+        check("DICOM SR and Secondary Capture of a de-identified sample", ok,
+              f"{back[0].SOPClassUID.name}, {back[1].SOPClassUID.name} in {time.perf_counter() - t0:.2f} s")
+    except Exception as exc:  # noqa: BLE001
+        check("DICOM SR and Secondary Capture of a de-identified sample", False, f"{type(exc).__name__}: {exc}")
+    try:
+        import dicomweb_client  # noqa: F401
+        import keyring  # noqa: F401
+        from pynetdicom import AE, StoragePresentationContexts
+
+        ae = AE()
+        ae.requested_contexts = StoragePresentationContexts[:10]
+        check("PACS libraries (pynetdicom, dicomweb-client, keyring)", True, f"keyring backend {type(keyring.get_keyring()).__module__}")
+    except Exception as exc:  # noqa: BLE001
+        check("PACS libraries (pynetdicom, dicomweb-client, keyring)", False, f"{type(exc).__name__}: {exc}")
 
 
 def main(json_out: str | None = None, device: str = "auto") -> int:
