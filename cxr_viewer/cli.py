@@ -379,7 +379,8 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
 def _gui(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cxr-viewer",
-        description=f"Chest X-ray viewer. {RESEARCH_NOTICE} Subcommands: info, render (see 'cxr-viewer info -h').",
+        description=f"Chest X-ray viewer. {RESEARCH_NOTICE} Subcommands: info, render, predict, train, evaluate, "
+                    "experiment, export, pacs (see 'cxr-viewer export -h').",
     )
     parser.add_argument("paths", nargs="*", help="DICOM/PNG/JPEG files, folders or DICOMDIRs to open")
     parser.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window once the first image is shown, then quit")
@@ -399,7 +400,7 @@ def _gui(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("info", "render", "predict", "train", "evaluate", "experiment"):
+    if not argv or argv[0] not in ("info", "render", "predict", "train", "evaluate", "experiment", "export", "pacs"):
         return _gui(argv)
     parser = argparse.ArgumentParser(prog="cxr-viewer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -450,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--optimizers", default="sgd,adam,adamax,adagrad")
     p_exp.add_argument("--out-dir", default="experiments")
     p_exp.set_defaults(func=_experiment)
+    from .cli_clinical import add_parsers
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         # Library warnings about damaged files (pydicom, Pillow) would break the one-line messages

@@ -98,3 +98,4 @@ def xvfb_display():
     yield display
     proc.terminate()
     proc.wait(timeout=10)
+pytest_plugins = ["orthanc_server"]

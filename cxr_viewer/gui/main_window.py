@@ -43,6 +43,8 @@ class MainWindow(QMainWindow):
 
     model_changed = Signal(object)  # ModelSummary or None
     scored = Signal(object)  # ScoreResult shown in the findings panel
+    task_failed = Signal(str, str)  # title, one-line message
+    exported = Signal(object)  # paths written (export) or a SendResult (send to PACS)
 
     def __init__(self, settings: Settings | None = None, parent: QWidget | None = None,
                  load_default_model: bool = True):
@@ -90,8 +92,11 @@ class MainWindow(QMainWindow):
         self.model_runner = TaskRunner(self, "model")
         self.score_runner = TaskRunner(self, "score")
         self.worklist_runner = TaskRunner(self, "worklist")
+        self.export_runner = TaskRunner(self, "export")
         self.runners = (self.index_runner, self.image_runner, self.thumb_runner, self.model_runner,
-                        self.score_runner, self.worklist_runner)
+                        self.score_runner, self.worklist_runner, self.export_runner)
+        self.pacs_dialog = None
+        self._passwords = None
         self.study_index = StudyIndex()
         self.current_ref: ImageRef | None = None
 
@@ -138,6 +143,12 @@ class MainWindow(QMainWindow):
         self.act_open = a("&Open Files...", self.open_files_dialog, QKeySequence.StandardKey.Open)
         self.act_open_folder = a("Open &Folder...", self.open_folder_dialog, "Ctrl+Shift+O")
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_pacs = a("&PACS Query/Retrieve...", self.open_pacs_dialog, "Ctrl+Shift+P",
+                          "Find studies on a PACS (DIMSE or DICOMweb), retrieve and open them")
+        self.act_export = a("&Export Results...", self.export_dialog, "Ctrl+E",
+                            "Write a DICOM SR, Secondary Capture and/or PDF report of the shown image's scores")
+        self.act_send = a("Send Results to PACS...", self.send_results_dialog, None,
+                          "Store the SR and Secondary Capture of the shown image on a PACS")
         self.act_fit = a("Zoom to &Fit", self.view.zoom_fit, "F")
         self.act_1to1 = a("Zoom &1:1", self.view.zoom_1to1, "1")
         self.act_zoom_in = a("Zoom In", lambda: self.view.zoom_by(1.25), "+")
@@ -177,6 +188,9 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_open_folder)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addSeparator()
+        for act in (self.act_pacs, self.act_export, self.act_send):
+            file_menu.addAction(act)
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
@@ -227,6 +241,11 @@ class MainWindow(QMainWindow):
         self.worklist.start_requested.connect(self.score_all)
         self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
         self.worklist.image_requested.connect(self._open_from_worklist)
+        self.export_runner.progress.connect(self._on_index_progress)
+        self.export_runner.finished.connect(self._on_export_done)
+        self.export_runner.failed.connect(lambda msg: self._task_failed("Export failed", msg))
+        self.export_runner.cancelled.connect(lambda: self._show_message("Export cancelled."))
+        self.export_runner.busy_changed.connect(self._update_busy)
         self.worklist_runner.progress.connect(self._on_worklist_row)
         self.worklist_runner.finished.connect(lambda n: self.worklist.finish(f"{n} image(s) scored; sorted by pneumonia score."))
         self.worklist_runner.failed.connect(lambda msg: self.worklist.finish(f"Stopped: {msg}"))
@@ -428,6 +447,106 @@ class MainWindow(QMainWindow):
         if ref is not None:
             self.browser.select(ref)
 
+    # --- clinical integration: PACS, exports ------------------------------------------------
+    def _password_book(self):
+        from .pacs_dialog import PasswordBook
+
+        if self._passwords is None:
+            self._passwords = PasswordBook()
+        return self._passwords
+
+    def open_pacs_dialog(self) -> None:
+        from .pacs_dialog import PacsDialog
+
+        if self.pacs_dialog is None:
+            self.pacs_dialog = PacsDialog(self.settings, self, self._password_book())
+            self.pacs_dialog.open_requested.connect(self.open_paths)
+        self.pacs_dialog.show()
+        self.pacs_dialog.raise_()
+
+    def _scored_image(self) -> tuple[LoadedImage, ScoreResult] | None:
+        image, result = self.view.image, self.last_score
+        if image is None or result is None or (result.path, result.frame) != (image.ref.path, image.frame):
+            self._show_message("Open an image and wait for its scores before exporting.")
+            return None
+        return image, result
+
+    def export_dialog(self) -> None:
+        from .export_dialog import ExportDialog, export_task
+
+        scored = self._scored_image()
+        if scored is None:
+            return
+        image, result = scored
+        folder = self.settings.export_folder() or os.path.join(os.path.expanduser("~"), "cxr_viewer_exports")
+        dialog = ExportDialog(image, folder, self.settings.deidentify_exports(), self)
+        if dialog.exec() != ExportDialog.DialogCode.Accepted:
+            return
+        choices = dialog.choices()
+        folder = dialog.folder.text().strip()
+        if not folder or not any(v for k, v in choices.items() if k != "deidentify"):
+            self._show_message("Nothing exported: choose a folder and at least one output.")
+            return
+        self.settings.set_export_folder(folder)
+        self.settings.set_deidentify_exports(choices["deidentify"])
+        scorer = self.models.scorer
+        meta = scorer.meta if scorer is not None and scorer.meta.weights_sha256 == result.model_sha256 else None
+        self._export_kind = "export"
+        self._show_message("Exporting...")
+        self.export_runner.submit(export_task, image, result, meta, folder, voi=self.view.voi, **choices)
+
+    def send_results_dialog(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        from .export_dialog import send_results_task
+
+        scored = self._scored_image()
+        if scored is None:
+            return
+        if scored[0].ref.kind != "dicom":
+            self._show_message("Only results of DICOM images can go to a PACS (this is a PNG/JPEG).")
+            return
+        try:
+            nodes = self.settings.pacs_store().load()
+        except ValueError as exc:
+            self._show_message(str(exc))
+            return
+        if not nodes:
+            self._show_message("No PACS configured: File > PACS Query/Retrieve > Nodes.")
+            return
+        names = [n.name for n in nodes]
+        last = self.settings.last_pacs_node()
+        name, ok = QInputDialog.getItem(self, "Send results", "Store the SR and Secondary Capture on:", names,
+                                        names.index(last) if last in names else 0, False)
+        if not ok:
+            return
+        self.send_results(next(n for n in nodes if n.name == name))
+
+    def send_results(self, node, password: str | None = None) -> None:
+        from .export_dialog import send_results_task
+
+        scored = self._scored_image()
+        if scored is None:
+            return
+        if password is None:
+            password = self._password_book().get(node)
+        self._export_kind = "send"
+        self._show_message(f"Sending results to {node.name}...")
+        outbox = os.path.join(self.settings.pacs_cache_dir(), "outbox")
+        self.export_runner.submit(send_results_task, node, password, *scored, outbox)
+
+    def _on_export_done(self, value) -> None:
+        if getattr(self, "_export_kind", "") == "send":
+            sent, failed = value.sent, value.failed
+            msg = f"Sent {len(sent)} object(s) (SR, Secondary Capture)"
+            if failed:
+                msg += f"; {len(failed)} failed: {failed[0][1]}"
+            self._show_message(msg)
+        else:
+            folder = os.path.dirname(value[0]) if value else ""
+            self._show_message(f"Exported {len(value)} file(s) to {folder}")
+        self.exported.emit(value)
+
     # --- display -----------------------------------------------------------------------
     def set_invert(self, on: bool) -> None:
         self.view.set_user_invert(on)
@@ -481,9 +600,9 @@ class MainWindow(QMainWindow):
 
     # --- misc --------------------------------------------------------------------------
     def _update_busy(self, _busy: bool) -> None:
-        busy = self.index_runner.busy or self.image_runner.busy
+        busy = self.index_runner.busy or self.image_runner.busy or self.export_runner.busy
         self.progress.setVisible(busy)
-        if busy and not self.index_runner.busy:
+        if busy and not (self.index_runner.busy or self.export_runner.busy):
             self.progress.setRange(0, 0)
 
     def _show_message(self, text: str) -> None:
@@ -492,6 +611,7 @@ class MainWindow(QMainWindow):
 
     def _task_failed(self, title: str, message: str) -> None:
         self._show_message(f"{title}: {message}")
+        self.task_failed.emit(title, message)
 
     def _show_help(self) -> None:
         from PySide6.QtWidgets import QMessageBox
@@ -511,6 +631,8 @@ class MainWindow(QMainWindow):
         """Stop all workers and wait for their threads (the app and test fixtures call this)."""
         for runner in self.runners:
             runner.shutdown()
+        if self.pacs_dialog is not None:
+            self.pacs_dialog.shutdown()
 
 
 def screenshot_when_shown(window: MainWindow, path: str, then_quit: bool = True, timeout_ms: int = 60000) -> None:

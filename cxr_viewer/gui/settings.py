@@ -13,6 +13,7 @@ class Settings:
     """User settings. Tests pass ``path`` (an .ini file) to stay away from the user's own."""
 
     def __init__(self, path: str | None = None):
+        self._custom = path is not None
         if path is None:
             self._qs = QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "cxr_viewer", "cxr_viewer")
         else:
@@ -60,6 +61,40 @@ class Settings:
 
     def set_device(self, device: str) -> None:
         self._qs.setValue("device", device)
+
+    # PACS nodes live in a Qt-free JSON file beside the settings (the command line reads it too);
+    # tests that give an .ini path get their own nodes file and cache beside it.
+    def _own_folder(self) -> str | None:
+        return os.path.dirname(os.path.abspath(self._qs.fileName())) if self._custom else None
+
+    def pacs_store(self):
+        from ..core.pacs_config import NodeStore
+
+        return NodeStore(self._own_folder())
+
+    def pacs_cache_dir(self) -> str:
+        from ..core.pacs_config import cache_dir
+
+        folder = self._own_folder()
+        return os.path.join(folder, "pacs_cache") if folder else cache_dir()
+
+    def last_pacs_node(self) -> str:
+        return str(self._qs.value("last_pacs_node", "") or "")
+
+    def set_last_pacs_node(self, name: str) -> None:
+        self._qs.setValue("last_pacs_node", name)
+
+    def export_folder(self) -> str:
+        return str(self._qs.value("export_folder", "") or "")
+
+    def set_export_folder(self, folder: str) -> None:
+        self._qs.setValue("export_folder", folder)
+
+    def deidentify_exports(self) -> bool:
+        return str(self._qs.value("deidentify_exports", "false")).lower() == "true"
+
+    def set_deidentify_exports(self, on: bool) -> None:
+        self._qs.setValue("deidentify_exports", "true" if on else "false")
 
     def reset(self) -> None:
         self._qs.clear()

@@ -15,8 +15,10 @@ from typing import Callable
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from ..core.data import DataError
+from ..core.dicom_results import ExportError
 from ..core.errors import ImageOpenError
 from ..core.model import ModelFileError
+from ..core.pacs import PacsError
 from ..core.tasks import CancelToken, Cancelled
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class TaskRunner(QObject):
                 self._event.emit(generation, "progress", item)
         except Cancelled:
             self._event.emit(generation, "cancelled", None)
-        except (ImageOpenError, ModelFileError, DataError) as exc:
+        except (ImageOpenError, ModelFileError, DataError, PacsError, ExportError, OSError) as exc:
             self._event.emit(generation, "failed", str(exc))
         except MemoryError:
             self._event.emit(generation, "failed", "out of memory: close other images or programs and try again")

@@ -1,0 +1,164 @@
+"""GUI clinical integration against a real Orthanc: PACS dialog (nodes, query, retrieve, open),
+errors shown in the dialog, send results back, and the export dialog. Screenshots are saved to
+out/screenshots/ to be looked at."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import cxr_testdata as td
+from orthanc_server import free_port
+
+SHOTS = td.REPO_ROOT / "out" / "screenshots"
+RG1 = td.REPO_ROOT / "resources" / "samples" / "dicom" / "RG1_J2KR.dcm"
+
+
+@pytest.fixture
+def no_keyring():
+    """The headless case: no OS keyring (passwords stay in memory)."""
+    import keyring
+    from keyring.backends import fail
+
+    old = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield
+    keyring.set_keyring(old)
+
+
+def _dialog(window, qtbot):
+    window.open_pacs_dialog()
+    dialog = window.pacs_dialog
+    qtbot.waitExposed(dialog)
+    return dialog
+
+
+def _shot(qtbot, widget, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = qtbot.screenshot(widget)
+    Path(path).replace(SHOTS / name)
+
+
+def test_pacs_dialog_query_retrieve_and_open(qtbot, window, orthanc, orthanc_samples, no_keyring):
+    window.settings.pacs_store().save([orthanc.dimse_node()])
+    dialog = _dialog(window, qtbot)
+    assert dialog.node.currentText() == orthanc.dimse_node().name
+    dialog.patient_id.setText(orthanc_samples["cr"].patient_id)
+    with qtbot.waitSignal(dialog.runner.finished, timeout=30000):
+        dialog.btn_search.click()
+    assert dialog.table.rowCount() == 1
+    assert dialog.table.item(0, 0).text() == orthanc_samples["cr"].patient_id
+    assert "1 study found" in dialog.status.text()
+    _shot(qtbot, dialog, "pacs_dialog_query.png")
+    with qtbot.waitSignal(window.index_loaded, timeout=60000):
+        dialog.btn_retrieve.click()
+    refs = window.browser.refs()
+    assert len(refs) == 1
+    assert Path(refs[0].path).is_relative_to(Path(window.settings.pacs_cache_dir()))
+    ds = pydicom.dcmread(refs[0].path, stop_before_pixels=True)
+    assert ds.SOPInstanceUID == orthanc_samples["cr"].sop_instance_uid
+
+
+def test_pacs_dialog_dicomweb_and_node_editor(qtbot, window, orthanc, orthanc_samples, no_keyring):
+    dialog = _dialog(window, qtbot)
+    editor = dialog.editor
+    dialog.tabs.setCurrentWidget(editor)
+    editor.new_node()
+    web = orthanc.dicomweb_node()
+    editor.name.setText("Orthanc web")
+    editor.kind.setCurrentIndex(editor.kind.findData("dicomweb"))
+    editor.url.setText(web.url)
+    editor.username.setText(web.username)
+    editor.password.setText(orthanc.password)
+    assert editor.save_current()
+    assert "kept for this session only" in editor.message.text()  # no OS keyring here
+    _shot(qtbot, dialog, "pacs_dialog_nodes.png")
+    stored = Path(window.settings.pacs_store().path).read_text()
+    assert orthanc.password not in stored and "Orthanc web" in stored
+    dialog.tabs.setCurrentIndex(0)
+    dialog.node.setCurrentText("Orthanc web")
+    dialog.modality.setText("CR")
+    with qtbot.waitSignal(dialog.runner.finished, timeout=30000):
+        dialog.search()
+    uids = {m.study_uid for m in dialog.matches}
+    assert orthanc_samples["cr"].study_uid in uids
+
+
+def test_pacs_dialog_reports_errors_and_keeps_working(qtbot, window, orthanc, orthanc_samples):
+    from cxr_viewer.core.pacs import PacsNode
+    down = PacsNode.from_dict({"name": "Down", "kind": "dimse", "host": "127.0.0.1", "port": free_port(),
+                               "called_ae": "NOBODY", "timeout_s": 3})
+    wrong_ae = PacsNode.from_dict({**orthanc.dimse_node().to_dict(), "name": "Wrong AE", "called_ae": "NOT_ORTHANC"})
+    window.settings.pacs_store().save([down, wrong_ae, orthanc.dimse_node()])
+    dialog = _dialog(window, qtbot)
+    for name in ("Down", "Wrong AE"):
+        dialog.node.setCurrentText(name)
+        t0 = time.monotonic()
+        with qtbot.waitSignal(dialog.runner.failed, timeout=20000) as blocker:
+            dialog.search()
+        assert time.monotonic() - t0 < 15
+        assert "#b00000" in dialog.status.styleSheet()
+        assert dialog.status.text() == blocker.args[0] and len(blocker.args[0].splitlines()) == 1
+    _shot(qtbot, dialog, "pacs_dialog_error.png")
+    dialog.node.setCurrentText(orthanc.dimse_node().name)
+    with qtbot.waitSignal(dialog.runner.finished, timeout=20000):
+        dialog.search()
+    assert dialog.table.rowCount() >= 2
+
+
+@pytest.fixture
+def scored_rg1(qtbot, window):
+    from cxr_viewer.core.model_store import default_model_path
+
+    with qtbot.waitSignal(window.model_changed, timeout=60000):
+        window.load_model(str(default_model_path()))
+    with qtbot.waitSignal(window.scored, timeout=90000):
+        window.open_paths([str(RG1)])
+    return window
+
+
+def test_send_results_to_pacs(qtbot, scored_rg1, orthanc, orthanc_samples):
+    window = scored_rg1
+    before = set(orthanc.instances())
+    with qtbot.waitSignal(window.exported, timeout=60000) as blocker:
+        window.send_results(orthanc.dimse_node())
+    result = blocker.args[0]
+    assert len(result.sent) == 2 and not result.failed
+    new = set(orthanc.instances()) - before
+    assert len(new) == 2
+    study = orthanc_samples["cr"].study_uid
+    classes = set()
+    for oid in new:
+        tags = orthanc.rest(f"/instances/{oid}/simplified-tags")
+        assert tags["StudyInstanceUID"] == study  # in the source study, new series
+        classes.add(tags["SOPClassUID"])
+    assert classes == {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"}
+    assert "Sent 2 object(s)" in window.last_message
+
+
+def test_export_dialog_writes_deidentified_files(qtbot, scored_rg1, tmp_path, monkeypatch):
+    from cxr_viewer.gui import export_dialog
+
+    window = scored_rg1
+    shown = {}
+
+    def fake_exec(self):
+        shown["dialog"] = self
+        self.folder.setText(str(tmp_path / "out"))
+        self.deidentify.setChecked(True)
+        _shot(qtbot, self, "export_dialog.png") if self.show() is None else None
+        return export_dialog.ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(export_dialog.ExportDialog, "exec", fake_exec)
+    with qtbot.waitSignal(window.exported, timeout=90000) as blocker:
+        window.export_dialog()
+    paths = [Path(p) for p in blocker.args[0]]
+    assert sorted(p.name for p in paths) == ["RG1_J2KR_image.dcm", "RG1_J2KR_report.pdf", "RG1_J2KR_sc.dcm",
+                                             "RG1_J2KR_sr.dcm"]
+    for p in paths:
+        assert b"9RG1" not in p.read_bytes()
+    assert window.settings.deidentify_exports()
+    _shot(qtbot, window, "main_window_after_export.png")
