@@ -46,8 +46,12 @@ def test_nodes_echo_query_retrieve(config, orthanc, orthanc_samples, tmp_path):
     r = pacs("retrieve", "--node", "web", cr.study_uid, env=config)
     assert r.returncode == 0, r.stderr
     paths = r.stdout.split()
-    assert len(paths) == 1 and paths[0].startswith(config["CXR_VIEWER_CACHE_DIR"])
-    assert pydicom.dcmread(paths[0], stop_before_pixels=True).SOPInstanceUID == cr.sop_instance_uid
+    assert paths and all(p.startswith(config["CXR_VIEWER_CACHE_DIR"]) for p in paths)
+    got = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+    oid = orthanc.rest("/tools/lookup", method="POST", data=cr.study_uid)[0]["ID"]
+    # the whole study as Orthanc holds it (other tests may have stored more in it)
+    assert got == {i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.rest(f"/studies/{oid}/instances")}
+    assert cr.sop_instance_uid in got
 
 
 def test_export_then_send_round_trip(config, orthanc, orthanc_samples, tmp_path):

@@ -101,9 +101,12 @@ def test_core_and_cli_import_and_work_without_qt(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    core_files = sorted(
-        f"cxr_viewer.core.{p.stem}" for p in (td.REPO_ROOT / "cxr_viewer" / "core").glob("*.py")
-        if p.stem != "__init__"
+    core_dir = td.REPO_ROOT / "cxr_viewer" / "core"
+    core_files = sorted(  # modules and subpackages (e.g. core/pacs/): a package is its __init__.py
+        ".".join(("cxr_viewer", "core", *p.relative_to(core_dir).with_suffix("").parts[:-1]))
+        if p.name == "__init__.py" else
+        ".".join(("cxr_viewer", "core", *p.relative_to(core_dir).with_suffix("").parts))
+        for p in core_dir.rglob("*.py") if p != core_dir / "__init__.py"
     )
     assert report["modules"] == core_files  # every module under core was imported
     for needed in ("index", "image", "display", "dicom_io", "raster_io", "study", "tasks", "errors", "fileio"):

@@ -29,6 +29,11 @@ def no_keyring():
     keyring.set_keyring(old)
 
 
+def _orthanc_study(orthanc, study_uid: str) -> str:
+    """Orthanc's own id of a study (its REST API is the oracle)."""
+    return orthanc.rest("/tools/lookup", method="POST", data=study_uid)[0]["ID"]
+
+
 def _dialog(window, qtbot):
     window.open_pacs_dialog()
     dialog = window.pacs_dialog
@@ -56,10 +61,11 @@ def test_pacs_dialog_query_retrieve_and_open(qtbot, window, orthanc, orthanc_sam
     with qtbot.waitSignal(window.index_loaded, timeout=60000):
         dialog.btn_retrieve.click()
     refs = window.browser.refs()
-    assert len(refs) == 1
-    assert Path(refs[0].path).is_relative_to(Path(window.settings.pacs_cache_dir()))
-    ds = pydicom.dcmread(refs[0].path, stop_before_pixels=True)
-    assert ds.SOPInstanceUID == orthanc_samples["cr"].sop_instance_uid
+    expected = {str(i["MainDicomTags"]["SOPInstanceUID"])
+                for i in orthanc.rest(f"/studies/{_orthanc_study(orthanc, orthanc_samples['cr'].study_uid)}/instances")}
+    assert refs and all(Path(r.path).is_relative_to(Path(window.settings.pacs_cache_dir())) for r in refs)
+    got = {str(pydicom.dcmread(r.path, stop_before_pixels=True).SOPInstanceUID) for r in refs}
+    assert got == expected and orthanc_samples["cr"].sop_instance_uid in got  # the whole study, opened
 
 
 def test_pacs_dialog_dicomweb_and_node_editor(qtbot, window, orthanc, orthanc_samples, no_keyring):
@@ -107,6 +113,56 @@ def test_pacs_dialog_reports_errors_and_keeps_working(qtbot, window, orthanc, or
     with qtbot.waitSignal(dialog.runner.finished, timeout=20000):
         dialog.search()
     assert dialog.table.rowCount() >= 2
+
+
+def test_cancel_a_hung_query_and_go_on(qtbot, window, orthanc, orthanc_samples):
+    """A PACS that accepts the connection and never answers: Cancel frees the dialog at once, and
+    the next search (on a working node) does not wait for the hung one's timeout."""
+    import socket
+    import threading
+
+    from cxr_viewer.core.pacs import PacsNode
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    try:
+        hung = PacsNode.from_dict({"name": "Hung", "kind": "dimse", "host": "127.0.0.1",
+                                   "port": listener.getsockname()[1], "called_ae": "HUNG", "timeout_s": 20})
+        window.settings.pacs_store().save([hung, orthanc.dimse_node()])
+        dialog = _dialog(window, qtbot)
+        dialog.node.setCurrentText("Hung")
+        dialog.search()
+        qtbot.waitUntil(lambda: bool(held), timeout=5000)
+        assert dialog.btn_cancel.isEnabled()
+        with qtbot.waitSignal(dialog.runner.cancelled, timeout=2000):
+            dialog.btn_cancel.click()
+        assert dialog.status.text() == "Cancelled." and dialog.btn_search.isEnabled()
+        dialog.node.setCurrentText(orthanc.dimse_node().name)
+        t0 = time.monotonic()
+        with qtbot.waitSignal(dialog.runner.finished, timeout=10000):
+            dialog.search()
+        assert time.monotonic() - t0 < 10  # not behind the hung query's 20 s timeout
+        assert dialog.table.rowCount() >= 2
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
 
 
 @pytest.fixture

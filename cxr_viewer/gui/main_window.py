@@ -143,7 +143,7 @@ class MainWindow(QMainWindow):
         self.act_open = a("&Open Files...", self.open_files_dialog, QKeySequence.StandardKey.Open)
         self.act_open_folder = a("Open &Folder...", self.open_folder_dialog, "Ctrl+Shift+O")
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
-        self.act_pacs = a("&PACS Query/Retrieve...", self.open_pacs_dialog, "Ctrl+Shift+P",
+        self.act_pacs = a("&PACS...", self.open_pacs_dialog, "Ctrl+Shift+P",
                           "Find studies on a PACS (DIMSE or DICOMweb), retrieve and open them")
         self.act_export = a("&Export Results...", self.export_dialog, "Ctrl+E",
                             "Write a DICOM SR, Secondary Capture and/or PDF report of the shown image's scores")
@@ -209,7 +209,7 @@ class MainWindow(QMainWindow):
         tools.setObjectName("main_toolbar")
         for act in (self.act_open, self.act_open_folder, None, self.act_fit, self.act_1to1, self.act_reset,
                     None, self.act_auto, self.act_invert, None, self.act_mode_window, self.act_mode_pan,
-                    None, self.act_prev, self.act_next):
+                    None, self.act_prev, self.act_next, None, self.act_pacs, self.act_export):
             tools.addSeparator() if act is None else tools.addAction(act)
         self.addToolBar(tools)
 
@@ -512,7 +512,7 @@ class MainWindow(QMainWindow):
             self._show_message(str(exc))
             return
         if not nodes:
-            self._show_message("No PACS configured: File > PACS Query/Retrieve > Nodes.")
+            self._show_message("No PACS configured: File > PACS > Nodes.")
             return
         names = [n.name for n in nodes]
         last = self.settings.last_pacs_node()

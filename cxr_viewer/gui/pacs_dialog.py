@@ -272,7 +272,7 @@ class PacsDialog(QDialog):
         self.resize(980, 560)
         self.settings = settings
         self.passwords = passwords or PasswordBook()
-        self.runner = TaskRunner(self, "pacs")
+        self.runner = TaskRunner(self, "pacs", threads=2)
         self.matches: list[StudyMatch] = []
         self._retrieving: StudyMatch | None = None
 

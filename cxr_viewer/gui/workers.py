@@ -34,11 +34,13 @@ class TaskRunner(QObject):
     # (generation, kind, payload), emitted from the worker thread, delivered queued
     _event = Signal(int, str, object)
 
-    def __init__(self, parent: QObject | None = None, name: str = "task"):
+    def __init__(self, parent: QObject | None = None, name: str = "task", threads: int = 1):
+        """``threads`` > 1 lets a new task start while a cancelled one is still stuck in a blocking
+        call (a network read waiting for its timeout); the stuck one's results are dropped."""
         super().__init__(parent)
         self.name = name
         self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(1)
+        self._pool.setMaxThreadCount(threads)
         self._generation = 0
         self._token: CancelToken | None = None
         self._busy = False

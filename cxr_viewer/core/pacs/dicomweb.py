@@ -1,0 +1,257 @@
+"""DICOMweb (dicomweb-client + requests): QIDO-RS query, WADO-RS retrieve, STOW-RS send.
+
+dicomweb-client and requests are imported lazily. Every request is bounded by the node's
+timeout; HTTP Basic credentials go on the session only and are scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ..tasks import Cancelled, CancelToken, Progress
+from .cache import _CacheWriter
+from .nodes import (
+    PacsError,
+    PacsNode,
+    QueryFilter,
+    SendResult,
+    StudyMatch,
+    _error,
+    _fmt_s,
+    _match_from_dataset,
+    _safe_url,
+    _status_text,
+)
+
+log = logging.getLogger("cxr_viewer.core.pacs")  # the package's logger, as before the split
+
+
+
+def _web_where(node: PacsNode) -> str:
+    return f"DICOMweb server at {_safe_url(node.url)}"
+
+
+def _web_client(node: PacsNode, password: str | None):
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if node.username or password:
+        session.auth = (node.username, password or "")
+    t = float(node.timeout_s)
+    client = DICOMwebClient(url=node.url.rstrip("/"), session=session, timeout=(t, t))
+    client.set_http_retry_params(retry=False)
+    return client, session
+
+
+_HTTP_HINTS = {401: " (check the user name and password)", 403: " (this user may not do that)",
+               404: " (check the DICOMweb URL)", 406: " (the server cannot send that format)"}
+
+
+def _web_error(node: PacsNode, exc: BaseException, password: str | None, what: str = "") -> PacsError:
+    """Map a requests / dicomweb-client / pydicom exception to one clear line."""
+    import requests
+
+    where = _web_where(node)
+    if isinstance(exc, PacsError):
+        return _error(str(exc), password)
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        r = exc.response
+        reason = r.reason or ""
+        if isinstance(reason, bytes):
+            reason = reason.decode("latin-1", "replace")
+        msg = f"{where}: HTTP {r.status_code} {reason}".rstrip() + _HTTP_HINTS.get(r.status_code, "")
+        return _error(msg, password)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return _error(f"{where}: TLS/SSL error (certificate not trusted or not an https server?)", password)
+    if isinstance(exc, (requests.exceptions.ConnectTimeout,)):
+        return _error(f"{where} did not answer within {_fmt_s(node.timeout_s)} (no connection)", password)
+    if isinstance(exc, (requests.exceptions.Timeout,)) or "timed out" in str(exc).lower():
+        return _error(f"{where} did not answer within {_fmt_s(node.timeout_s)}", password)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        parts = urlsplit(node.url)
+        hostport = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        if "Connection refused" in text or "Errno 111" in text:
+            return _error(f"connection refused by {hostport} (is the DICOMweb server running?)", password)
+        if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
+            return _error(f"cannot resolve host name '{parts.hostname}' of {where}", password)
+        if "RemoteDisconnected" in text or "Connection aborted" in text or "reset" in text.lower():
+            return _error(f"{where} closed the connection without an answer", password)
+        return _error(f"cannot connect to {where}", password)
+    if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError)):
+        kind = what or "DICOM JSON"
+        return _error(f"{where} answered something that is not {kind}", password)
+    return _error(f"{where}: {exc.__class__.__name__}", password)
+
+
+def _parse_json_studies(node: PacsNode, items: Any) -> list[StudyMatch]:
+    from pydicom.dataset import Dataset
+
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise PacsError(f"{_web_where(node)} answered something that is not DICOM JSON")
+    out = []
+    for item in items:
+        try:
+            ds = Dataset.from_json(item)
+        except Exception:
+            raise PacsError(f"{_web_where(node)} answered something that is not DICOM JSON") from None
+        match = _match_from_dataset(ds)
+        if match.study_uid:
+            out.append(match)
+    return out
+
+
+def _web_echo(node: PacsNode, password: str | None) -> float:
+    _client, session = _web_client(node, password)
+    t0 = time.monotonic()
+    try:
+        with session:
+            result = _qido(node, session, "studies", [("limit", "1")])
+        _parse_json_studies(node, result)
+    except Exception as exc:
+        raise _web_error(node, exc, password) from None
+    return time.monotonic() - t0
+
+
+def _qido(node: PacsNode, session, path: str, params: list[tuple[str, str]]) -> Any:
+    """GET a QIDO-RS resource; the decoded JSON (``[]`` for 204). Exceptions are mapped by the caller."""
+    query = "&".join(f"{k}={_qido_value(v)}" for k, v in params)
+    t = float(node.timeout_s)
+    r = session.get(f"{node.url.rstrip('/')}/{path}" + (f"?{query}" if query else ""), timeout=(t, t),
+                    headers={"Accept": "application/dicom+json"})
+    r.raise_for_status()
+    if r.status_code == 204 or not r.content.strip():
+        return []
+    return r.json()
+
+
+def _qido_value(value: str) -> str:
+    """Percent-encode a QIDO value, leaving the characters DICOM matching needs readable.
+
+    Orthanc 1.10 does not percent-decode query parameters (``%2A`` is not a wildcard, ``%20``
+    is not a space), so ``*``, ``?`` and friends travel as they are (RFC 3986 allows them in a
+    query), and a space or ``^`` (which requests would percent-encode) becomes the ``?``
+    single-character wildcard, which every server understands.
+    """
+    return quote(value.replace(" ", "?").replace("^", "?"), safe="*?-._~,:/@!$'()")
+
+
+def _web_query(node: PacsNode, flt: QueryFilter, dates: str, password: str | None, cancel: CancelToken):
+    filters = [(k, v) for k, v in (("PatientID", flt.patient_id), ("PatientName", flt.patient_name),
+                                    ("StudyDate", dates), ("ModalitiesInStudy", flt.modality),
+                                    ("AccessionNumber", flt.accession)) if v]
+    filters += [("includefield", f) for f in ("StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                                              "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientName")]
+    _client, session = _web_client(node, password)
+    yield Progress("query", 0, 0, "searching")
+    try:
+        with session:
+            result = _qido(node, session, "studies", filters)
+    except Exception as exc:
+        raise _web_error(node, exc, password) from None
+    cancel.raise_if_cancelled()
+    matches = _parse_json_studies(node, result)
+    yield Progress("query", len(matches), len(matches), f"{len(matches)} studies")
+    return matches
+
+
+def _web_retrieve(node: PacsNode, study_uid: str, writer: _CacheWriter, password: str | None,
+                  cancel: CancelToken):
+    import pydicom
+
+    client, session = _web_client(node, password)
+    with session:
+        total = 0
+        try:
+            found = _qido(node, session, f"studies/{study_uid}/instances", [("includefield", "SOPInstanceUID")])
+            if isinstance(found, list):
+                total = len(found)
+        except Exception as exc:
+            err = _web_error(node, exc, password)
+            if "HTTP 401" in str(err) or "did not answer" in str(err) or "refused" in str(err):
+                raise err from None
+            total = 0  # QIDO for instances is optional; WADO will say the truth
+        cancel.raise_if_cancelled()
+        yield Progress("retrieve", 0, total, "WADO-RS started")
+        done = 0
+        try:
+            stream = client.iter_study(study_uid, media_types=(("application/dicom", "*"),))
+            for ds in stream:
+                if cancel.cancelled:
+                    break
+                sop = str(ds.get("SOPInstanceUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPInstanceUID", ""))
+                if not sop:
+                    raise PacsError(f"{_web_where(node)} sent an instance without SOP Instance UID")
+
+                def fill(tmp: str, ds=ds) -> None:
+                    pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+
+                writer.write(sop, fill)
+                log.debug("stored instance %s", sop)
+                done += 1
+                yield Progress("retrieve", done, max(total, done), f"{done} of {max(total, done)} instances")
+        except Cancelled:
+            raise
+        except Exception as exc:
+            response = getattr(exc, "response", None)
+            if getattr(response, "status_code", None) == 404:
+                raise PacsError(f"{_web_where(node)} has no instances of the requested study (HTTP 404)") from None
+            raise _web_error(node, exc, password, "DICOM (multipart/related application/dicom)") from None
+        cancel.raise_if_cancelled()
+        if done == 0:
+            raise PacsError(f"{_web_where(node)} has no instances of the requested study")
+
+
+def _web_send(node: PacsNode, paths: Sequence[str], password: str | None, cancel: CancelToken):
+    import pydicom
+
+    client, session = _web_client(node, password)
+    n = len(paths)
+    sent: list[str] = []
+    failed: list[tuple[str, str]] = []
+    with session:
+        yield Progress("send", 0, n, "")
+        for i, path in enumerate(paths):
+            cancel.raise_if_cancelled()
+            try:
+                ds = pydicom.dcmread(path)
+                if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                    raise ValueError
+            except OSError as exc:
+                failed.append((path, f"cannot read: {exc.strerror or exc}"))
+                yield Progress("send", i + 1, n, os.path.basename(path))
+                continue
+            except Exception:
+                failed.append((path, "not a DICOM Part 10 file (no file meta information)"))
+                yield Progress("send", i + 1, n, os.path.basename(path))
+                continue
+            try:
+                answer = client.store_instances(datasets=[ds])
+            except Exception as exc:
+                err = _web_error(node, exc, password, "a DICOM JSON STOW-RS answer")
+                text = str(err)
+                network = "did not answer" in text or "refused" in text or "HTTP 401" in text or \
+                    "cannot connect" in text or "HTTP 403" in text or "HTTP 404" in text
+                if network and not sent:
+                    raise err from None
+                failed.append((path, text))
+                yield Progress("send", i + 1, n, os.path.basename(path))
+                continue
+            failed_seq = answer.get("FailedSOPSequence", None) if answer is not None else None
+            if failed_seq:
+                reason = ""
+                try:
+                    reason = _status_text(int(failed_seq[0].FailureReason))
+                except Exception:
+                    reason = "refused"
+                failed.append((path, f"the DICOMweb server refused it: {reason}"))
+            else:
+                sent.append(path)
+            yield Progress("send", i + 1, n, os.path.basename(path))
+    return SendResult(tuple(sent), tuple(failed))
