@@ -300,3 +300,13 @@ def orthanc():
 def orthanc_samples(orthanc) -> LoadedSamples:
     """The two sample DICOMs (CR JPEG 2000 ``"cr"``, Secondary Capture ``"sc"``) stored in Orthanc."""
     return orthanc.load_samples()
+
+
+@pytest.fixture
+def orthanc_restored(orthanc):
+    """The session's Orthanc, put back as it was after the test: what the test stored is deleted,
+    so tests that send (SR, Secondary Capture, copies) leave no trace for the next test module."""
+    before = set(orthanc.instances())
+    yield orthanc
+    for oid in set(orthanc.instances()) - before:
+        orthanc.rest(f"/instances/{oid}", method="DELETE")

@@ -29,7 +29,8 @@ def pacs(*args, env, timeout=60, stdin=None):
     return td.run_cli("pacs", *args, env=env, timeout=timeout, stdin=stdin)
 
 
-def test_nodes_echo_query_retrieve(config, orthanc, orthanc_samples, tmp_path):
+def test_nodes_echo_query_retrieve(config, orthanc_restored, orthanc_samples, tmp_path):
+    orthanc = orthanc_restored
     r = pacs("nodes", env=config)
     assert r.returncode == 0 and "pacs\tdimse" in r.stdout and "web\tdicomweb" in r.stdout
     assert orthanc.password not in r.stdout
@@ -54,7 +55,8 @@ def test_nodes_echo_query_retrieve(config, orthanc, orthanc_samples, tmp_path):
     assert cr.sop_instance_uid in got
 
 
-def test_export_then_send_round_trip(config, orthanc, orthanc_samples, tmp_path):
+def test_export_then_send_round_trip(config, orthanc_restored, orthanc_samples, tmp_path):
+    orthanc = orthanc_restored
     r = td.run_cli("export", str(RG1), "--sr", str(tmp_path / "sr.dcm"), "--sc", str(tmp_path / "sc.dcm"),
                    "--device", "cpu", timeout=180)
     assert r.returncode == 0, r.stderr
@@ -72,7 +74,8 @@ def test_export_then_send_round_trip(config, orthanc, orthanc_samples, tmp_path)
     assert match["study_uid"] == study and "SR" in match["modalities"]
 
 
-def test_exit_codes_and_messages(config, orthanc, tmp_path):
+def test_exit_codes_and_messages(config, orthanc_restored, tmp_path):
+    orthanc = orthanc_restored
     r = pacs("query", env=config)
     assert r.returncode == 2 and "say which PACS" in r.stderr
     r = pacs("query", "--node", "nope", env=config)
