@@ -74,3 +74,26 @@ def test_frozen_window_mode_offscreen(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     grey = np.asarray(Image.open(out).convert("L"))
     assert grey.shape[0] > 400 and grey.std() > 20
+
+
+def test_frozen_export_writes_sr_sc_and_pdf(tmp_path, orthanc_restored):
+    """The bundle's highdicom, dicom-anonymizer, Qt PDF writer and pynetdicom work: export a
+    de-identified SR, Secondary Capture and PDF, then C-STORE the SR to a real Orthanc."""
+    import pydicom
+
+    outs = [tmp_path / "sr.dcm", tmp_path / "sc.dcm", tmp_path / "report.pdf"]
+    r = subprocess.run([str(APP), "export", str(REPO / "resources" / "samples" / "dicom" / "RG1_J2KR.dcm"),
+                        "--sr", str(outs[0]), "--sc", str(outs[1]), "--pdf", str(outs[2]), "--deidentify",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300, env=_env(tmp_path),
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert all(p.stat().st_size > 1000 for p in outs)
+    assert outs[2].read_bytes().startswith(b"%PDF")
+    sr = pydicom.dcmread(outs[0])
+    assert sr.PatientIdentityRemoved == "YES"
+    node = orthanc_restored.dimse_node()
+    r = subprocess.run([str(APP), "pacs", "send", "--aet", node.called_ae, "--host", node.host, "--port",
+                        str(node.port), str(outs[0])], capture_output=True, text=True, timeout=120,
+                       env=_env(tmp_path), cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert orthanc_restored.has_instance(str(sr.SOPInstanceUID))
