@@ -227,3 +227,34 @@ def test_export_dialog_writes_deidentified_files(qtbot, scored_rg1, tmp_path, mo
         assert b"9RG1" not in p.read_bytes()
     assert window.settings.deidentify_exports()
     _shot(qtbot, window, "main_window_after_export.png")
+
+
+def test_whole_workflow_query_open_score_send_back(qtbot, window, orthanc_restored, orthanc_samples, no_keyring):
+    """The issue's scenario over DICOMweb: query the PACS from the viewer, open the study, score it,
+    send the results back; the PACS then holds an SR and a Secondary Capture in that study."""
+    from cxr_viewer.core.model_store import default_model_path
+
+    orthanc = orthanc_restored
+    web = orthanc.dicomweb_node()
+    window.settings.pacs_store().save([web])
+    window._password_book().put(web, orthanc.password)  # as typed in the node editor
+    with qtbot.waitSignal(window.model_changed, timeout=60000):
+        window.load_model(str(default_model_path()))
+    dialog = _dialog(window, qtbot)
+    dialog.accession.setText(orthanc_samples["cr"].accession)
+    with qtbot.waitSignal(dialog.runner.finished, timeout=30000):
+        dialog.search()
+    assert [m.study_uid for m in dialog.matches] == [orthanc_samples["cr"].study_uid]
+    with qtbot.waitSignal(window.scored, timeout=90000) as scored:
+        dialog.retrieve_selected()
+    assert scored.args[0].head("pneumonia").available
+    before = set(orthanc.instances())
+    with qtbot.waitSignal(window.exported, timeout=60000) as sent:
+        window.send_results(web)
+    assert len(sent.args[0].sent) == 2 and not sent.args[0].failed
+    new = set(orthanc.instances()) - before
+    modalities = {orthanc.rest(f"/instances/{oid}/simplified-tags")["Modality"] for oid in new}
+    studies = {orthanc.rest(f"/instances/{oid}/simplified-tags")["StudyInstanceUID"] for oid in new}
+    assert modalities == {"SR", "OT"}  # the Comprehensive SR and the Secondary Capture (modality OT)
+    assert studies == {orthanc_samples["cr"].study_uid}
+    _shot(qtbot, window, "main_window_scored_from_pacs.png")
