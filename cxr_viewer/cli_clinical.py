@@ -148,6 +148,8 @@ def _pacs(args: argparse.Namespace) -> int:
 
     if args.action == "nodes":
         return _pacs_nodes(args)
+    if args.action == "cache":
+        return _pacs_cache(args)
     try:
         node = _node_from_args(args)
     except (ValueError, KeyError) as exc:
@@ -180,6 +182,17 @@ def _pacs_nodes(args: argparse.Namespace) -> int:
             print(f"{n.name}\t{n.kind}\t{n.describe()}")
         if not nodes:
             print(f"no PACS nodes configured ({store.path}); add them in the viewer: File > PACS", file=sys.stderr)
+    return EXIT_OK
+
+
+def _pacs_cache(args: argparse.Namespace) -> int:
+    from .core.pacs_config import cache_dir, cache_usage, clear_cache
+
+    folder = args.cache or cache_dir()
+    files, size = cache_usage(folder)
+    print(f"{folder}: {files} file(s), {size / 1e6:.1f} MB")
+    if args.clear:
+        print(f"deleted {clear_cache(folder)} file(s)")
     return EXIT_OK
 
 
@@ -296,6 +309,9 @@ def add_parsers(sub) -> None:
     acts = p_pacs.add_subparsers(dest="action", required=True)
     p = acts.add_parser("nodes", help="list the configured PACS nodes")
     p.add_argument("--json", action="store_true")
+    p = acts.add_parser("cache", help="how much is in the retrieve cache (patient data on this disk); --clear deletes it")
+    p.add_argument("--cache", help="the cache folder (default: the viewer's PACS cache)")
+    p.add_argument("--clear", action="store_true")
     p = acts.add_parser("echo", parents=[common], help="check that the PACS answers (C-ECHO / QIDO)")
     p.set_defaults(run=_pacs_echo)
     p = acts.add_parser("query", parents=[common], help="find studies (C-FIND / QIDO-RS)")

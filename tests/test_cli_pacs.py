@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -53,6 +54,9 @@ def test_nodes_echo_query_retrieve(config, orthanc_restored, orthanc_samples, tm
     # the whole study as Orthanc holds it (other tests may have stored more in it)
     assert got == {i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.rest(f"/studies/{oid}/instances")}
     assert cr.sop_instance_uid in got
+    r = pacs("cache", "--clear", env=config)
+    assert r.returncode == 0 and f"{len(got)} file(s)" in r.stdout and f"deleted {len(got)} file(s)" in r.stdout
+    assert not any(Path(p).exists() for p in paths)
 
 
 def test_export_then_send_round_trip(config, orthanc_restored, orthanc_samples, tmp_path):

@@ -71,6 +71,9 @@ def test_pacs_dialog_query_retrieve_and_open(qtbot, window, orthanc_restored, or
     cached = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
               for p in Path(refs[0].path).parent.glob("*.dcm")}
     assert cached == expected
+    assert dialog.clear_cache(confirm=False) == len(expected)  # patient data off the disk on request
+    assert not list(Path(window.settings.pacs_cache_dir()).rglob("*.dcm"))
+    assert dialog.status.text().startswith("Deleted")
 
 
 def test_pacs_dialog_dicomweb_and_node_editor(qtbot, window, orthanc_restored, orthanc_samples, no_keyring):

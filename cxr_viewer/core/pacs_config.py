@@ -76,3 +76,39 @@ class NodeStore:
                 return node
         known = ", ".join(n.name for n in self.load()) or "none configured"
         raise KeyError(f"no PACS node named {name!r} (known: {known}; nodes file {self.path})")
+
+
+def cache_usage(folder: str) -> tuple[int, int]:
+    """(files, bytes) held in the retrieve cache: patient data on this disk until cleared."""
+    files = size = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(root, name)).st_size
+                files += 1
+            except OSError:
+                pass
+    return files, size
+
+
+def clear_cache(folder: str) -> int:
+    """Delete the retrieved studies (one folder per Study UID) and the results outbox; returns the
+    number of files removed. Only what this program writes there is touched: ``*.dcm`` files and
+    the folders they leave empty."""
+    removed = 0
+    if not os.path.isdir(folder):
+        return 0
+    for root, dirs, names in os.walk(folder, topdown=False):
+        for name in names:
+            if name.endswith(".dcm") or name.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except OSError:
+                    pass
+        if root != folder:
+            try:
+                os.rmdir(root)  # only when empty
+            except OSError:
+                pass
+    return removed

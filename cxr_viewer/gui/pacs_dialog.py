@@ -302,6 +302,8 @@ class PacsDialog(QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.btn_retrieve = QPushButton("Retrieve and Open", query_tab)
         self.btn_retrieve.setEnabled(False)
+        self.btn_clear_cache = QPushButton("Clear Cache...", query_tab)
+        self.btn_clear_cache.setToolTip("Delete the studies retrieved to this computer (patient data)")
         self.btn_cancel = QPushButton("Cancel", query_tab)
         self.btn_cancel.setEnabled(False)
         self.progress = QProgressBar(query_tab)
@@ -324,6 +326,7 @@ class PacsDialog(QDialog):
         bottom = QHBoxLayout()
         bottom.addWidget(self.progress)
         bottom.addWidget(self.status, 1)
+        bottom.addWidget(self.btn_clear_cache)
         bottom.addWidget(self.btn_cancel)
         bottom.addWidget(self.btn_retrieve)
         lay = QVBoxLayout(query_tab)
@@ -341,6 +344,7 @@ class PacsDialog(QDialog):
         self.btn_echo.clicked.connect(self.test_connection)
         self.btn_retrieve.clicked.connect(self.retrieve_selected)
         self.btn_cancel.clicked.connect(self.runner.cancel)
+        self.btn_clear_cache.clicked.connect(self.clear_cache)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.table.doubleClicked.connect(lambda _: self.retrieve_selected())
         self.editor.nodes_changed.connect(self.fill_nodes)
@@ -429,6 +433,29 @@ class PacsDialog(QDialog):
         os.makedirs(cache, exist_ok=True)
         if self._start(retrieve_task, match.study_uid, cache):
             self._say(f"Retrieving study of {match.study_date or 'unknown date'} into the local cache...")
+
+    def clear_cache(self, confirm: bool = True) -> int:
+        """Delete the retrieved studies after saying how much patient data that is."""
+        from PySide6.QtWidgets import QMessageBox
+
+        from ..core.pacs_config import cache_usage, clear_cache
+
+        if self.runner.busy:
+            self._say("Wait for the current transfer to finish (or cancel it) first.", error=True)
+            return 0
+        folder = self.settings.pacs_cache_dir()
+        files, size = cache_usage(folder)
+        if not files:
+            self._say("The PACS cache is empty.")
+            return 0
+        if confirm and QMessageBox.question(
+                self, "Clear PACS cache",
+                f"Delete {files} retrieved file(s), {size / 1e6:.1f} MB, from {folder}?\n"
+                "Images open in the viewer stay on screen until closed.") != QMessageBox.StandardButton.Yes:
+            return 0
+        removed = clear_cache(folder)
+        self._say(f"Deleted {removed} file(s) from the PACS cache.")
+        return removed
 
     # --- results -------------------------------------------------------------------------
     def _say(self, text: str, error: bool = False) -> None:

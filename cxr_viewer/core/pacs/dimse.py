@@ -520,6 +520,10 @@ def _dimse_move(node: PacsNode, study_uid: str, writer: _CacheWriter, cancel: Ca
     scp_ae = _new_ae(node)
     scp_ae.supported_contexts = [build_context(cx.abstract_syntax, AllTransferSyntaxes)
                                  for cx in AllStoragePresentationContexts]
+    # Only the PACS may store into our cache during the move: associations must come from its AE
+    # title and be addressed to ours (pynetdicom rejects the others at association time).
+    scp_ae.require_calling_aet = [node.called_ae]
+    scp_ae.require_called_aet = True
     bind = "127.0.0.1" if _is_loopback(node.host) else ""
     try:
         server = scp_ae.start_server((bind, node.move_port), block=False,
