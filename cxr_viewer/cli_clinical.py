@@ -24,14 +24,23 @@ def _err(command: str, message: str) -> None:
 
 
 # --- export --------------------------------------------------------------------------------
-def _out_path(target: str | None, image, kind: str, many: bool) -> str | None:
+def _out_path(target: str | None, image, kind: str, many: bool, deidentifier=None,
+              used: set | None = None) -> str | None:
     from .core.export import outbox_name
 
     if not target:
         return None
     if many or target.endswith(os.sep) or os.path.isdir(target):
         os.makedirs(target, exist_ok=True)
-        return os.path.join(target, outbox_name(image, kind))
+        path = os.path.join(target, outbox_name(image, kind, deidentifier))
+        stem, ext = os.path.splitext(path)
+        n = 1
+        while used is not None and path in used:  # two inputs with one name (or one SOP UID) in this run
+            n += 1
+            path = f"{stem}_{n}{ext}"
+        if used is not None:
+            used.add(path)
+        return path
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"the folder for {target} does not exist")
@@ -65,17 +74,18 @@ def _export(args: argparse.Namespace) -> int:
 
         deidentifier = Deidentifier()  # one per run: images of one study keep one (new) Study UID
     many = len(refs) > 1
-    pages, written, failed = [], [], len(found.errors)
+    pages, written, failed, used = [], [], len(found.errors), set()
     for ref in refs:
         try:
             image = load_image(ref, min(args.frame, ref.frames - 1))
             result = scorer.score(image)
-            request = ExportRequest(_out_path(args.sr, image, "sr", many), _out_path(args.sc, image, "sc", many),
-                                    _out_path(args.image, image, "image", many), args.deidentify)
-            if request.wants_dicom:
+            request = ExportRequest(*(_out_path(target, image, kind, many, deidentifier, used) for target, kind in
+                                      ((args.sr, "sr"), (args.sc, "sc"), (args.image, "image"))), args.deidentify)
+            page = report_page(image, result, scorer.meta, args.deidentify, deidentifier) if args.pdf else None
+            if request.wants_dicom:  # all of this image's files, or none of them
                 written += run_to_completion(export_dicom_task(image, result, request, deidentifier))
-            if args.pdf:
-                pages.append(report_page(image, result, scorer.meta, args.deidentify, deidentifier))
+            if page is not None:
+                pages.append(page)
         except (ExportError, ImageOpenError, OSError) as exc:
             failed += 1
             _err("export", f"{ref.path}: {exc}")
@@ -244,34 +254,57 @@ def _pacs_retrieve(args, node, password) -> int:
     from .core.pacs import retrieve_task
     from .core.pacs_config import cache_dir
 
+    from .core.pacs import PacsError
+
     target = args.cache or cache_dir()
-    code = EXIT_OK
+    got, failed = 0, 0
     for uid in args.study_uids:
-        paths = _run_with_bar(retrieve_task(node, uid, target, password))
+        try:
+            paths = _run_with_bar(retrieve_task(node, uid, target, password))
+        except PacsError as exc:
+            _err("pacs retrieve", f"study {uid}: {exc}")
+            failed += 1
+            continue
         for p in paths:
             print(p)
+        got += len(paths)
         if not paths:
             _err("pacs retrieve", f"study {uid}: the PACS sent no images")
-            code = EXIT_PARTIAL
-    return code
+            failed += 1
+    if failed:
+        return EXIT_PARTIAL if got else EXIT_PACS
+    return EXIT_OK
 
 
 def _pacs_send(args, node, password) -> int:
     from .cli import _run_with_bar
     from .core.pacs import send_task
 
+    import pydicom
+
     missing = [p for p in args.files if not os.path.isfile(p)]
     if missing:
         _err("pacs send", f"not a file: {missing[0]}")
         return EXIT_BAD_INPUT
-    result = _run_with_bar(send_task(node, args.files, password))
+    dicom = []
+    for p in args.files:
+        try:  # files without the Part 10 preamble are DICOM too when they carry a SOP class
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID"])
+            if "SOPClassUID" not in ds:
+                raise ValueError("no SOP Class UID")
+            dicom.append(p)
+        except Exception:  # noqa: BLE001 - any unreadable file is reported the same way
+            _err("pacs send", f"{p}: not a DICOM file")
+    if not dicom:
+        return EXIT_BAD_INPUT
+    result = _run_with_bar(send_task(node, dicom, password))
     for p in result.sent:
         print(f"sent\t{p}")
     for p, reason in result.failed:
         _err("pacs send", f"{p}: {reason}")
     if not result.sent:
         return EXIT_PACS
-    return EXIT_PARTIAL if result.failed else EXIT_OK
+    return EXIT_PARTIAL if result.failed or len(dicom) < len(args.files) else EXIT_OK
 
 
 def add_parsers(sub) -> None:

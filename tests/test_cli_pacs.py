@@ -99,3 +99,11 @@ def test_exit_codes_and_messages(config, orthanc_restored, tmp_path):
     for node, says in (("pacs", "does the PACS have the study?"), ("web", "HTTP 404")):
         r = pacs("retrieve", "--node", node, "1.2.3.4.5.6.7.8.9", env=config)
         assert r.returncode == 3 and says in r.stderr and not r.stdout
+
+
+def test_send_and_retrieve_exit_codes_for_mixed_inputs(config, orthanc_restored, orthanc_samples, tmp_path):
+    jpeg = sorted((td.REPO_ROOT / "resources" / "samples" / "kermany" / "NORMAL").iterdir())[0]
+    r = pacs("send", "--node", "pacs", str(jpeg), env=config)
+    assert r.returncode == 2 and "not a DICOM file" in r.stderr  # nothing was sent: bad input, not the PACS
+    r = pacs("retrieve", "--node", "pacs", orthanc_samples["cr"].study_uid, "1.2.3.999", env=config)
+    assert r.returncode == 1 and r.stdout.strip() and "1.2.3.999" in r.stderr  # partly done

@@ -19,8 +19,10 @@ from pydicom.uid import UID
 from cxr_viewer.core import dicom_results as dr
 from cxr_viewer.core import overlay
 from cxr_viewer.core.deid import (
+    IMPLEMENTATION_VERSION_NAME,
     Deidentifier,
     action_for,
+    burned_in_identifiers,
     deidentify_file,
     identifying_attributes,
 )
@@ -226,6 +228,119 @@ def test_nested_and_free_text_identifiers_are_removed():
     ref = out.ReferencedImageSequence[0]
     assert ref.ReferencedSOPInstanceUID == out.SOPInstanceUID  # a reference to itself, kept valid
     assert ref.ReferencedSOPClassUID == ds.SOPClassUID
+
+
+def rg1_copy(tmp_path: Path, edit, name: str = "rg1_edited.dcm") -> Path:
+    """The real RG1 sample with its header edited by ``edit(ds)``, written to tmp_path."""
+    ds = pydicom.dcmread(RG1)
+    edit(ds)
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def reread_strictly(path: Path) -> Dataset:
+    """Read ``path`` back with every element parsed, any pydicom warning being an error."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = pydicom.dcmread(path)
+        ds.walk(lambda dataset, elem: elem.value)
+        _ = [elem.value for elem in ds.file_meta]
+    return ds
+
+
+def test_file_meta_keeps_only_the_whitelist(tmp_path):
+    """Private Information (0002,0102) and its creator UID (0002,0100) can carry names and IDs;
+    only the whitelisted file meta survives, with new implementation values."""
+    creator = "1.2.826.0.1.3680043.9.7777.42"
+
+    def edit(ds):
+        ds.file_meta.PrivateInformationCreatorUID = creator
+        ds.file_meta.PrivateInformation = b"patient Hanako^Yamada, MRN 9RG1-X4242 "
+        ds.file_meta.SourceApplicationEntityTitle = "RADIOLOGY_ST1"
+        ds.file_meta.ImplementationVersionName = "SITEPACS_7"
+
+    src = rg1_copy(tmp_path, edit)
+    original = pydicom.dcmread(src, stop_before_pixels=True)
+    assert original.file_meta.PrivateInformation.startswith(b"patient Hanako")  # really in the source
+    dst = tmp_path / "deid.dcm"
+    deidentify_file(str(src), str(dst), Deidentifier())
+    data = file_header_bytes(dst)
+    for secret in (b"Hanako", b"Yamada", b"9RG1-X4242", creator.encode(), b"RADIOLOGY_ST1", b"SITEPACS_7",
+                   original.file_meta.ImplementationClassUID.encode(), original.SOPInstanceUID.encode()):
+        assert secret not in data, secret
+    back = reread_strictly(dst)
+    meta = back.file_meta
+    assert sorted(elem.keyword for elem in meta) == sorted([
+        "FileMetaInformationGroupLength", "FileMetaInformationVersion", "MediaStorageSOPClassUID",
+        "MediaStorageSOPInstanceUID", "TransferSyntaxUID", "ImplementationClassUID", "ImplementationVersionName"])
+    assert meta.MediaStorageSOPInstanceUID == back.SOPInstanceUID != original.SOPInstanceUID
+    assert meta.MediaStorageSOPClassUID == original.file_meta.MediaStorageSOPClassUID
+    assert meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert meta.ImplementationClassUID == pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+    assert back.PixelData == pydicom.dcmread(src).PixelData
+
+
+def test_sequences_removed_or_emptied_by_the_profile(tmp_path):
+    """X removes a sequence; Z and X/Z (Referenced Study Sequence) leave it empty, with no item
+    whose Type 1 Referenced SOP Class/Instance UIDs would be emptied."""
+    assert action_for(0x00081110) == "X/Z" and action_for(0x00101002) == "X" and action_for(0x0040A088) == "Z"
+
+    def edit(ds):
+        study = Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
+        study.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.9.7777.1.9"
+        ds.ReferencedStudySequence = Sequence([study])
+        other = Dataset()
+        other.PatientID, other.TypeOfPatientID = "OTHER-ID-771", "TEXT"
+        ds.OtherPatientIDsSequence = Sequence([other])
+        observer = Dataset()
+        observer.CodeValue, observer.CodingSchemeDesignator, observer.CodeMeaning = "D12345", "99HOSP", "Dr Observer"
+        ds.VerifyingObserverIdentificationCodeSequence = Sequence([observer])
+
+    src = rg1_copy(tmp_path, edit)
+    dst = tmp_path / "deid.dcm"
+    out = deidentify_file(str(src), str(dst), Deidentifier())
+    for ds in (out, reread_strictly(dst)):
+        assert "ReferencedStudySequence" in ds and len(ds.ReferencedStudySequence) == 0
+        assert "VerifyingObserverIdentificationCodeSequence" in ds
+        assert len(ds.VerifyingObserverIdentificationCodeSequence) == 0
+        assert "OtherPatientIDsSequence" not in ds
+        empty_type1: list[str] = []
+
+        def find_empty(dataset, elem, found=empty_type1):
+            if elem.keyword in ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID") and not elem.value:
+                found.append(elem.keyword)
+
+        ds.walk(find_empty)
+        assert empty_type1 == []
+    assert_no_secrets(file_header_bytes(dst), ["OTHER-ID-771", "1.2.826.0.1.3680043.9.7777.1.9", "Dr Observer"],
+                      "de-identified copy")
+
+
+def test_burned_in_identifiers(tmp_path):
+    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
+    assert "BurnedInAnnotation" not in ds and not burned_in_identifiers(ds)
+    for value, expected in (("YES", True), ("NO", False), ("", False)):
+        path = rg1_copy(tmp_path, lambda d, v=value: setattr(d, "BurnedInAnnotation", v), f"bia_{value}.dcm")
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        assert burned_in_identifiers(header) is expected, value
+        assert burned_in_identifiers(dr.read_source_header(path)) is expected
+    # padding and case do not matter
+    ds.BurnedInAnnotation = "YES "
+    assert burned_in_identifiers(ds)
+    # documented gap: a Secondary Capture / OT image without the attribute counts as unknown = False
+    sc = copy.deepcopy(ds)
+    del sc.BurnedInAnnotation
+    sc.SOPClassUID, sc.Modality = "1.2.840.10008.5.1.4.1.1.7", "OT"
+    assert not burned_in_identifiers(sc)
+    # the de-identifier itself still makes a copy (the export layer refuses), which says so too
+    yes = pydicom.dcmread(tmp_path / "bia_YES.dcm")
+    out = Deidentifier().dataset(yes)
+    assert out.PixelData == yes.PixelData and burned_in_identifiers(out)
 
 
 # --- results from a de-identified source --------------------------------------------------------

@@ -372,3 +372,107 @@ def test_write_is_atomic(scored, tmp_path):
         dr.write_dataset(broken, target)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["sr.dcm"]
+
+
+# --- sources as they come: dual-format files, Japanese names, non-conformant values -------------------
+
+
+def source_copy(path: Path, tmp_path: Path, name: str = "source.dcm", **values) -> Path:
+    """A copy of a real DICOM file in tmp_path with ``values`` set (written as they are, even
+    when they break their VR: pydicom's warnings about that are the point of the test)."""
+    import warnings
+
+    dst = tmp_path / name
+    if not values:
+        shutil.copyfile(path, dst)
+        return dst
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        ds.save_as(dst)
+    return dst
+
+
+def build_write_read(src, result, tmp_path: Path) -> dict[str, pydicom.Dataset]:
+    """The SR and SC of ``result`` on ``src``, written and read back."""
+    rgb = np.zeros((int(src.Rows), int(src.Columns), 3), np.uint8)
+    out = {}
+    for kind, ds in (("sr", dr.build_sr(src, result)), ("sc", dr.build_secondary_capture(src, rgb, result))):
+        path = tmp_path / f"{kind}.dcm"
+        dr.write_dataset(ds, path)
+        out[kind] = pydicom.dcmread(path)
+        assert dr.vr_problems(out[kind]) == [], kind
+    hd.sr.srread(tmp_path / "sr.dcm")
+    return out
+
+
+def test_dual_format_dicom_with_a_tiff_preamble(scored, shared_data, tmp_path):
+    """RG1_UNCR starts with a TIFF header in its preamble ("II*" at 0) and has "DICM" at 128:
+    a valid DICOM file (PS3.10 7.5), not a TIFF."""
+    path = source_copy(td.rg1(shared_data, "UNCR"), tmp_path)
+    head = path.read_bytes()[:132]
+    assert head.startswith(b"II*\x00") and head[128:] == b"DICM"
+    src = dr.read_source_header(path)
+    assert src.SOPInstanceUID == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    _, result, _ = scored[RG1.name]
+    out = build_write_read(src, result, tmp_path)
+    assert out["sr"].StudyInstanceUID == src.StudyInstanceUID
+    # a real TIFF (no DICM at 128) is still refused as one
+    tiff = tmp_path / "kermany.tif"
+    Image.open(KERMANY_JPEG).save(tiff)
+    with pytest.raises(dr.ExportError, match=r"kermany\.tif is a TIFF$"):
+        dr.read_source_header(tiff)
+
+
+def test_japanese_name_with_iso_2022_code_extensions(scored, shared_data, tmp_path):
+    """Specific Character Set ['', 'ISO 2022 IR 87'] (the usual Japanese form): highdicom refuses
+    the empty first value; the SR and SC are built with 'ISO 2022 IR 6' in its place."""
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    path = source_copy(td.rg1(shared_data, "UNCR"), tmp_path, SpecificCharacterSet=["", "ISO 2022 IR 87"],
+                       PatientName=name)
+    assert b"\x1b$B" in path.read_bytes()[:4096]  # really encoded as ISO 2022 (JIS X 0208)
+    src = dr.read_source_header(path)
+    assert list(src.SpecificCharacterSet) == ["", "ISO 2022 IR 87"] and str(src.PatientName) == name
+    _, result, _ = scored[RG1.name]
+    out = build_write_read(src, result, tmp_path)
+    for kind, ds in out.items():
+        assert list(ds.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"], kind
+        assert str(ds.PatientName) == name, kind
+        assert ds.PatientName.ideographic == "山田^太郎" and ds.PatientName.phonetic == "やまだ^たろう"
+    assert list(src.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]  # the source header is not changed
+
+
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("PatientSex", "m"), ("PatientSex", "X"), ("PatientBirthDate", "1960-01-01"), ("PatientBirthDate", "19601301"),
+    ("StudyDate", "2020/01/01"), ("StudyTime", "25:99"), ("StudyTime", "12:30:00"), ("PatientAge", "81"),
+])
+def test_nonconformant_source_values(scored, tmp_path, monkeypatch, keyword, value):
+    """Values that break their VR or enumerated values are emptied (Type 2) or dropped before
+    highdicom sees them; the export goes through and the value is nowhere in the output."""
+    path = source_copy(RG1, tmp_path, **{keyword: value})
+    src = dr.read_source_header(path)
+    assert str(src[keyword].value) == value
+    _, result, _ = scored[RG1.name]
+    out = build_write_read(src, result, tmp_path)
+    for kind, ds in out.items():
+        if keyword == "PatientAge":  # Type 3: dropped
+            assert keyword not in ds, kind
+        else:  # Type 2: present and empty ("unknown")
+            assert keyword in ds and not ds[keyword].value, kind
+        assert ds.PatientID == src.PatientID and ds.StudyInstanceUID == src.StudyInstanceUID
+    assert str(src[keyword].value) == value  # the source header is not changed
+
+    # were a value to reach highdicom uncleaned, the error names the attribute, never the value
+    monkeypatch.setattr(dr, "_clean_source", lambda ds, depth=0: [])
+    if keyword == "PatientAge":  # highdicom copies it without a look (and _drop_invalid_copies drops it)
+        assert keyword not in dr.build_sr(src, result)
+        return
+    rgb = np.zeros((int(src.Rows), int(src.Columns), 3), np.uint8)
+    for build in (lambda: dr.build_sr(src, result), lambda: dr.build_secondary_capture(src, rgb, result)):
+        with pytest.raises(dr.ExportError) as info:
+            build()
+        message = str(info.value)
+        assert keyword in message and value not in message, message
+        assert "\n" not in message

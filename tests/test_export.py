@@ -156,3 +156,61 @@ def test_export_exit_codes(tmp_path):
     r = td.run_cli("export", str(RG1), str(png), "--sr", str(tmp_path / "srs"), "--device", "cpu", timeout=240)
     assert r.returncode == 1, r.stderr
     assert [p.name for p in (tmp_path / "srs").iterdir()] == ["RG1_J2KR_sr.dcm"]
+
+
+def test_deidentified_exports_are_not_named_after_the_source(tmp_path):
+    """A source file named after its original SOP UID (as the PACS cache names them) or a patient:
+    de-identified outputs take the de-identified SOP UID as their name."""
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    named = tmp_path / "in" / f"{src.SOPInstanceUID}.dcm"
+    named.parent.mkdir()
+    shutil.copy(RG1, named)
+    patient = tmp_path / "in" / "Smith_John.dcm"
+    shutil.copy(RG1, patient)
+    out = tmp_path / "out"
+    r = td.run_cli("export", str(named), str(patient), "--sr", str(out), "--image", str(out), "--deidentify",
+                   "--device", "cpu", timeout=240)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 4 and all(n.startswith("deid_2.25.") for n in names)
+    assert not any(str(src.SOPInstanceUID) in n or "Smith" in n for n in names) and "Smith" not in r.stdout
+    copies = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.glob("*_image.dcm")]
+    assert {f"deid_{c.SOPInstanceUID}_image.dcm" for c in copies} <= set(names)
+
+
+def test_burnt_in_identifiers_are_never_exported_as_deidentified(tmp_path):
+    ds = pydicom.dcmread(RG1)
+    ds.BurnedInAnnotation = "YES"
+    src = tmp_path / "burnt.dcm"
+    ds.save_as(src)
+    for args in (("--sc", str(tmp_path / "sc.dcm")), ("--image", str(tmp_path / "copy.dcm")),
+                 ("--pdf", str(tmp_path / "r.pdf"))):
+        r = td.run_cli("export", str(src), *args, "--deidentify", "--device", "cpu", timeout=180)
+        assert r.returncode == 2 and "BurnedInAnnotation YES" in r.stderr, r.stderr
+        assert not Path(args[1]).exists()
+    r = td.run_cli("export", str(src), "--sr", str(tmp_path / "sr.dcm"), "--deidentify", "--device", "cpu",
+                   timeout=180)
+    assert r.returncode == 0, r.stderr  # the SR holds no pixels: it can be de-identified
+    r = td.run_cli("export", str(src), "--sc", str(tmp_path / "sc.dcm"), "--device", "cpu", timeout=180)
+    assert r.returncode == 0, r.stderr  # not de-identified: the study's own copy, burnt-in text and all
+
+
+def test_export_is_all_or_nothing_on_cancel(tmp_path):
+    from cxr_viewer.core.export import ExportRequest, export_dicom_task
+    from cxr_viewer.core.image import open_image
+    from cxr_viewer.core.inference import Scorer
+    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.core.tasks import CancelToken, Cancelled
+
+    image = open_image(str(NIH))
+    result = Scorer.from_file(str(default_model_path()), "cpu").score(image)
+    outs = [tmp_path / n for n in ("sr.dcm", "sc.dcm", "copy.dcm")]
+    token = CancelToken()
+    gen = export_dicom_task(image, result, ExportRequest(*map(str, outs)), cancel=token)
+    next(gen)  # about to write the SR
+    next(gen)  # the SR is written; about to write the Secondary Capture
+    assert outs[0].exists()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        next(gen)
+    assert not any(p.exists() for p in outs) and not list(tmp_path.glob(".tmp-*"))

@@ -224,8 +224,9 @@ def test_export_dialog_writes_deidentified_files(qtbot, scored_rg1, tmp_path, mo
     with qtbot.waitSignal(window.exported, timeout=90000) as blocker:
         window.export_dialog()
     paths = [Path(p) for p in blocker.args[0]]
-    assert sorted(p.name for p in paths) == ["RG1_J2KR_image.dcm", "RG1_J2KR_report.pdf", "RG1_J2KR_sc.dcm",
-                                             "RG1_J2KR_sr.dcm"]
+    stems = {p.name.rsplit("_", 1)[0] for p in paths}
+    assert sorted(p.name.rsplit("_", 1)[1] for p in paths) == ["image.dcm", "report.pdf", "sc.dcm", "sr.dcm"]
+    assert len(stems) == 1 and stems.pop().startswith("deid_2.25.")  # never the source's name or UID
     for p in paths:
         assert b"9RG1" not in p.read_bytes()
     assert window.settings.deidentify_exports()
@@ -261,3 +262,22 @@ def test_whole_workflow_query_open_score_send_back(qtbot, window, orthanc_restor
     assert modalities == {"SR", "OT"}  # the Comprehensive SR and the Secondary Capture (modality OT)
     assert studies == {orthanc_samples["cr"].study_uid}
     _shot(qtbot, window, "main_window_scored_from_pacs.png")
+
+
+def test_send_asks_for_a_missing_password_and_leaves_no_outbox(qtbot, scored_rg1, orthanc_restored, orthanc_samples,
+                                                               no_keyring, monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    window = scored_rg1
+    web = orthanc_restored.dicomweb_node()
+    asked = []
+    monkeypatch.setattr(QInputDialog, "getText",
+                        staticmethod(lambda *a, **k: (asked.append(a[2]) or orthanc_restored.password, True)))
+    with qtbot.waitSignal(window.exported, timeout=60000) as sent:
+        window.send_results(web)
+    assert len(sent.args[0].sent) == 2 and len(asked) == 1 and web.username in asked[0]
+    outbox = Path(window.settings.pacs_cache_dir()) / "outbox"
+    assert not list(outbox.rglob("*.dcm"))  # the derived objects are on the PACS, not left on this disk
+    with qtbot.waitSignal(window.exported, timeout=60000):
+        window.send_results(web)  # the password is remembered for the session
+    assert len(asked) == 1

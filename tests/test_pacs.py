@@ -309,6 +309,80 @@ def test_query(orthanc, orthanc_samples, kind, case):
             assert (m.n_series, m.n_instances) == (1, 1)
 
 
+# --- non-ASCII patient names ----------------------------------------------------------------------
+
+YAMADA = "山田^太郎"
+MULLER = "Müller^Jürgen"
+
+
+@pytest.fixture
+def charset_patients(orthanc_restored, tmp_path):
+    """Two patients with non-ASCII names in Orthanc: 山田 (ISO_IR 192) and Müller (ISO_IR 100).
+
+    Returns ``{"yamada": study_uid, "muller": study_uid, "set_encoding": fn}``; ``set_encoding``
+    switches Orthanc's DefaultEncoding (the charset it answers in). Everything is put back after.
+    """
+    stored = {}
+    for key, name, charset in (("yamada", YAMADA, "ISO_IR 192"), ("muller", MULLER, "ISO_IR 100")):
+        study_uid = generate_uid()
+        _copy_with_new_uid(SAMPLES_DIR / "NIH_DX_no_finding.dcm", tmp_path / f"{key}.dcm",
+                           SpecificCharacterSet=charset, PatientName=name, PatientID=f"CHARSET-{key.upper()}",
+                           StudyInstanceUID=study_uid, SeriesInstanceUID=generate_uid())
+        orthanc_restored.upload(tmp_path / f"{key}.dcm")
+        stored[key] = study_uid
+    old = orthanc_restored.session.get(orthanc_restored.url("/tools/default-encoding"), timeout=10).text.strip()
+
+    def set_encoding(encoding: str) -> None:
+        orthanc_restored.session.put(orthanc_restored.url("/tools/default-encoding"), data=encoding,
+                                     timeout=10).raise_for_status()
+
+    stored["set_encoding"] = set_encoding
+    try:
+        yield stored
+    finally:
+        set_encoding(old)
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_query_non_ascii_names(orthanc, orthanc_samples, charset_patients, kind):
+    node, pw = _kinds(orthanc)[kind]
+
+    def query(pattern):
+        matches = run_to_completion(pacs.query_task(node, QueryFilter(patient_name=pattern), pw))
+        return sorted((m.study_uid, m.patient_name) for m in matches)
+
+    yamada = [(charset_patients["yamada"], YAMADA)]
+    muller = [(charset_patients["muller"], MULLER)]
+    # Orthanc answers in its DefaultEncoding; Latin-1 (its default) holds Müller but not 山田
+    assert query("Müller*") == muller
+    assert query("müller^jürgen") == muller  # case-insensitive, exact
+    charset_patients["set_encoding"]("Utf8")  # what a PACS with Japanese patients is set to
+    assert query("山田*") == yamada           # not "??*", which matches everyone
+    assert query("*太郎") == yamada
+    assert query("Müller*") == muller
+    assert query("Mü*Jürgen") == muller
+    assert query("山本*") == []
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_query_term_that_cannot_be_encoded(kind):
+    node = (PacsNode(name="x", kind="dimse", host="127.0.0.1", port=free_port(), called_ae="X")
+            if kind == "dimse" else PacsNode(name="x", kind="dicomweb", url=f"http://127.0.0.1:{free_port()}/"))
+    err = _expect_error(pacs.query_task, node, QueryFilter(patient_name="Yam\udce4da*"), within=2,
+                        match="patient name contains a character that cannot be sent")
+    assert "Yam" not in str(err)
+
+
+def test_pn_matching():
+    from cxr_viewer.core.pacs.nodes import _pn_matches
+
+    assert _pn_matches("山田*", YAMADA) and not _pn_matches("山田*", MULLER)
+    assert _pn_matches("M?ller*", MULLER) and _pn_matches("MÜLLER JÜRGEN", MULLER + "^^")
+    assert not _pn_matches("Müller", MULLER) and not _pn_matches("山田", "^")
+    assert _pn_matches("*たろう", "Yamada^Tarou=山田^太郎=やまだ^たろう")
+    assert _pn_matches("", "anything") and _pn_matches("*", "")
+
+
 # --- retrieve -------------------------------------------------------------------------------------
 
 
@@ -399,6 +473,42 @@ def test_retrieve_unknown_study(orthanc, tmp_path):
     assert _files_in(tmp_path) == []
 
 
+# --- the retrieve cache ---------------------------------------------------------------------------
+
+
+def test_discard_keeps_files_a_newer_retrieve_wrote(tmp_path):
+    """A cancelled retrieve that wakes up late must not delete what a newer one of the study wrote."""
+    from cxr_viewer.core.pacs.cache import _CacheWriter
+
+    study = generate_uid()
+    shared_sop, old_only_sop, again_sop = generate_uid(), generate_uid(), generate_uid()
+
+    def content(data: bytes):
+        return lambda tmp: Path(tmp).write_bytes(data)
+
+    w1 = _CacheWriter(str(tmp_path), study)   # the cancelled one, stuck in a network read
+    w2 = _CacheWriter(str(tmp_path), study)   # the user's new retrieve of the same study
+    shared = w1.write(shared_sop, content(b"w1"))
+    old_only = w1.write(old_only_sop, content(b"w1"))
+    again = w1.write(again_sop, content(b"w1"))
+    assert w2.write(shared_sop, content(b"w2")) == shared
+    assert w2.write(again_sop, content(b"w2")) == again
+    assert w1.write(again_sop, content(b"w1 again")) == again  # w1 rewrites it before it sees the cancel
+    w2.close()
+    w1.discard()
+    assert Path(shared).read_bytes() == b"w2"          # rewritten by w2: w2's file
+    assert Path(again).read_bytes() == b"w1 again"     # w2 returned this path: it stays
+    assert not Path(old_only).exists()                 # only w1 wrote it: removed
+    assert sorted(w2.written) == sorted([shared, again])
+    assert not [p for p in _files_in(tmp_path) if p.name.startswith(".tmp")]
+
+    # a lone cancelled retrieve still removes everything it created, and the empty study folder
+    w3 = _CacheWriter(str(tmp_path), generate_uid())
+    w3.write(generate_uid(), content(b"w3"))
+    w3.discard()
+    assert not Path(w3.folder).exists()
+
+
 # --- send -----------------------------------------------------------------------------------------
 
 
@@ -478,6 +588,32 @@ def test_server_down_dicomweb(tmp_path):
 def test_unknown_host():
     node = PacsNode(name="Nowhere", kind="dimse", host="pacs.invalid", port=104, called_ae="PACS", timeout_s=3)
     _expect_error(pacs.echo, node, within=3 + SLACK, match="pacs.invalid")
+
+
+def test_dns_lookup_is_bounded_by_the_timeout(monkeypatch):
+    """The system resolver may hang (dead DNS server); requests would wait for it, unbounded."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def hanging(host, *args, **kwargs):
+        if host == "pacs-dns-hangs.example":
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    web = PacsNode(name="Slow DNS", kind="dicomweb", url="http://pacs-dns-hangs.example:8042/dicom-web",
+                   username="dr", timeout_s=SHORT)
+    dimse = PacsNode(name="Slow DNS", kind="dimse", host="pacs-dns-hangs.example", port=104, called_ae="PACS",
+                     timeout_s=SHORT)
+    try:
+        for node, pw in ((web, SECRET), (dimse, None)):
+            _expect_error(pacs.echo, node, pw, within=SHORT + 1,
+                          match="looking up host name 'pacs-dns-hangs.example' of PACS 'Slow DNS' took longer than 1 s")
+            _expect_error(pacs.query_task, node, QueryFilter(patient_id="X"), pw, within=SHORT + 1,
+                          match="took longer than 1 s")
+    finally:
+        release.set()
 
 
 def test_wrong_called_ae_is_rejected(orthanc):

@@ -16,17 +16,26 @@ What this module adds around the library:
   profile is applied again to every item of every sequence that survives (PS3.15 E.1: the
   attributes inside a retained sequence are treated by the same rules). Sequences with X/Z/U*
   (Referenced/Source Image Sequence) are kept with their instance UIDs replaced (the "U*"
-  choice), so references stay valid instead of being emptied.
+  choice), so references stay valid instead of being emptied. Sequences whose action is X are
+  removed; those with Z or X/Z (e.g. Referenced Study Sequence) become empty sequences (no
+  items): an item with its Type 1 Referenced SOP Class/Instance UIDs emptied would be invalid.
 * **A pseudonymous Patient ID** (and the same as Patient's Name), consistent within a session.
 * **A last scrub:** any remaining text value, at any depth, that contains the original patient
   name components, IDs, accession number, institution or other identifying text of the source
   has those substrings masked.
 * Patient Identity Removed = YES, De-identification Method (text) and its code sequence
-  (113100, DCM, "Basic Application Confidentiality Profile"); private attributes removed; the
-  file meta Media Storage SOP Instance UID follows the new SOP Instance UID.
+  (113100, DCM, "Basic Application Confidentiality Profile"); private attributes removed.
+* **File meta information** keeps only File Meta Information Version, Media Storage SOP Class
+  UID, Media Storage SOP Instance UID (the new SOP Instance UID), Transfer Syntax UID and the
+  implementation's class UID and version name, which are rewritten as pydicom's (the software
+  that writes the copy). Everything else goes: source/sending/receiving AE titles, Private
+  Information Creator UID and Private Information (which can carry names and IDs).
 
 Pixel data are never changed: text burnt into the pixels (Burned In Annotation = YES) is not
-removed by the Basic profile (that is the Clean Pixel Data option, not implemented).
+removed by the Basic profile (that is the Clean Pixel Data option, not implemented). Such a
+copy would still show the identifiers, so :func:`burned_in_identifiers` tells the export layer
+to refuse a de-identified export of those pixels; :meth:`Deidentifier.dataset` itself does not
+refuse (a header-only copy, e.g. for an SR, is still fine).
 Dates and times take the library's dummy values (0001-01-01, 00:00).
 """
 
@@ -41,10 +50,10 @@ from collections.abc import Callable
 from importlib import metadata
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 from pydicom.valuerep import PersonName
 
 from .. import __version__
@@ -65,8 +74,12 @@ _TEXT_VRS = ("PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE")
 _MIN_SCRUB_LEN = 3
 #: UIDs defined by the standard (SOP classes, transfer syntaxes...) identify nothing: kept.
 _STANDARD_UID_ROOT = "1.2.840.10008."
-#: File meta attributes naming the systems that wrote or sent the file.
-_FILE_META_AE_TITLES = (0x00020016, 0x00020017, 0x00020018)
+#: File meta attributes copied to a de-identified copy (all others are dropped; the Media
+#: Storage SOP Instance UID is then set to the new SOP Instance UID, and the implementation's
+#: class UID and version name are written anew).
+_FILE_META_KEPT = (0x00020001, 0x00020002, 0x00020003, 0x00020010)
+#: The implementation that writes de-identified copies: pydicom (what it writes by default).
+IMPLEMENTATION_VERSION_NAME = f"PYDICOM {pydicom.__version__}"[:16]
 
 
 def library_version() -> str:
@@ -148,6 +161,25 @@ def _is_empty(elem) -> bool:
     if isinstance(value, (str, PersonName)):
         return not str(value).strip()
     return False
+
+
+def burned_in_identifiers(ds: Dataset) -> bool:
+    """True when ``ds`` says that its pixels carry burnt-in identifying text: Burned In
+    Annotation (0028,0301) is "YES" (case and padding ignored).
+
+    De-identification here never touches pixel data, so a de-identified copy of such pixels (an
+    image copy, a Secondary Capture or a PDF rendering of them) would still show the identifiers;
+    the export layer refuses those when this is True.
+
+    Known gap: Burned In Annotation is Type 3 in many IODs. A source without it, including a
+    Secondary Capture or Modality "OT" image (where burnt-in text is common), counts as unknown,
+    which returns False: it is not refused. Only an explicit "YES" is.
+    """
+    value = ds.get("BurnedInAnnotation") if ds is not None else None
+    if value is None:
+        return False
+    values = value if isinstance(value, (list, MultiValue)) else [value]
+    return any(str(v).strip().upper() == "YES" for v in values)
 
 
 def identifying_attributes(ds: Dataset) -> dict[str, str]:
@@ -263,6 +295,36 @@ class Deidentifier:
                 else:
                     replace_element(elem)
 
+    @staticmethod
+    def _empty_sequence_or(library_action: Callable) -> Callable:
+        """Z, X/Z: a sequence becomes empty (no items; a zero-length Type 2 or Type 3 sequence is
+        valid), where the library would keep its items with emptied, often Type 1, attributes.
+        Other VRs: the library's action."""
+
+        def action(dataset: Dataset, tag) -> None:
+            elem = dataset.get(tag)
+            if elem is None:
+                return
+            if elem.VR == "SQ":
+                elem.value = Sequence()
+            else:
+                library_action(dataset, tag)
+
+        return action
+
+    @staticmethod
+    def _remove(library_action: Callable) -> Callable:
+        """X: removed, sequences included (the library removes sequences only by accident)."""
+
+        def action(dataset: Dataset, tag) -> None:
+            elem = dataset.get(tag)
+            if elem is not None and elem.VR == "SQ":
+                del dataset[tag]
+            else:
+                library_action(dataset, tag)
+
+        return action
+
     def _wrap_replace(self, library_action: Callable) -> Callable:
         """D, Z/D, X/D, X/Z/D: the library's dummy value, except that UIDs (also inside sequences)
         come from the session's map rather than the library's global one."""
@@ -293,6 +355,10 @@ class Deidentifier:
                 rules[tag] = self._keep_with_new_uids
             elif fn in replacing:
                 rules[tag] = self._wrap_replace(fn)
+            elif fn in (sda.empty, sda.delete_or_empty):
+                rules[tag] = self._empty_sequence_or(fn)
+            elif fn is sda.delete:
+                rules[tag] = self._remove(fn)
         return rules
 
     def _apply_profile(self, ds: Dataset, depth: int = 0) -> None:
@@ -330,13 +396,24 @@ class Deidentifier:
             code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = PROFILE_CODE
             out.DeidentificationMethodCodeSequence = Sequence([code])
             meta = getattr(out, "file_meta", None)
-            if meta is not None:
-                if "SOPInstanceUID" in out:
-                    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-                for tag in _FILE_META_AE_TITLES:
-                    if tag in meta:
-                        del meta[tag]
+            if meta is not None and len(meta):
+                out.file_meta = self._file_meta(meta, out)
             return out
+
+    def _file_meta(self, meta: Dataset, ds: Dataset) -> FileMetaDataset:
+        """The whitelisted file meta (``_FILE_META_KEPT``) with the new instance UID and this
+        implementation's class UID and version name."""
+        new = FileMetaDataset()
+        for tag in _FILE_META_KEPT:
+            if tag in meta:
+                new.add(copy.deepcopy(meta[tag]))
+        if "SOPInstanceUID" in ds:
+            new.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        elif "MediaStorageSOPInstanceUID" in new:
+            new.MediaStorageSOPInstanceUID = self.uid(new.MediaStorageSOPInstanceUID)
+        new.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        new.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        return new
 
     def _remap_leftover_uids(self, ds: Dataset, originals: set[str]) -> None:
         """Any UI element, at any depth, still holding an original UID of this session gets the

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import unicodedata
 import warnings
 from collections.abc import Iterable
@@ -89,6 +90,16 @@ _PUNCTUATION = str.maketrans({"\u2014": "-", "\u2013": "-", "\u2212": "-", "\u20
                               "\u201c": '"', "\u201d": '"', "\u2026": "...", "\u00a0": " "})
 
 
+#: The UIDs a derived object references: never cleaned away (the references must match the source).
+_KEY_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: Enumerated values of attributes copied from the source (PS3.3 C.7.1.1, C.7.6.1.1.5, C.12.1);
+#: highdicom itself refuses a Patient's Sex outside M/F/O.
+_ENUMERATED = {"PatientSex": ("M", "F", "O"), "PatientIdentityRemoved": ("YES", "NO"),
+               "QualityControlSubject": ("YES", "NO"), "LossyImageCompression": ("00", "01")}
+#: What an empty first value of Specific Character Set means when code extensions follow
+#: (PS3.3 C.12.1.1.2): the default repertoire, which highdicom only accepts by this name.
+_DEFAULT_REPERTOIRE_EXTENSIONS = "ISO 2022 IR 6"
+
 _STRING_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 
 
@@ -103,7 +114,9 @@ def read_source_header(path: str | os.PathLike) -> Dataset:
     """The header (no pixel data) of the DICOM image a result was computed from.
 
     Raises ExportError for a PNG/JPEG or any other non-DICOM file, and for a DICOM object
-    without the UIDs a derived object must reference.
+    without the UIDs a derived object must reference. A file with "DICM" at offset 128 is DICOM
+    whatever its preamble: dual-format files (e.g. a TIFF header in the preamble, PS3.10 7.5)
+    are valid DICOM.
     """
     path = os.fspath(path)
     try:
@@ -111,7 +124,8 @@ def read_source_header(path: str | os.PathLike) -> Dataset:
             head = f.read(132)
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    kind = next((name for magic, name in _RASTER_MAGIC if head.startswith(magic)), None)
+    is_part10 = len(head) == 132 and head[128:] == b"DICM"
+    kind = None if is_part10 else next((name for magic, name in _RASTER_MAGIC if head.startswith(magic)), None)
     if kind is not None:
         raise ExportError(f"A DICOM SR or Secondary Capture needs a DICOM source image; {path} is a {kind}")
     try:
@@ -150,16 +164,97 @@ def _check_result(result: ScoreResult | None) -> ScoreResult:
 
 
 def _source_for_highdicom(source: Dataset) -> Dataset:
-    """A header-only copy with the Type 2 patient/study attributes present (possibly empty)."""
+    """A header-only copy with the Type 2 patient/study attributes present (possibly empty),
+    cleaned (see ``_clean_source``) so that highdicom accepts it; ``source`` is not changed."""
     _check_source(source)
     src = Dataset()
     for elem in source:
         if elem.tag.group > 0x0002 and elem.tag < 0x7FE00000:
             src.add(copy.deepcopy(elem))
+    _clean_source(src)
     for keyword in _TYPE2_FROM_SOURCE:
         if keyword not in src or src[keyword].value is None:
             setattr(src, keyword, "")
     return src
+
+
+def _invalid_value(elem) -> bool:
+    """True when ``elem`` (a string VR) breaks its VR's rules or its enumerated values."""
+    probe = Dataset()
+    probe.add(elem)
+    if vr_problems(probe):
+        return True
+    allowed = _ENUMERATED.get(elem.keyword)
+    if allowed is None or elem.value is None:
+        return False
+    values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+    return any(str(v) and str(v) not in allowed for v in values)
+
+
+def _clean_source(ds: Dataset, depth: int = 0) -> list[str]:
+    """Make the copy given to highdicom conformant, in place; returns the keywords changed.
+
+    highdicom validates some of the values it copies (Patient's Sex, dates and times through
+    pydicom's DA/TM) and raises on a non-conformant one, e.g. Patient's Sex "m" or "X", Patient's
+    Birth Date "1960-01-01", Study Time "25:99". A non-conformant value cannot be repaired
+    without guessing, so, at any depth:
+
+    * a value that breaks its VR (format, characters, length: ``vr_problems``) or, for the
+      attributes in ``_ENUMERATED``, is not one of the enumerated values is emptied when the
+      attribute is one of the Type 2 attributes highdicom copies (``_TYPE2_FROM_SOURCE``: present
+      and empty means "unknown"), and removed otherwise;
+    * the four UIDs that the new object references (``_KEY_UIDS``) are never touched, nor is
+      Specific Character Set beyond what follows (without it the source's text could not be
+      encoded: an unknown one makes highdicom refuse, and the error names it);
+    * Specific Character Set: an empty first value followed by code extensions (the usual
+      Japanese ``['', 'ISO 2022 IR 87']``) becomes "ISO 2022 IR 6", its name in the standard's
+      table of code extensions, which highdicom requires; an empty single value (the default
+      repertoire) is removed, which means the same.
+    """
+    changed: list[str] = []
+    charset = ds.get("SpecificCharacterSet") if depth == 0 else None
+    if isinstance(charset, (list, MultiValue)) and len(charset) > 1 and not str(charset[0]).strip():
+        ds.SpecificCharacterSet = [_DEFAULT_REPERTOIRE_EXTENSIONS, *[str(v) for v in charset[1:]]]
+    elif charset is not None and not isinstance(charset, (list, MultiValue)) and not str(charset).strip():
+        del ds.SpecificCharacterSet
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            if depth < 32:
+                for item in elem.value or []:
+                    changed += _clean_source(item, depth + 1)
+            continue
+        if elem.VR not in _STRING_VRS or elem.value is None or (
+                depth == 0 and elem.keyword in (*_KEY_UIDS, "SpecificCharacterSet")):
+            continue
+        if _invalid_value(copy.deepcopy(elem)):
+            changed.append(elem.keyword or str(elem.tag))
+            if elem.keyword in _TYPE2_FROM_SOURCE:
+                ds[elem.tag].value = ""
+            else:
+                del ds[elem.tag]
+    return changed
+
+
+def _refused(what: str, exc: Exception, src: Dataset) -> ExportError:
+    """The one-line error for a data set highdicom refused. The exception's text is not quoted:
+    it may hold a source value (a birth date, a name) that would reach stderr or the status bar.
+    The attributes it concerns are named instead, when they can be told: those the message
+    names or quotes, and those whose value breaks its VR or enumerated values."""
+    message = str(exc)
+    named: list[str] = []
+    for elem in src:
+        if not elem.keyword or elem.VR == "SQ":
+            continue
+        text = str(elem.value if elem.value is not None else "")
+        if re.search(rf"(?<![A-Za-z]){elem.keyword}(?![a-z])", message) or (
+                text.strip() and (f"'{text}'" in message or f'"{text}"' in message)):
+            named.append(elem.keyword)
+        elif elem.VR in _STRING_VRS and _invalid_value(copy.deepcopy(elem)):
+            named.append(elem.keyword)  # e.g. a date highdicom could not convert
+    if named:
+        return ExportError(f"cannot build the DICOM {what}: the source's {', '.join(sorted(set(named)))} "
+                           f"cannot be copied ({type(exc).__name__})")
+    return ExportError(f"cannot build the DICOM {what} from this source ({type(exc).__name__})")
 
 
 def _ascii(text: str) -> str:
@@ -359,7 +454,7 @@ def build_sr(source: Dataset, result: ScoreResult, *, series_number: int = 9901,
                 manufacturer_model_name="cxr_viewer",
             )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ExportError(f"cannot build the DICOM SR: {exc}") from None
+        raise _refused("SR", exc, src) from None
     _drop_invalid_copies(sr, src)
     return sr
 
@@ -419,7 +514,7 @@ def build_secondary_capture(source: Dataset, rgb: np.ndarray, result: ScoreResul
                 software_versions=SOFTWARE_VERSIONS, manufacturer_model_name="cxr_viewer",
             )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ExportError(f"cannot build the DICOM Secondary Capture: {exc}") from None
+        raise _refused("Secondary Capture", exc, src) from None
     _drop_invalid_copies(sc, src)
     if orientation is None:
         sc.PatientOrientation = ""  # Type 2C: unknown (highdicom needs a value to build with)

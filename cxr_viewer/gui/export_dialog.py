@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from .. import RESEARCH_NOTICE
-from ..core.export import ExportRequest, export_dicom_task, outbox_name, report_page
+from ..core.export import ExportRequest, export_dicom_task, outbox_name, remove_files, report_page
 from ..core.image import LoadedImage
 from ..core.inference import ScoreResult
 from ..core.model import ModelMeta
@@ -35,34 +35,45 @@ from .pdf_report import write_pdf_task
 def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, folder: str, *, sr: bool,
                 sc: bool, pdf: bool, image_copy: bool, deidentify: bool, voi=None,
                 cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[str, ...]]:
+    """All the chosen files, or none: what was written is removed again on an error or cancel."""
     deidentifier = None
     if deidentify:
         from ..core.deid import Deidentifier
 
         deidentifier = Deidentifier()
     os.makedirs(folder, exist_ok=True)
-    path = lambda kind: os.path.join(folder, outbox_name(image, kind))  # noqa: E731
+    path = lambda kind: os.path.join(folder, outbox_name(image, kind, deidentifier))  # noqa: E731
     request = ExportRequest(path("sr") if sr else None, path("sc") if sc else None,
                             path("image") if image_copy else None, deidentify)
+    page = report_page(image, result, meta, deidentify, deidentifier, voi=voi) if pdf else None
     written = list((yield from export_dicom_task(image, result, request, deidentifier, cancel=cancel)))
-    if pdf:
-        page = report_page(image, result, meta, deidentify, deidentifier, voi=voi)
-        out = os.path.join(folder, outbox_name(image, "report")[:-4] + ".pdf")
-        written.append((yield from write_pdf_task([page], out, cancel=cancel)))
+    if page is not None:
+        try:
+            written.append((yield from write_pdf_task([page], path("report")[:-4] + ".pdf", cancel=cancel)))
+        except BaseException:
+            remove_files(written)
+            raise
     return tuple(written)
 
 
 def send_results_task(node, password: str | None, image: LoadedImage, result: ScoreResult, outbox: str,
                       cancel: CancelToken = NEVER_CANCELLED):
-    """Write the SR and Secondary Capture into ``outbox``, then C-STORE / STOW-RS them."""
+    """Write the SR and Secondary Capture into a fresh outbox folder, C-STORE / STOW-RS them, then
+    delete them (they hold patient data; the PACS has them now, or the user sends again)."""
+    import shutil
+    import tempfile
+
     from ..core.pacs import send_task
 
-    folder = os.path.join(outbox, time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(folder, exist_ok=True)
-    request = ExportRequest(os.path.join(folder, outbox_name(image, "sr")),
-                            os.path.join(folder, outbox_name(image, "sc")))
-    paths = yield from export_dicom_task(image, result, request, cancel=cancel)
-    return (yield from send_task(node, list(paths), password, cancel=cancel))
+    os.makedirs(outbox, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=outbox)
+    try:
+        request = ExportRequest(os.path.join(folder, outbox_name(image, "sr")),
+                                os.path.join(folder, outbox_name(image, "sc")))
+        paths = yield from export_dicom_task(image, result, request, cancel=cancel)
+        return (yield from send_task(node, list(paths), password, cancel=cancel))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class ExportDialog(QDialog):

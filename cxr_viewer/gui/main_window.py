@@ -275,7 +275,8 @@ class MainWindow(QMainWindow):
             self.open_paths([folder])
 
     def cancel_loading(self) -> None:
-        for runner in (self.index_runner, self.image_runner, self.thumb_runner, self.worklist_runner):
+        for runner in (self.index_runner, self.image_runner, self.thumb_runner, self.worklist_runner,
+                       self.export_runner):
             runner.cancel()
 
     def _fill_recent_menu(self) -> None:
@@ -487,6 +488,9 @@ class MainWindow(QMainWindow):
         if not folder or not any(v for k, v in choices.items() if k != "deidentify"):
             self._show_message("Nothing exported: choose a folder and at least one output.")
             return
+        if self.export_runner.busy:
+            self._show_message("An export or send is still running: wait for it (or press Esc) first.")
+            return
         self.settings.set_export_folder(folder)
         self.settings.set_deidentify_exports(choices["deidentify"])
         scorer = self.models.scorer
@@ -528,8 +532,20 @@ class MainWindow(QMainWindow):
         scored = self._scored_image()
         if scored is None:
             return
-        if password is None:
+        if self.export_runner.busy:
+            self._show_message("An export or send is still running: wait for it (or press Esc) first.")
+            return
+        if password is None and node.kind == "dicomweb" and node.username:
             password = self._password_book().get(node)
+            if password is None:  # nothing in the keyring or this session yet: ask once
+                from PySide6.QtWidgets import QInputDialog, QLineEdit
+
+                password, ok = QInputDialog.getText(self, "DICOMweb password",
+                                                    f"Password for {node.username} at {node.describe()}:",
+                                                    QLineEdit.EchoMode.Password)
+                if not ok:
+                    return
+                self._password_book().put(node, password)
         self._export_kind = "send"
         self._show_message(f"Sending results to {node.name}...")
         outbox = os.path.join(self.settings.pacs_cache_dir(), "outbox")

@@ -47,6 +47,7 @@ from .nodes import (
     SendResult,
     StudyMatch,
     _check_node,
+    _filter_by_name,
     _scrub,
 )
 
@@ -98,6 +99,7 @@ def query_task(node: PacsNode, flt: QueryFilter, password: str | None = None,
     _check_node(node, password)
     try:
         dates = flt.date_range()
+        flt.check_text()
     except ValueError as exc:
         raise PacsError(f"query: {exc}") from None
     log.debug("query %s", node.describe())
@@ -105,7 +107,8 @@ def query_task(node: PacsNode, flt: QueryFilter, password: str | None = None,
         matches = yield from _dimse_query(node, flt, dates, cancel)
     else:
         matches = yield from _web_query(node, flt, dates, password, cancel)
-    return matches
+    # safety net: a PACS that cannot match non-ASCII names answers other patients' studies
+    return _filter_by_name(flt.patient_name, matches)
 
 
 def retrieve_task(node: PacsNode, study_uid: str, cache_dir: str, password: str | None = None,

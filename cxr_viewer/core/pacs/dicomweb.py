@@ -22,11 +22,14 @@ from .nodes import (
     SendResult,
     StudyMatch,
     _error,
+    _filter_by_name,
     _fmt_s,
+    _is_ascii,
     _match_from_dataset,
     _safe_url,
     _status_text,
 )
+from .resolve import _resolve_host
 
 log = logging.getLogger("cxr_viewer.core.pacs")  # the package's logger, as before the split
 
@@ -40,6 +43,7 @@ def _web_client(node: PacsNode, password: str | None):
     import requests
     from dicomweb_client.api import DICOMwebClient
 
+    _resolve_url_host(node)
     session = requests.Session()
     if node.username or password:
         session.auth = (node.username, password or "")
@@ -47,6 +51,21 @@ def _web_client(node: PacsNode, password: str | None):
     client = DICOMwebClient(url=node.url.rstrip("/"), session=session, timeout=(t, t))
     client.set_http_retry_params(retry=False)
     return client, session
+
+
+def _resolve_url_host(node: PacsNode) -> None:
+    """Look the URL's host name up within the node's timeout (requests does not bound DNS).
+
+    A PacsError when the lookup fails or hangs; when it works, the system resolver has just
+    answered, so requests' own lookup right after is answered as quickly.
+    """
+    try:
+        parts = urlsplit(node.url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # an invalid URL: requests says so
+    if host:
+        _resolve_host(node, host, port)
 
 
 _HTTP_HINTS = {401: " (check the user name and password)", 403: " (this user may not do that)",
@@ -137,26 +156,65 @@ def _qido_value(value: str) -> str:
     Orthanc 1.10 does not percent-decode query parameters (``%2A`` is not a wildcard, ``%20``
     is not a space), so ``*``, ``?`` and friends travel as they are (RFC 3986 allows them in a
     query), and a space or ``^`` (which requests would percent-encode) becomes the ``?``
-    single-character wildcard, which every server understands.
+    single-character wildcard, which every server understands. Non-ASCII characters are
+    percent-encoded UTF-8 (RFC 3986; servers that decode match them exactly).
     """
     return quote(value.replace(" ", "?").replace("^", "?"), safe="*?-._~,:/@!$'()")
 
 
+def _broadened_name(pattern: str) -> str:
+    """``pattern`` with each run of non-ASCII characters replaced by ``*``; "" if only ``*`` is left.
+
+    For servers that cannot match non-ASCII text over QIDO: Orthanc 1.10 answers raw UTF-8 with
+    HTTP 400, does not percent-decode, and drops non-ASCII characters from the names it matches
+    against (so "M?ller*" misses "Müller" but "M*ller*" finds it). The answers are a superset;
+    :func:`_filter_by_name` keeps those that match what the user typed.
+    """
+    out: list[str] = []
+    for ch in pattern:
+        if ord(ch) >= 128 or ch == "*":
+            if not out or out[-1] != "*":
+                out.append("*")
+        else:
+            out.append(ch)
+    broad = "".join(out)
+    return "" if not broad.strip("*") else broad
+
+
 def _web_query(node: PacsNode, flt: QueryFilter, dates: str, password: str | None, cancel: CancelToken):
-    filters = [(k, v) for k, v in (("PatientID", flt.patient_id), ("PatientName", flt.patient_name),
-                                    ("StudyDate", dates), ("ModalitiesInStudy", flt.modality),
-                                    ("AccessionNumber", flt.accession)) if v]
-    filters += [("includefield", f) for f in ("StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-                                              "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientName")]
+    def filters(name: str) -> list[tuple[str, str]]:
+        keys = [(k, v) for k, v in (("PatientID", flt.patient_id), ("PatientName", name),
+                                     ("StudyDate", dates), ("ModalitiesInStudy", flt.modality),
+                                     ("AccessionNumber", flt.accession)) if v]
+        return keys + [("includefield", f) for f in ("StudyDescription", "ModalitiesInStudy",
+                                                     "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                                                     "AccessionNumber", "PatientName")]
+
+    import requests
+
+    name = flt.patient_name
     _client, session = _web_client(node, password)
     yield Progress("query", 0, 0, "searching")
     try:
         with session:
-            result = _qido(node, session, "studies", filters)
+            try:
+                result = _qido(node, session, "studies", filters(name))
+            except requests.HTTPError as exc:
+                if _is_ascii(name) or getattr(exc.response, "status_code", None) != 400:
+                    raise
+                result = []  # refused non-ASCII: try the broadened search below
+            matches = _filter_by_name(name, _parse_json_studies(node, result))
+            if not matches and not _is_ascii(name):
+                # the server could not match the name as typed (see _broadened_name): ask for a
+                # superset and keep what matches
+                cancel.raise_if_cancelled()
+                result = _qido(node, session, "studies", filters(_broadened_name(name)))
+                matches = _filter_by_name(name, _parse_json_studies(node, result))
+    except PacsError:
+        raise
     except Exception as exc:
         raise _web_error(node, exc, password) from None
     cancel.raise_if_cancelled()
-    matches = _parse_json_studies(node, result)
     yield Progress("query", len(matches), len(matches), f"{len(matches)} studies")
     return matches
 

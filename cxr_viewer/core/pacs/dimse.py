@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from .nodes import (
     _match_from_dataset,
     _status_text,
 )
+from .resolve import _resolve_host
 
 log = logging.getLogger("cxr_viewer.core.pacs")  # the package's logger, as before the split
 
@@ -174,34 +174,7 @@ def _failure_after_connect(node: PacsNode, watch: _Watch, elapsed: float, during
 
 def _resolve(node: PacsNode) -> str:
     """The host's IP address, looked up within the node's timeout (the system resolver may hang)."""
-    try:
-        ipaddress.ip_address(node.host)
-        return node.host
-    except ValueError:
-        pass
-    result: list = []
-
-    def lookup() -> None:
-        try:
-            result.append(socket.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            result.append(exc)
-
-    worker = threading.Thread(target=lookup, daemon=True, name="pacs-dns")
-    worker.start()
-    worker.join(node.timeout_s)
-    if not result:
-        raise PacsError(f"looking up host name '{node.host}' of PACS '{node.name}' took longer than "
-                        f"{_fmt_s(node.timeout_s)}")
-    if isinstance(result[0], OSError) or not result[0]:
-        raise PacsError(f"cannot resolve host name '{node.host}' of PACS '{node.name}' (check the host name "
-                        "and the network)")
-    infos = result[0]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for info in infos:
-            if info[0] == family:
-                return info[4][0]
-    return infos[0][4][0]
+    return _resolve_host(node, node.host, node.port)
 
 
 _SERVICE_NAMES = {
@@ -315,11 +288,17 @@ def _dimse_echo(node: PacsNode) -> float:
         _release(assoc)
 
 
+QUERY_CHARSET = "ISO_IR 192"  # UTF-8: any search term can be encoded
+
+
 def _dimse_query(node: PacsNode, flt: QueryFilter, dates: str, cancel: CancelToken):
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     ident = Dataset()
+    # UTF-8, so that a non-Latin search term reaches the PACS as typed (without it pydicom would
+    # send "山田*" as "??*", which matches other patients); answers use the charset they declare.
+    ident.SpecificCharacterSet = QUERY_CHARSET
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = ""
     ident.PatientID = flt.patient_id
@@ -349,6 +328,10 @@ def _dimse_query(node: PacsNode, flt: QueryFilter, dates: str, cancel: CancelTok
             t_last = time.monotonic()
             if code in (0xFF00, 0xFF01):
                 if identifier is not None:
+                    if not identifier.get("SpecificCharacterSet", None):
+                        # no charset in the answer: it may only be the default repertoire (ASCII),
+                        # and a PACS that omits it answers in the charset we asked in
+                        identifier.SpecificCharacterSet = QUERY_CHARSET
                     match = _match_from_dataset(identifier)
                     if match.study_uid:
                         matches.append(match)

@@ -8,6 +8,7 @@ message. A :class:`PacsNode` never holds a password (see :mod:`.credentials`).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -199,6 +200,21 @@ class QueryFilter:
             return f"{self.date_from}-{self.date_to}"
         return ""
 
+    def check_text(self) -> None:
+        """Raise ``ValueError`` when a search term cannot be sent as UTF-8 (e.g. a lone surrogate).
+
+        Better than the "?" a DICOM encoder silently puts in its place, which matches any
+        character and so other patients. The message never contains the term itself.
+        """
+        for label, value in (("patient ID", self.patient_id), ("patient name", self.patient_name),
+                             ("modality", self.modality), ("accession number", self.accession)):
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"the {label} contains a character that cannot be sent to a PACS "
+                                 f"(character {exc.start + 1}, U+{ord(str(value)[exc.start]):04X}); "
+                                 "retype it") from None
+
 
 @dataclass(frozen=True)
 class StudyMatch:
@@ -281,3 +297,55 @@ def _match_from_dataset(ds) -> StudyMatch:
         description=_str(ds, "StudyDescription"), modalities=_str(ds, "ModalitiesInStudy"),
         accession=_str(ds, "AccessionNumber"), n_series=_int_or_none(ds, "NumberOfStudyRelatedSeries"),
         n_instances=_int_or_none(ds, "NumberOfStudyRelatedInstances"))
+
+
+# --- patient name matching (the client-side safety net for non-ASCII searches) ----------------------
+
+
+def _is_ascii(text: str) -> bool:
+    return all(ord(c) < 128 for c in text)
+
+
+def _pn_norm(text: str) -> str:
+    """A person name folded for comparison: NFC, case-folded, ``^`` as space, spaces collapsed."""
+    text = unicodedata.normalize("NFC", str(text)).casefold().replace("^", " ")
+    return " ".join(text.split())
+
+
+def _pn_regex(pattern: str) -> re.Pattern:
+    parts = []
+    for ch in _pn_norm(pattern):
+        if ch == "*":
+            if not parts or parts[-1] != ".*":
+                parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _pn_matches(pattern: str, name: str) -> bool:
+    """Does ``name`` match the DICOM person-name search ``pattern``?
+
+    DICOM PN wildcard semantics: ``*`` any run of characters, ``?`` one character,
+    case-insensitive, ``^`` and space equivalent. The whole name and each of its component groups
+    (``alphabetic=ideographic=phonetic``) are tried. An empty pattern matches everything.
+    """
+    if not _pn_norm(pattern):
+        return True
+    rx = _pn_regex(pattern)
+    name = str(name or "")
+    candidates = [name] + (name.split("=") if "=" in name else [])
+    return any(rx.fullmatch(_pn_norm(c)) for c in candidates)
+
+
+def _filter_by_name(pattern: str, matches: list[StudyMatch]) -> list[StudyMatch]:
+    """The matches whose patient name really matches a non-ASCII ``pattern`` (ASCII: all of them).
+
+    Servers that cannot match non-ASCII text (or that got it substituted with ``?``) answer
+    studies of other patients; this keeps only what the user asked for.
+    """
+    if not pattern or _is_ascii(pattern):
+        return list(matches)
+    return [m for m in matches if _pn_matches(pattern, m.patient_name)]
