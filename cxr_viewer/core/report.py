@@ -69,7 +69,8 @@ def header_items(ds, path: str, deidentified: bool) -> tuple[tuple[str, str], ..
         ("Modality / view", " / ".join(v for v in (str(g("Modality", "") or ""), str(g("ViewPosition", "") or "")) if v)),
         ("Institution", str(g("InstitutionName", "") or "")),
     ]
-    if deidentified:
+    if deidentified:  # the profile's dummy date (0001-01-01) is a removed date, not a date
+        items = [(k, "removed" if v in ("00010101", "0001-01-01") else v) for k, v in items]
         method = g("DeidentificationMethod", "") or "PS3.15 basic profile"
         if not isinstance(method, str):  # multi-valued: the first value names the profile
             method = str(list(method)[0]) if len(method) else "PS3.15 basic profile"

@@ -68,8 +68,8 @@ def _html(page: ReportPage, index: int, count: int, when: str) -> tuple[str, str
     return top, right, below, footer
 
 
-def _draw_html(painter: QPainter, text: str, rect: QRectF) -> float:
-    """Draw rich text into ``rect`` (device units); returns the height used."""
+def _document(painter: QPainter, text: str, width: float) -> tuple[QTextDocument, float]:
+    """A laid-out rich-text block ``width`` device units wide, and its scale (device units per point)."""
     doc = QTextDocument()
     font = QFont("DejaVu Sans")
     font.setPointSizeF(9)
@@ -78,7 +78,18 @@ def _draw_html(painter: QPainter, text: str, rect: QRectF) -> float:
     doc.setHtml(text)
     # QTextDocument lays out in points at the painter's resolution: scale from 72 dpi to ours
     scale = painter.device().logicalDpiX() / 72.0
-    doc.setTextWidth(rect.width() / scale)
+    doc.setTextWidth(width / scale)
+    return doc, scale
+
+
+def _measure(painter: QPainter, text: str, width: float) -> float:
+    doc, scale = _document(painter, text, width)
+    return doc.size().height() * scale
+
+
+def _draw_html(painter: QPainter, text: str, rect: QRectF) -> float:
+    """Draw rich text into ``rect`` (device units); returns the height used."""
+    doc, scale = _document(painter, text, rect.width())
     painter.save()
     painter.translate(rect.topLeft())
     painter.scale(scale, scale)
@@ -124,17 +135,22 @@ def _draw_page(painter: QPainter, writer: QPdfWriter, page: ReportPage, index: i
     gap = DPI * 0.08
     y = _draw_html(painter, top, QRectF(0, 0, w, h * 0.3)) + gap
     footer_h = DPI * 0.55
-    img_w, img_h = w * 0.6, h * 0.44
+    img_w = w * 0.6
+    caption = f"<div style='font-size:7.5pt; color:#444'>{html.escape(page.image_caption)}</div>"
+    # the image takes what the header, caption, model/card block and footer leave (never clipped text)
+    reserved = _measure(painter, caption, img_w) + _measure(painter, below, w) + footer_h + 4 * gap
+    img_h = max(h * 0.25, min(h * 0.46, h - y - reserved))
     image = _qimage(page.rgb)
     fit = QSizeF(image.width(), image.height()).scaled(QSizeF(img_w, img_h), Qt.AspectRatioMode.KeepAspectRatio)
     painter.fillRect(QRectF(0, y, img_w, fit.height()), QColor("black"))
     painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
     painter.drawImage(QRectF(QPointF((img_w - fit.width()) / 2, y), fit), image)
     caption_y = y + fit.height() + DPI * 0.03
-    caption_h = _draw_html(painter, f"<div style='font-size:7.5pt; color:#444'>{html.escape(page.image_caption)}</div>",
-                           QRectF(0, caption_y, img_w, DPI * 0.4))
-    _draw_html(painter, right, QRectF(img_w + gap * 2, y, w - img_w - gap * 2, fit.height()))
-    y = caption_y + caption_h + gap
+    caption_h = _draw_html(painter, caption, QRectF(0, caption_y, img_w, DPI * 0.4))
+    right_w = w - img_w - gap * 2
+    right_h = _measure(painter, right, right_w)
+    _draw_html(painter, right, QRectF(img_w + gap * 2, y, right_w, right_h))
+    y = max(caption_y + caption_h, y + right_h) + gap  # below both the image and the scores
     _draw_html(painter, below, QRectF(0, y, w, h - footer_h - y))
     painter.setPen(QColor("#b00000"))
     painter.drawLine(QPointF(0, h - footer_h), QPointF(w, h - footer_h))
