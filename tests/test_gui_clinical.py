@@ -281,3 +281,47 @@ def test_send_asks_for_a_missing_password_and_leaves_no_outbox(qtbot, scored_rg1
     with qtbot.waitSignal(window.exported, timeout=60000):
         window.send_results(web)  # the password is remembered for the session
     assert len(asked) == 1
+
+
+def test_export_all_opened_images_one_pdf_page_each(qtbot, window, tmp_path, monkeypatch):
+    """Both sample DICOMs and a PNG opened: SR + SC for each DICOM, one PDF with a page per image."""
+    import shutil
+
+    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.gui import export_dialog
+    from test_export import pdf_text
+
+    src = tmp_path / "study"
+    src.mkdir()
+    for p in (td.REPO_ROOT / "resources" / "samples" / "dicom").glob("*.dcm"):
+        shutil.copy(p, src / p.name)
+    png = sorted((td.REPO_ROOT / "resources" / "samples" / "kermany" / "NORMAL").iterdir())[0]
+    shutil.copy(png, src / png.name)
+    with qtbot.waitSignal(window.model_changed, timeout=60000):
+        window.load_model(str(default_model_path()))
+    with qtbot.waitSignal(window.scored, timeout=90000):
+        window.open_paths([str(src)])
+    assert len(window.browser.refs()) == 3
+
+    def fake_exec(self):
+        assert not self.all_images.isHidden()  # offered: more than one image is open
+        self.show()
+        self.folder.setText(str(tmp_path / "out"))
+        self.all_images.setChecked(True)
+        assert self.sr.isEnabled() and self.sc.isEnabled()  # for the DICOM ones, even if a PNG is shown
+        self.sr.setChecked(True)
+        self.sc.setChecked(True)
+        self.copy.setChecked(False)
+        _shot(qtbot, self, "export_dialog_all_images.png")
+        return export_dialog.ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(export_dialog.ExportDialog, "exec", fake_exec)
+    with qtbot.waitSignal(window.exported, timeout=180000) as blocker:
+        window.export_dialog()
+    paths = [Path(p) for p in blocker.args[0]]
+    kinds = sorted(p.name.rsplit("_", 1)[1] for p in paths if p.suffix == ".dcm")
+    assert kinds == ["sc.dcm", "sc.dcm", "sr.dcm", "sr.dcm"]  # for the two DICOMs; none of the PNG
+    assert [p.name.endswith("_report_3_images.pdf") for p in paths if p.suffix == ".pdf"] == [True]
+    pdf = next(p for p in paths if p.suffix == ".pdf")
+    pages = pdf_text(pdf)
+    assert len(pages) == 3 and all("Research use only" in t for t in pages)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Generator
+from typing import Generator, Sequence
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -33,26 +33,52 @@ from .pdf_report import write_pdf_task
 
 
 def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, folder: str, *, sr: bool,
-                sc: bool, pdf: bool, image_copy: bool, deidentify: bool, voi=None,
+                sc: bool, pdf: bool, image_copy: bool, deidentify: bool, voi=None, others: Sequence = (),
+                model_path: str = "", device: str = "auto",
                 cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[str, ...]]:
-    """All the chosen files, or none: what was written is removed again on an error or cancel."""
+    """The shown image and, when ``others`` (ImageRefs) are given, those images too: DICOM objects
+    for each DICOM image and one PDF with a page per image. All the files, or none: what was
+    written is removed again on an error or cancel. ``others`` are scored with a model loaded here
+    from ``model_path`` (a Scorer is used by one thread at a time; the viewer's own keeps scoring)."""
+    from ..core.image import load_image
+
     deidentifier = None
     if deidentify:
         from ..core.deid import Deidentifier
 
         deidentifier = Deidentifier()
     os.makedirs(folder, exist_ok=True)
-    path = lambda kind: os.path.join(folder, outbox_name(image, kind, deidentifier))  # noqa: E731
-    request = ExportRequest(path("sr") if sr else None, path("sc") if sc else None,
-                            path("image") if image_copy else None, deidentify)
-    page = report_page(image, result, meta, deidentify, deidentifier, voi=voi) if pdf else None
-    written = list((yield from export_dicom_task(image, result, request, deidentifier, cancel=cancel)))
-    if page is not None:
-        try:
-            written.append((yield from write_pdf_task([page], path("report")[:-4] + ".pdf", cancel=cancel)))
-        except BaseException:
-            remove_files(written)
-            raise
+    todo = [None, *others]
+    scorer = None
+    written: list[str] = []
+    pages = []
+    try:
+        for i, ref in enumerate(todo):
+            yield Progress("export", i, len(todo), "" if ref is None else os.path.basename(ref.path))
+            cancel.raise_if_cancelled()
+            if ref is None:
+                img, res, img_voi = image, result, voi
+            else:
+                if scorer is None:
+                    from ..core.inference import Scorer
+
+                    scorer = Scorer.from_file(model_path, device)
+                img = load_image(ref)
+                res, img_voi = scorer.score(img), None
+            path = lambda kind, im=img: os.path.join(folder, outbox_name(im, kind, deidentifier))  # noqa: E731
+            dicom = img.ref.kind == "dicom"  # PNG/JPEG images of a multi-image export get their PDF page only
+            request = ExportRequest(path("sr") if sr and dicom else None, path("sc") if sc and dicom else None,
+                                    path("image") if image_copy and dicom else None, deidentify)
+            if pdf:
+                pages.append(report_page(img, res, meta, deidentify, deidentifier, voi=img_voi))
+            written += yield from export_dicom_task(img, res, request, deidentifier, cancel=cancel)
+        if pages:
+            name = outbox_name(image, "report", deidentifier)[:-4]
+            name += f"_{len(pages)}_images.pdf" if len(pages) > 1 else ".pdf"
+            written.append((yield from write_pdf_task(pages, os.path.join(folder, name), cancel=cancel)))
+    except BaseException:
+        remove_files(written)
+        raise
     return tuple(written)
 
 
@@ -79,13 +105,14 @@ def send_results_task(node, password: str | None, image: LoadedImage, result: Sc
 class ExportDialog(QDialog):
     """Which objects, where, and whether to de-identify them."""
 
-    def __init__(self, image: LoadedImage, folder: str, deidentify: bool, parent: QWidget | None = None):
+    def __init__(self, image: LoadedImage, folder: str, deidentify: bool, parent: QWidget | None = None,
+                 n_opened: int = 1):
         super().__init__(parent)
         self.setWindowTitle("Export results")
         is_dicom = image.ref.kind == "dicom"
         self.sr = QCheckBox("DICOM Structured Report (Comprehensive SR, TID 1500 style): scores and model", self)
         self.sc = QCheckBox("DICOM Secondary Capture: the image with heatmap and scores burnt in", self)
-        self.pdf = QCheckBox("PDF report (one page)", self)
+        self.pdf = QCheckBox("PDF report (one page per image)", self)
         self.copy = QCheckBox("A copy of the source DICOM image", self)
         self.deidentify = QCheckBox("De-identify every output (DICOM PS3.15 basic profile: names, IDs, dates, "
                                     "UIDs replaced or removed)", self)
@@ -93,9 +120,15 @@ class ExportDialog(QDialog):
             box.setChecked(is_dicom)
             box.setEnabled(is_dicom)
         self.pdf.setChecked(True)
+        self.all_images = QCheckBox(f"All {n_opened} opened images (each scored; one PDF page per image)", self)
+        self.all_images.setVisible(n_opened > 1)
+        # with several images, the DICOM objects are made for those that are DICOM
+        self.all_images.toggled.connect(lambda on: [b.setEnabled(is_dicom or on) for b in (self.sr, self.sc, self.copy)])
         self.deidentify.setChecked(deidentify)
-        note = QLabel("" if is_dicom else "DICOM objects need a DICOM source: this image is a PNG/JPEG, "
-                      "so only the PDF report is available.", self)
+        note = QLabel("" if is_dicom else (
+            "This image is a PNG/JPEG: DICOM objects need a DICOM source, so only its PDF page can be made"
+            + (" (with all opened images, the DICOM ones get their SR, Secondary Capture and copy)."
+               if n_opened > 1 else ".")), self)
         note.setWordWrap(True)
         self.folder = QLineEdit(folder, self)
         browse = QPushButton("Browse...", self)
@@ -110,7 +143,7 @@ class ExportDialog(QDialog):
         buttons.rejected.connect(self.reject)
         notice = QLabel(f"<b style='color:#b00000'>{RESEARCH_NOTICE}</b>", self)
         lay = QVBoxLayout(self)
-        for w in (self.sr, self.sc, self.pdf, self.copy, note, self.deidentify):
+        for w in (self.sr, self.sc, self.pdf, self.copy, note, self.all_images, self.deidentify):
             lay.addWidget(w)
         lay.addLayout(row)
         lay.addWidget(notice)
@@ -123,4 +156,5 @@ class ExportDialog(QDialog):
 
     def choices(self) -> dict:
         return {"sr": self.sr.isChecked(), "sc": self.sc.isChecked(), "pdf": self.pdf.isChecked(),
-                "image_copy": self.copy.isChecked(), "deidentify": self.deidentify.isChecked()}
+                "image_copy": self.copy.isChecked(), "deidentify": self.deidentify.isChecked(),
+                "all_images": self.all_images.isChecked()}

@@ -480,10 +480,12 @@ class MainWindow(QMainWindow):
             return
         image, result = scored
         folder = self.settings.export_folder() or os.path.join(os.path.expanduser("~"), "cxr_viewer_exports")
-        dialog = ExportDialog(image, folder, self.settings.deidentify_exports(), self)
+        opened = self.browser.refs()
+        dialog = ExportDialog(image, folder, self.settings.deidentify_exports(), self, n_opened=len(opened))
         if dialog.exec() != ExportDialog.DialogCode.Accepted:
             return
         choices = dialog.choices()
+        all_images = choices.pop("all_images", False)
         folder = dialog.folder.text().strip()
         if not folder or not any(v for k, v in choices.items() if k != "deidentify"):
             self._show_message("Nothing exported: choose a folder and at least one output.")
@@ -497,7 +499,10 @@ class MainWindow(QMainWindow):
         meta = scorer.meta if scorer is not None and scorer.meta.weights_sha256 == result.model_sha256 else None
         self._export_kind = "export"
         self._show_message("Exporting...")
-        self.export_runner.submit(export_task, image, result, meta, folder, voi=self.view.voi, **choices)
+        others = [r for r in opened if r.path != image.ref.path] if all_images else []
+        self.export_runner.submit(export_task, image, result, meta, folder, voi=self.view.voi, others=others,
+                                  model_path=scorer.path if scorer is not None else "",
+                                  device=self.settings.device(), **choices)
 
     def send_results_dialog(self) -> None:
         from PySide6.QtWidgets import QInputDialog
