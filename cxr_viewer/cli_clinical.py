@@ -26,21 +26,14 @@ def _err(command: str, message: str) -> None:
 # --- export --------------------------------------------------------------------------------
 def _out_path(target: str | None, image, kind: str, many: bool, deidentifier=None,
               used: set | None = None) -> str | None:
-    from .core.export import outbox_name
+    from .core.export import outbox_name, unique_path
 
     if not target:
         return None
     if many or target.endswith(os.sep) or os.path.isdir(target):
         os.makedirs(target, exist_ok=True)
         path = os.path.join(target, outbox_name(image, kind, deidentifier))
-        stem, ext = os.path.splitext(path)
-        n = 1
-        while used is not None and path in used:  # two inputs with one name (or one SOP UID) in this run
-            n += 1
-            path = f"{stem}_{n}{ext}"
-        if used is not None:
-            used.add(path)
-        return path
+        return unique_path(path, used) if used is not None else path
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"the folder for {target} does not exist")
@@ -263,6 +256,9 @@ def _pacs_retrieve(args, node, password) -> int:
             paths = _run_with_bar(retrieve_task(node, uid, target, password))
         except PacsError as exc:
             _err("pacs retrieve", f"study {uid}: {exc}")
+            for p in exc.paths:  # a partial retrieve keeps the complete files it got
+                print(p)
+            got += len(exc.paths)
             failed += 1
             continue
         for p in paths:

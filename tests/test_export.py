@@ -214,3 +214,22 @@ def test_export_is_all_or_nothing_on_cancel(tmp_path):
     with pytest.raises(Cancelled):
         next(gen)
     assert not any(p.exists() for p in outs) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_failed_export_keeps_the_files_an_earlier_export_left(tmp_path):
+    from cxr_viewer.core.export import ExportError, ExportRequest, export_dicom_task
+    from cxr_viewer.core.image import open_image
+    from cxr_viewer.core.inference import Scorer
+    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.core.tasks import run_to_completion
+
+    image = open_image(str(NIH))
+    result = Scorer.from_file(str(default_model_path()), "cpu").score(image)
+    sr, sc = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
+    run_to_completion(export_dicom_task(image, result, ExportRequest(str(sr))))
+    before = sr.read_bytes()
+    sc.mkdir()  # the second export cannot write its Secondary Capture
+    with pytest.raises((ExportError, OSError)):
+        run_to_completion(export_dicom_task(image, result, ExportRequest(str(sr), str(sc))))
+    assert sr.read_bytes() == before  # the first export's SR is back, not deleted with the failed one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sc.dcm", "sr.dcm"]  # nothing set aside left over

@@ -325,3 +325,28 @@ def test_export_all_opened_images_one_pdf_page_each(qtbot, window, tmp_path, mon
     pdf = next(p for p in paths if p.suffix == ".pdf")
     pages = pdf_text(pdf)
     assert len(pages) == 3 and all("Research use only" in t for t in pages)
+
+
+def test_gui_export_of_same_named_files_keeps_both(qtbot, tmp_path):
+    """Two opened files with one name in different folders: each keeps its own SR."""
+    import shutil
+
+    from cxr_viewer.core.image import load_image
+    from cxr_viewer.core.index import index
+    from cxr_viewer.core.inference import Scorer
+    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.core.tasks import run_to_completion
+    from cxr_viewer.gui.export_dialog import export_task
+
+    for folder, src in (("a", RG1), ("b", td.REPO_ROOT / "resources" / "samples" / "dicom" / "NIH_DX_no_finding.dcm")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(src, tmp_path / folder / "IM0001.dcm")
+    refs = sorted(index([str(tmp_path / "a"), str(tmp_path / "b")]).images(), key=lambda r: r.path)
+    scorer = Scorer.from_file(str(default_model_path()), "cpu")
+    image = load_image(refs[0])
+    paths = run_to_completion(export_task(image, scorer.score(image), scorer.meta, str(tmp_path / "out"), sr=True,
+                                          sc=False, pdf=False, image_copy=False, deidentify=False,
+                                          others=refs[1:], model_path=scorer.path, device="cpu"))
+    assert sorted(Path(p).name for p in paths) == ["IM0001_sr.dcm", "IM0001_sr_2.dcm"]
+    patients = {pydicom.dcmread(p, stop_before_pixels=True).PatientID for p in paths}
+    assert patients == {"9RG1", "Covid0000"}

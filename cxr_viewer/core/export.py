@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Generator
 
@@ -22,7 +23,8 @@ from .overlay import annotated_rgb
 from .report import ReportPage, build_page
 from .tasks import NEVER_CANCELLED, CancelToken, Progress
 
-__all__ = ["ExportError", "ExportRequest", "export_dicom_task", "report_page", "source_header", "outbox_name"]
+__all__ = ["ExportError", "ExportRequest", "OutputSet", "export_dicom_task", "outbox_name", "remove_files",
+           "report_page", "source_header", "unique_path"]
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,59 @@ def remove_files(paths) -> None:
             pass
 
 
+class OutputSet:
+    """The files of one export: all of them or none. A failed or cancelled export also never costs
+    the files an earlier export left under the same names: they are moved aside before being
+    replaced and put back on rollback (removed on commit)."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self._aside: list[tuple[str, str]] = []
+
+    def before_write(self, path: str) -> None:
+        if os.path.isfile(path):
+            fd, aside = tempfile.mkstemp(prefix=".replaced-", dir=os.path.dirname(os.path.abspath(path)))
+            os.close(fd)
+            os.replace(path, aside)
+            self._aside.append((path, aside))
+
+    def wrote(self, path: str) -> None:
+        self.written.append(path)
+
+    def commit(self) -> None:
+        remove_files(aside for _path, aside in self._aside)
+        self._aside.clear()
+
+    def rollback(self) -> None:
+        remove_files(self.written)
+        for path, aside in reversed(self._aside):
+            try:
+                os.replace(aside, path)
+            except OSError:
+                pass
+        self.written.clear()
+        self._aside.clear()
+
+
+def unique_path(path: str, used: set) -> str:
+    """``path``, or ``<stem>_2<ext>``, ``_3``... when this export already chose it (two inputs
+    with one file name in different folders, or one SOP Instance UID opened twice)."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}{ext}"
+    used.add(candidate)
+    return candidate
+
+
 def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRequest, deidentifier=None,
+                      outputs: OutputSet | None = None,
                       cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[str, ...]]:
     """Write the requested DICOM objects; returns the paths written. All or nothing: each file is
-    written atomically, and on an error or cancel the ones already written are removed again."""
+    written atomically, and on an error or cancel the ones already written are removed again (and
+    files they replaced restored). A caller exporting more than this passes its own ``outputs``
+    and commits or rolls it back itself."""
     if (result.path, result.frame) != (image.ref.path, image.frame):
         raise ExportError("the scores belong to another image; score this image first")
     if not request.wants_dicom:
@@ -90,6 +141,8 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
     if deidentifier is not None and ("sc" in steps or "image_copy" in steps):
         check_deidentifiable(image, read_source_header(image.ref.path))
     header = source_header(image, deidentifier)
+    own = outputs is None
+    outputs = OutputSet() if own else outputs
     written: list[str] = []
     try:
         for i, step in enumerate(steps):
@@ -97,18 +150,23 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
             cancel.raise_if_cancelled()
             out = getattr(request, step)
             if step == "sr":
-                write_dataset(_mark_deidentified(build_sr(header, result), header), out)
+                ds = _mark_deidentified(build_sr(header, result), header)
             elif step == "sc":
-                sc = build_secondary_capture(header, annotated_rgb(image, result), result)
-                write_dataset(_mark_deidentified(sc, header), out)
+                ds = _mark_deidentified(build_secondary_capture(header, annotated_rgb(image, result), result), header)
             else:
                 full = pydicom.dcmread(image.ref.path, force=True)
-                write_dataset(deidentifier.dataset(full) if deidentifier is not None else full, out)
+                ds = deidentifier.dataset(full) if deidentifier is not None else full
+            outputs.before_write(out)
+            write_dataset(ds, out)
+            outputs.wrote(out)
             written.append(out)
         cancel.raise_if_cancelled()
     except BaseException:
-        remove_files(written)
+        if own:
+            outputs.rollback()
         raise
+    if own:
+        outputs.commit()
     yield Progress("export", len(steps), len(steps), "done")
     return tuple(written)
 

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from .. import RESEARCH_NOTICE
-from ..core.export import ExportRequest, export_dicom_task, outbox_name, remove_files, report_page
+from ..core.export import ExportRequest, OutputSet, export_dicom_task, outbox_name, report_page, unique_path
 from ..core.image import LoadedImage
 from ..core.inference import ScoreResult
 from ..core.model import ModelMeta
@@ -50,7 +50,7 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
     os.makedirs(folder, exist_ok=True)
     todo = [None, *others]
     scorer = None
-    written: list[str] = []
+    outputs, used = OutputSet(), set()
     pages = []
     try:
         for i, ref in enumerate(todo):
@@ -65,21 +65,25 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
                     scorer = Scorer.from_file(model_path, device)
                 img = load_image(ref)
                 res, img_voi = scorer.score(img), None
-            path = lambda kind, im=img: os.path.join(folder, outbox_name(im, kind, deidentifier))  # noqa: E731
+            path = lambda kind, im=img: unique_path(os.path.join(folder, outbox_name(im, kind, deidentifier)),  # noqa: E731
+                                                    used)
             dicom = img.ref.kind == "dicom"  # PNG/JPEG images of a multi-image export get their PDF page only
             request = ExportRequest(path("sr") if sr and dicom else None, path("sc") if sc and dicom else None,
                                     path("image") if image_copy and dicom else None, deidentify)
             if pdf:
                 pages.append(report_page(img, res, meta, deidentify, deidentifier, voi=img_voi))
-            written += yield from export_dicom_task(img, res, request, deidentifier, cancel=cancel)
+            yield from export_dicom_task(img, res, request, deidentifier, outputs, cancel=cancel)
         if pages:
             name = outbox_name(image, "report", deidentifier)[:-4]
             name += f"_{len(pages)}_images.pdf" if len(pages) > 1 else ".pdf"
-            written.append((yield from write_pdf_task(pages, os.path.join(folder, name), cancel=cancel)))
+            pdf_path = os.path.join(folder, name)
+            outputs.before_write(pdf_path)
+            outputs.wrote((yield from write_pdf_task(pages, pdf_path, cancel=cancel)))
     except BaseException:
-        remove_files(written)
+        outputs.rollback()
         raise
-    return tuple(written)
+    outputs.commit()
+    return tuple(outputs.written)
 
 
 def send_results_task(node, password: str | None, image: LoadedImage, result: ScoreResult, outbox: str,

@@ -118,7 +118,7 @@ def retrieve_task(node: PacsNode, study_uid: str, cache_dir: str, password: str 
     Files are complete Part 10 files written atomically, in the transfer syntax the PACS sends
     (the original where it allows). On cancel, the files this call created are removed and
     :class:`Cancelled` is raised. A partial retrieve raises :class:`PacsError` and keeps the
-    complete files it got.
+    complete files it got (their paths in the error's ``paths``).
     """
     _check_node(node, password)
     study_uid = str(study_uid or "").strip()
@@ -136,6 +136,9 @@ def retrieve_task(node: PacsNode, study_uid: str, cache_dir: str, password: str 
         cancel.raise_if_cancelled()
     except (Cancelled, GeneratorExit):
         writer.discard()
+        raise
+    except PacsError as exc:
+        exc.paths = sorted(writer.written)  # a partial retrieve: the complete files it did get
         raise
     finally:
         writer.close()

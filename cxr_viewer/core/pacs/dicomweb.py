@@ -59,11 +59,15 @@ def _resolve_url_host(node: PacsNode) -> None:
     A PacsError when the lookup fails or hangs; when it works, the system resolver has just
     answered, so requests' own lookup right after is answered as quickly.
     """
+    import requests
+
     try:
         parts = urlsplit(node.url)
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return  # an invalid URL: requests says so
+    if requests.utils.get_environ_proxies(node.url):
+        return  # through an HTTP(S) proxy: the proxy looks the name up, and it may be unknown here
     if host:
         _resolve_host(node, host, port)
 
@@ -204,12 +208,18 @@ def _web_query(node: PacsNode, flt: QueryFilter, dates: str, password: str | Non
                     raise
                 result = []  # refused non-ASCII: try the broadened search below
             matches = _filter_by_name(name, _parse_json_studies(node, result))
-            if not matches and not _is_ascii(name):
+            broad = _broadened_name(name)
+            narrowed = any((flt.patient_id, dates, flt.modality, flt.accession))
+            if not matches and not _is_ascii(name) and (broad or narrowed):
                 # the server could not match the name as typed (see _broadened_name): ask for a
-                # superset and keep what matches
+                # superset and keep what matches; never an unfiltered search of the whole archive
                 cancel.raise_if_cancelled()
-                result = _qido(node, session, "studies", filters(_broadened_name(name)))
+                result = _qido(node, session, "studies", filters(broad))
                 matches = _filter_by_name(name, _parse_json_studies(node, result))
+            elif not matches and not _is_ascii(name):
+                raise PacsError(f"{_web_where(node)} found no study for this name, and it may not be able to "
+                                f"match names in this script: add a patient ID, date, modality or accession "
+                                f"(the list is then filtered by the name here)")
     except PacsError:
         raise
     except Exception as exc:

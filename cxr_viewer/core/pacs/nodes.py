@@ -21,10 +21,12 @@ RETRIEVE_METHODS = ("get", "move")
 
 
 class PacsError(Exception):
-    """A PACS operation failed; ``str(err)`` is one line for a user."""
+    """A PACS operation failed; ``str(err)`` is one line for a user. ``paths``: files a partial
+    retrieve did store (complete, kept in the cache)."""
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+        self.paths: list[str] = []
 
 
 class CredentialStoreUnavailable(PacsError):
