@@ -57,7 +57,6 @@ from pydicom.valuerep import validate_value
 from .. import RESEARCH_NOTICE, __version__
 from .fileio import atomic_path
 from .inference import HeadScore, ScoreResult
-from .model import HEAD_TITLES
 from .overlay import model_line, result_lines
 
 MANUFACTURER = "cxr_viewer project"
@@ -369,11 +368,11 @@ def unavailable_note(score: HeadScore) -> str:
     reason = score.reason or "not available"
     if not reason.lower().startswith("not available"):
         reason = f"not available: {reason}"
-    return f"{HEAD_TITLES.get(score.head, score.head)}: {reason}"
+    return f"{score.title}: {reason}"
 
 
 def _operating_point_note(score: HeadScore) -> str:
-    text = f"{HEAD_TITLES.get(score.head, score.head)}: calibrated probability {score.probability:.4f}"
+    text = f"{score.title}: calibrated probability {score.probability:.4f}"
     if score.threshold is not None and score.positive is not None:
         text += f"; {'positive' if score.positive else 'negative'} at threshold {score.threshold:.4f}"
         if score.sensitivity is not None and score.specificity is not None:

@@ -47,12 +47,18 @@ def _deidentifier(deidentify: bool):
     return Deidentifier()
 
 
-def source_header(image: LoadedImage, deidentifier=None):
-    """The source's DICOM header (de-identified when a Deidentifier is given), or None for PNG/JPEG."""
+def source_header(image: LoadedImage, deidentifier=None, check_pixels: bool = False):
+    """The source's DICOM header (de-identified when a Deidentifier is given), or None for PNG/JPEG.
+    ``check_pixels``: with a Deidentifier, first refuse pixels with burnt-in identifiers
+    (:func:`check_deidentifiable`), on the same one reading of the file."""
     if image.ref.kind != "dicom":
         return None
     ds = read_source_header(image.ref.path)
-    return deidentifier.dataset(ds) if deidentifier is not None else ds
+    if deidentifier is None:
+        return ds
+    if check_pixels:
+        check_deidentifiable(image, ds)
+    return deidentifier.dataset(ds)
 
 
 def check_deidentifiable(image: LoadedImage, header) -> None:
@@ -138,9 +144,7 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
     if deidentifier is None:
         deidentifier = _deidentifier(request.deidentify)
     steps = [s for s in ("sr", "sc", "image_copy") if getattr(request, s)]
-    if deidentifier is not None and ("sc" in steps or "image_copy" in steps):
-        check_deidentifiable(image, read_source_header(image.ref.path))
-    header = source_header(image, deidentifier)
+    header = source_header(image, deidentifier, check_pixels="sc" in steps or "image_copy" in steps)
     own = outputs is None
     outputs = OutputSet() if own else outputs
     written: list[str] = []
@@ -189,9 +193,7 @@ def report_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
     """A report page for this image; the header is de-identified when asked (PS3.15 basic profile)."""
     if deidentify and deidentifier is None:
         deidentifier = _deidentifier(True)
-    header = source_header(image, deidentifier if deidentify else None)
-    if deidentify and image.ref.kind == "dicom":
-        check_deidentifiable(image, read_source_header(image.ref.path))
+    header = source_header(image, deidentifier if deidentify else None, check_pixels=True)
     return build_page(image, result, meta, header_ds=header, deidentified=deidentify, voi=voi,
                       heatmap_head=heatmap_head)
 

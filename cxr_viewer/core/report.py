@@ -138,9 +138,9 @@ def build_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, 
                deidentified: bool = False, heatmap_head: str | None = "auto", voi=None,
                opacity: float = 0.5) -> ReportPage:
     """One page: ``header_ds`` is the (already de-identified, if asked) DICOM header or None."""
-    from .overlay import composite_rgb
+    from .overlay import composite_rgb, pick_heatmap_head
 
-    head = _pick_heatmap(result, heatmap_head)
+    head = pick_heatmap_head(result, heatmap_head)
     rgb = composite_rgb(image, result.heatmaps.get(head) if head else None, voi=voi, opacity=opacity)
     if head:
         caption = f"Heatmap: {result.head(head).title} (Grad-CAM, where the score comes from)"
@@ -151,11 +151,3 @@ def build_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, 
     return ReportPage(header_items(header_ds, image.ref.path, deidentified), deidentified, rgb, caption,
                       score_lines(result), model_lines(result, meta),
                       model_card_summary(meta) if meta is not None else ())
-
-
-def _pick_heatmap(result: ScoreResult, head: str | None) -> str | None:
-    if head is None:
-        return None
-    if head != "auto":
-        return head if head in result.heatmaps else None
-    return next((h.head for h in result.heads if h.available and h.head in result.heatmaps), None)

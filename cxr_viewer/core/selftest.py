@@ -66,6 +66,7 @@ def run_self_test(device: str = "auto") -> dict:
           f"{scorer.meta.name} v{scorer.meta.version} {scorer.meta.weights_sha256[:16]} in {time.perf_counter() - t0:.2f} s")
     report["device"] = scorer.choice.label
     report["model"] = {"path": model_path, "sha256": scorer.meta.weights_sha256, "trained_heads": scorer.trained}
+    first_dicom = None  # (image, result) of the first DICOM sample, for the DICOM-results check
     for ref in refs:
         entry = {"file": Path(ref.path).name, "kind": ref.kind}
         try:
@@ -77,20 +78,21 @@ def run_self_test(device: str = "auto") -> dict:
             entry["scores"] = {h.head: (round(h.probability, 4) if h.available else None) for h in result.heads}
             entry["heatmaps"] = {h: list(m.shape) for h, m in result.heatmaps.items()}
             ok = all(0.0 <= (h.probability or 0.0) <= 1.0 for h in result.heads) and bool(result.heatmaps)
+            if ref.kind == "dicom" and first_dicom is None:
+                first_dicom = (image, result)
         except Exception as exc:  # noqa: BLE001
             entry["error"] = str(exc)
             ok = False
         entry["ok"] = ok
         report["images"].append(entry)
     check("every sample scored with a heatmap", all(e["ok"] for e in report["images"]), f"{len(report['images'])} images")
-    dicom = next((r for r in refs if r.kind == "dicom"), None)
-    if dicom is not None:
-        _check_clinical(check, scorer, dicom)
+    if first_dicom is not None:
+        _check_clinical(check, *first_dicom)
     report["ok"] = all(c["ok"] for c in report["checks"])
     return report
 
 
-def _check_clinical(check, scorer, ref) -> None:
+def _check_clinical(check, image, result) -> None:
     """SR + Secondary Capture of a de-identified sample, re-read; the PACS libraries import."""
     import io
 
@@ -99,13 +101,10 @@ def _check_clinical(check, scorer, ref) -> None:
 
         from .deid import Deidentifier
         from .dicom_results import build_secondary_capture, build_sr, read_source_header
-        from .image import load_image
         from .overlay import annotated_rgb
 
         t0 = time.perf_counter()
-        image = load_image(ref)
-        result = scorer.score(image)
-        header = Deidentifier().dataset(read_source_header(ref.path))
+        header = Deidentifier().dataset(read_source_header(image.ref.path))
         back = []
         for ds in (build_sr(header, result), build_secondary_capture(header, annotated_rgb(image, result), result)):
             buf = io.BytesIO()
