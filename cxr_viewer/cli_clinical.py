@@ -137,12 +137,9 @@ def _password(node, args: argparse.Namespace) -> str | None:
         return sys.stdin.readline().rstrip("\n")
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
-    from .core.pacs import PacsError, get_password
+    from .core.pacs import get_password
 
-    try:
-        return get_password(node)
-    except PacsError:
-        return None
+    return get_password(node)  # None where there is no keyring
 
 
 def _pacs(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .errors import UserError
 from .image import open_image
 from .model import HEADS
 from .preprocess import PreprocessSpec, preprocess_unit
@@ -52,7 +53,7 @@ _CSV_STATES = {"malignant": 1, "benign": 1, "non-nodule": 0, "non_nodule": 0, "n
                "normal": 0, "none": 0}
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data cannot train a model; ``str(err)`` says why, before any training starts."""
 
 

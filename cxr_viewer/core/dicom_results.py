@@ -55,6 +55,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
 from .. import RESEARCH_NOTICE, __version__
+from .errors import UserError
 from .fileio import atomic_path
 from .inference import HeadScore, ScoreResult
 from .overlay import model_line, result_lines
@@ -102,7 +103,7 @@ _DEFAULT_REPERTOIRE_EXTENSIONS = "ISO 2022 IR 6"
 _STRING_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A result that cannot be exported as DICOM; ``str(err)`` is one line for the user."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
 from .fileio import atomic_path, write_bytes_atomic
 from .preprocess import PreprocessSpec
 
@@ -32,7 +33,7 @@ def unavailable_reason(head: str, note: str = "") -> str:
     return reason + (f" ({note})" if note else "")
 
 
-class ModelFileError(Exception):
+class ModelFileError(UserError):
     """A model file that cannot be used; ``str(err)`` is one line for the user."""
 
 

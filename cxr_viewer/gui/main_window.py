@@ -43,7 +43,6 @@ class MainWindow(QMainWindow):
 
     model_changed = Signal(object)  # ModelSummary or None
     scored = Signal(object)  # ScoreResult shown in the findings panel
-    task_failed = Signal(str, str)  # title, one-line message
     exported = Signal(object)  # paths written (export) or a SendResult (send to PACS)
 
     def __init__(self, settings: Settings | None = None, parent: QWidget | None = None,
@@ -497,7 +496,6 @@ class MainWindow(QMainWindow):
         self.settings.set_deidentify_exports(choices["deidentify"])
         scorer = self.models.scorer
         meta = scorer.meta if scorer is not None and scorer.meta.weights_sha256 == result.model_sha256 else None
-        self._export_kind = "export"
         self._show_message("Exporting...")
         others = [r for r in opened if r.path != image.ref.path] if all_images else []
         self.export_runner.submit(export_task, image, result, meta, folder, voi=self.view.voi, others=others,
@@ -506,8 +504,6 @@ class MainWindow(QMainWindow):
 
     def send_results_dialog(self) -> None:
         from PySide6.QtWidgets import QInputDialog
-
-        from .export_dialog import send_results_task
 
         scored = self._scored_image()
         if scored is None:
@@ -540,24 +536,16 @@ class MainWindow(QMainWindow):
         if self.export_runner.busy:
             self._show_message("An export or send is still running: wait for it (or press Esc) first.")
             return
-        if password is None and node.kind == "dicomweb" and node.username:
-            password = self._password_book().get(node)
-            if password is None:  # nothing in the keyring or this session yet: ask once
-                from PySide6.QtWidgets import QInputDialog, QLineEdit
-
-                password, ok = QInputDialog.getText(self, "DICOMweb password",
-                                                    f"Password for {node.username} at {node.describe()}:",
-                                                    QLineEdit.EchoMode.Password)
-                if not ok:
-                    return
-                self._password_book().put(node, password)
-        self._export_kind = "send"
+        if password is None:
+            go, password = self._password_book().ask(self, node)
+            if not go:
+                return
         self._show_message(f"Sending results to {node.name}...")
         outbox = os.path.join(self.settings.pacs_cache_dir(), "outbox")
         self.export_runner.submit(send_results_task, node, password, *scored, outbox)
 
     def _on_export_done(self, value) -> None:
-        if getattr(self, "_export_kind", "") == "send":
+        if not isinstance(value, tuple):  # a SendResult: results sent to a PACS
             sent, failed = value.sent, value.failed
             msg = f"Sent {len(sent)} object(s) (SR, Secondary Capture)"
             if failed:
@@ -632,7 +620,6 @@ class MainWindow(QMainWindow):
 
     def _task_failed(self, title: str, message: str) -> None:
         self._show_message(f"{title}: {message}")
-        self.task_failed.emit(title, message)
 
     def _show_help(self) -> None:
         from PySide6.QtWidgets import QMessageBox

@@ -37,7 +37,6 @@ from PySide6.QtWidgets import (
 
 from ..core.pacs import (
     CredentialStoreUnavailable,
-    PacsError,
     PacsNode,
     QueryFilter,
     StudyMatch,
@@ -67,7 +66,6 @@ class PasswordBook:
 
     def __init__(self) -> None:
         self._memory: dict[tuple[str, str], str] = {}
-        self.keyring_available = True
 
     def get(self, node: PacsNode) -> str | None:
         if node.kind != "dicomweb" or not node.username:
@@ -75,11 +73,22 @@ class PasswordBook:
         key = (node.name, node.username)
         if key in self._memory:
             return self._memory[key]
-        try:
-            return get_password(node)
-        except PacsError:
-            self.keyring_available = False
-            return None
+        return get_password(node)  # None where there is no keyring
+
+    def ask(self, parent: QWidget, node: PacsNode) -> tuple[bool, str | None]:
+        """(go on?, password): the stored one, or asked once per session (GUI thread only)."""
+        if node.kind != "dicomweb" or not node.username:
+            return True, None
+        pw = self.get(node)
+        if pw is not None:
+            return True, pw
+        pw, ok = QInputDialog.getText(parent, "DICOMweb password",
+                                      f"Password for {node.username} at {node.describe()}:",
+                                      QLineEdit.EchoMode.Password)
+        if not ok:
+            return False, None
+        self.put(node, pw)
+        return True, pw
 
     def put(self, node: PacsNode, password: str) -> str:
         """Store; returns where it went ("keyring" or "memory")."""
@@ -88,7 +97,6 @@ class PasswordBook:
             set_password(node, password)
             return "keyring"
         except CredentialStoreUnavailable:
-            self.keyring_available = False
             return "memory"
 
 
@@ -274,7 +282,6 @@ class PacsDialog(QDialog):
         self.passwords = passwords or PasswordBook()
         self.runner = TaskRunner(self, "pacs", threads=2)
         self.matches: list[StudyMatch] = []
-        self._retrieving: StudyMatch | None = None
 
         self.tabs = QTabWidget(self)
         query_tab = QWidget(self)
@@ -373,26 +380,12 @@ class PacsDialog(QDialog):
         name = self.node.currentText()
         return next((n for n in self.editor.nodes if n.name == name), None)
 
-    def _password_for(self, node: PacsNode) -> tuple[bool, str | None]:
-        """(go on?, password): asks once per session when the keyring has none."""
-        if node.kind != "dicomweb" or not node.username:
-            return True, None
-        pw = self.passwords.get(node)
-        if pw is not None:
-            return True, pw
-        pw, ok = QInputDialog.getText(self, "DICOMweb password", f"Password for {node.username} at {node.describe()}:",
-                                      QLineEdit.EchoMode.Password)
-        if not ok:
-            return False, None
-        self.passwords.put(node, pw)
-        return True, pw
-
     def _start(self, task, *args) -> bool:
         node = self.current_node()
         if node is None:
             self._say("Choose a PACS node first (Nodes tab).", error=True)
             return False
-        go, pw = self._password_for(node)
+        go, pw = self.passwords.ask(self, node)
         if not go:
             return False
         self.runner.submit(task, node, *args, pw)
@@ -428,7 +421,6 @@ class PacsDialog(QDialog):
         if match is None:
             return
         self._mode = "retrieve"
-        self._retrieving = match
         cache = self.settings.pacs_cache_dir()
         os.makedirs(cache, exist_ok=True)
         if self._start(retrieve_task, match.study_uid, cache):

@@ -14,11 +14,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
-from ..core.data import DataError
-from ..core.dicom_results import ExportError
-from ..core.errors import ImageOpenError
-from ..core.model import ModelFileError
-from ..core.pacs import PacsError
+from ..core.errors import UserError
 from ..core.tasks import CancelToken, Cancelled
 
 log = logging.getLogger(__name__)
@@ -93,7 +89,7 @@ class TaskRunner(QObject):
                 self._event.emit(generation, "progress", item)
         except Cancelled:
             self._event.emit(generation, "cancelled", None)
-        except (ImageOpenError, ModelFileError, DataError, PacsError, ExportError, OSError) as exc:
+        except (UserError, OSError) as exc:  # one line for the user: bad input, PACS, export, disk
             self._event.emit(generation, "failed", str(exc))
         except MemoryError:
             self._event.emit(generation, "failed", "out of memory: close other images or programs and try again")

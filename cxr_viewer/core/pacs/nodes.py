@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..errors import UserError
+
 KINDS = ("dimse", "dicomweb")
 RETRIEVE_METHODS = ("get", "move")
 
@@ -20,7 +22,7 @@ RETRIEVE_METHODS = ("get", "move")
 # --- errors --------------------------------------------------------------------------------------
 
 
-class PacsError(Exception):
+class PacsError(UserError):
     """A PACS operation failed; ``str(err)`` is one line for a user. ``paths``: files a partial
     retrieve did store (complete, kept in the cache)."""
 
