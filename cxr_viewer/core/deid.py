@@ -271,14 +271,8 @@ class Deidentifier:
             elem.value = self.uid(elem.value)
 
     def _replace_uid(self, dataset: Dataset, tag) -> None:
-        """U: replace with a UID that is consistent within the session."""
-        elem = dataset.get(tag)
-        if elem is not None and elem.VR == "UI":
-            self._map_element_uids(elem)
-
-    def _keep_with_new_uids(self, dataset: Dataset, tag) -> None:
-        """X/Z/U* as U*: keep the sequence, replace the instance UIDs it contains (done when the
-        profile is applied to its items); a UI element gets a new UID."""
+        """U, and X/Z/U* taken as U*: a UI element gets a UID consistent within the session; a
+        sequence is kept, its instance UIDs replaced when the profile is applied to its items."""
         elem = dataset.get(tag)
         if elem is not None and elem.VR == "UI":
             self._map_element_uids(elem)
@@ -352,7 +346,7 @@ class Deidentifier:
             if fn is sda.replace_UID:
                 rules[tag] = self._replace_uid
             elif fn is sda.delete_or_empty_or_replace_UID:
-                rules[tag] = self._keep_with_new_uids
+                rules[tag] = self._replace_uid
             elif fn in replacing:
                 rules[tag] = self._wrap_replace(fn)
             elif fn in (sda.empty, sda.delete_or_empty):

@@ -46,11 +46,16 @@ class _CacheWriter:
 
     def __init__(self, cache_dir: str, study_uid: str) -> None:
         self.folder = os.path.join(cache_dir, _safe_name(study_uid))
-        self.written: list[str] = []
         self.created: list[str] = []  # did not exist before this retrieve
         self.closed = False
         self._lock = threading.Lock()
         self._ours: dict[str, tuple[int, int, int, int] | None] = {}  # path -> identity we wrote
+
+    @property
+    def written(self) -> list[str]:
+        """The files this writer stored, in order."""
+        with self._lock:
+            return list(self._ours)
 
     def path_for(self, sop_instance_uid: str) -> str:
         return os.path.join(self.folder, _safe_name(sop_instance_uid) + ".dcm")
@@ -71,8 +76,7 @@ class _CacheWriter:
                 raise Cancelled()
             before = _identity(path)
             commit.__exit__(None, None, None)
-            if path not in self.written:
-                self.written.append(path)
+            if path not in self._ours:
                 if before is None:
                     self.created.append(path)
             elif path in self.created and before != self._ours.get(path):

@@ -44,7 +44,7 @@ def _uids():
     compressed = [u.JPEG2000Lossless, u.JPEG2000, u.JPEGBaseline8Bit, u.JPEGExtended12Bit,
                   u.JPEGLosslessSV1, u.JPEGLossless, u.JPEGLSLossless, u.JPEGLSNearLossless,
                   u.RLELossless]
-    return u, uncompressed, compressed
+    return uncompressed, compressed
 
 
 def _retrieve_storage_contexts():
@@ -56,7 +56,7 @@ def _retrieve_storage_contexts():
     from pynetdicom import build_context
     from pynetdicom import sop_class as sc
 
-    _u, uncompressed, compressed = _uids()
+    uncompressed, compressed = _uids()
     image_classes = [sc.ComputedRadiographyImageStorage, sc.DigitalXRayImageStorageForPresentation,
                      sc.DigitalXRayImageStorageForProcessing, sc.SecondaryCaptureImageStorage]
     other = [sc.DigitalMammographyXRayImageStorageForPresentation,
@@ -134,17 +134,16 @@ def _new_ae(node: PacsNode):
     return ae
 
 
-def _connect_error(node: PacsNode, elapsed: float) -> PacsError:
-    """Why the TCP connection failed (probed again to learn the errno when it failed fast)."""
+def _connect_error(node: PacsNode, address: str, elapsed: float) -> PacsError:
+    """Why the TCP connection failed (``address`` probed again to learn the errno when it failed
+    fast; the name was already looked up, within the timeout, by :func:`_resolve`)."""
     where = f"{node.host}:{node.port}"
     if elapsed >= 0.8 * node.timeout_s:
         return PacsError(f"{_dimse_where(node)} did not answer within {_fmt_s(node.timeout_s)} "
                          "(no TCP connection; host down or blocked by a firewall?)")
     try:
-        with socket.create_connection((node.host, node.port), timeout=min(3.0, node.timeout_s)):
+        with socket.create_connection((address, node.port), timeout=min(3.0, node.timeout_s)):
             pass
-    except socket.gaierror:
-        return PacsError(f"cannot resolve host name '{node.host}' of PACS '{node.name}'")
     except ConnectionRefusedError:
         return PacsError(f"connection refused by {where} (is the PACS running?)")
     except TimeoutError:
@@ -231,7 +230,7 @@ def _associate_any(node: PacsNode, ae, *, ext_neg=None, evt_handlers=None):
         raise PacsError(f"association rejected by '{node.called_ae}' ({node.host}:{node.port}): "
                         f"{reason}{hint}")
     if not watch.connected:
-        raise _connect_error(node, elapsed)
+        raise _connect_error(node, address, elapsed)
     if watch.pdus and not watch.peer_abort and not assoc.accepted_contexts:
         raise PacsError(f"{_dimse_where(node)} accepted none of the proposed services "
                         "(presentation contexts); it may not support this operation")
@@ -402,7 +401,7 @@ def _subop_counts(status) -> tuple[int, int, int, int]:
             n("NumberOfFailedSuboperations"), n("NumberOfWarningSuboperations"))
 
 
-def _run_retrieve(node, assoc, responses, model, writer, stored, failures, cancel, what):
+def _run_retrieve(node, assoc, responses, model, stored, cancel, what):
     """Drive C-GET/C-MOVE responses; yields Progress; returns on success, raises otherwise."""
     t_last = time.monotonic()
     final = None
@@ -477,7 +476,7 @@ def _dimse_get(node: PacsNode, study_uid: str, writer: _CacheWriter, cancel: Can
     try:
         yield Progress("retrieve", 0, 0, "C-GET started")
         responses = assoc.send_c_get(_study_identifier(study_uid), GET, msg_id=1)
-        final = yield from _run_retrieve(node, assoc, responses, GET, writer, stored, failures, cancel, "C-GET")
+        final = yield from _run_retrieve(node, assoc, responses, GET, stored, cancel, "C-GET")
         _check_final(node, final, stored, failures, "C-GET")
     finally:
         _release(assoc)
@@ -521,8 +520,7 @@ def _dimse_move(node: PacsNode, study_uid: str, writer: _CacheWriter, cancel: Ca
         try:
             yield Progress("retrieve", 0, 0, "C-MOVE started")
             responses = assoc.send_c_move(_study_identifier(study_uid), node.calling_ae, MOVE, msg_id=1)
-            final = yield from _run_retrieve(node, assoc, responses, MOVE, writer, stored, failures, cancel,
-                                             "C-MOVE")
+            final = yield from _run_retrieve(node, assoc, responses, MOVE, stored, cancel, "C-MOVE")
             _check_final(node, final, stored, failures, "C-MOVE")
         finally:
             _release(assoc)
@@ -552,7 +550,7 @@ def _file_keys(path: str) -> tuple[str, str]:
 def _send_contexts(keys: list[tuple[str, str]]):
     from pynetdicom import build_context
 
-    _u, uncompressed, _compressed = _uids()
+    uncompressed, _compressed = _uids()
     contexts, seen = [], set()
     for sop, ts in keys:
         if (sop, ts) not in seen:
@@ -584,13 +582,20 @@ def _dimse_send(node: PacsNode, paths: Sequence[str], cancel: CancelToken):
             failed.append((p, str(exc)))
         except OSError as exc:
             failed.append((p, f"cannot read: {exc.strerror or exc}"))
-    # batches that fit in one association (at most 127 presentation contexts)
+    # batches that fit in one association (at most 127 presentation contexts, counted as
+    # _send_contexts makes them: one per (class, syntax), plus an uncompressed fallback per class)
+    uncompressed, _compressed = _uids()
     batches: list[list[tuple[str, tuple[str, str]]]] = []
+    in_batch: set[tuple[str, str]] = set()
     for item in keyed:
-        if batches and len(_send_contexts([k for _p, k in batches[-1] + [item]])) <= 127:
+        sop, ts = item[1]
+        needs = {(sop, ts)} | ({(sop, "*")} if ts not in uncompressed else set())
+        if batches and len(in_batch | needs) <= 127:
             batches[-1].append(item)
+            in_batch |= needs
         else:
             batches.append([item])
+            in_batch = set(needs)
     done = len(failed)
     yield Progress("send", done, n, "")
     for batch in batches:
