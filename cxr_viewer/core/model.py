@@ -27,9 +27,14 @@ HEAD_TITLES = {"pneumonia": "Pneumonia", "lung_cancer_association": "Lung-cancer
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
+def short_title(head: str) -> str:
+    """"Pneumonia", "Lung-cancer association" (the title without its parenthesis)."""
+    return HEAD_TITLES.get(head, head).split(" (")[0]
+
+
 def unavailable_reason(head: str, note: str = "") -> str:
     """What the viewer and ``predict`` say instead of a score for a head that was not trained."""
-    reason = f"not available: this model has no trained {HEAD_TITLES[head].split(' (')[0].lower()} head"
+    reason = f"not available: this model has no trained {short_title(head).lower()} head"
     return reason + (f" ({note})" if note else "")
 
 

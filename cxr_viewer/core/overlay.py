@@ -20,7 +20,7 @@ from .. import RESEARCH_NOTICE
 from .display import Voi, display_mapping, render_uint8
 from .image import LoadedImage
 from .inference import ScoreResult
-from .model import HEAD_TITLES
+from .model import short_title
 
 HEATMAP_COLORMAP = "inferno"
 DEJAVU_SANS = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -31,26 +31,26 @@ MAX_BOX_HEIGHT = 0.60
 MIN_FONT = 7
 
 
+def heatmap_alpha(n: int = 256) -> np.ndarray:
+    """The heatmap's opacity ramp (uint8, ``n`` entries): 0 at the cold end, rising linearly to
+    204 (80%) at 5/8 of the range and above. The GUI's overlay uses the same ramp."""
+    return (np.clip(np.linspace(0.0, 1.6, n), 0, 1) * 204).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=1)
 def heatmap_rgba_lut() -> np.ndarray:
     """256 x 4 uint8 RGBA: inferno colours; alpha 0 at 0 rising to 204 (80%) at the hot end.
 
     Same table as the GUI's ``heatmap_lut`` (pyqtgraph's inferno with 256 points equals
-    matplotlib's 256-entry inferno; the alpha ramp is copied).
+    matplotlib's 256-entry inferno; one alpha ramp, :func:`heatmap_alpha`).
     """
     from matplotlib import colormaps
 
     cmap = colormaps[HEATMAP_COLORMAP].resampled(256)
     lut = np.clip(np.rint(cmap(np.linspace(0.0, 1.0, 256)) * 255.0), 0, 255).astype(np.uint8)
-    ramp = np.clip(np.linspace(0.0, 1.6, 256), 0, 1) * 204
-    lut[:, 3] = ramp.astype(np.uint8)
+    lut[:, 3] = heatmap_alpha(256)
     lut.setflags(write=False)
     return lut
-
-
-def short_title(head: str) -> str:
-    """"Pneumonia", "Lung-cancer association" (the title without its parenthesis)."""
-    return HEAD_TITLES.get(head, head).split(" (")[0]
 
 
 def render_grey(image: LoadedImage, voi: Voi | None = None) -> np.ndarray:

@@ -20,15 +20,13 @@ from PySide6.QtWidgets import (
 from .. import RESEARCH_NOTICE
 from ..core.inference import HEAD_MEANING, ModelSummary, ScoreResult
 from ..core.model import HEAD_TITLES, HEADS, unavailable_reason
-
-HEATMAP_COLORMAP = "inferno"
-
+from ..core.overlay import HEATMAP_COLORMAP, heatmap_alpha
 
 def heatmap_lut() -> np.ndarray:
-    """256 x 4 RGBA: inferno colours, transparent at 0 rising to 80% opaque at the hottest."""
+    """256 x 4 RGBA: inferno colours, transparent at 0 rising to 80% opaque at the hottest
+    (the colour map and ramp of the burnt-in exports, :mod:`cxr_viewer.core.overlay`)."""
     lut = pg.colormap.get(HEATMAP_COLORMAP).getLookupTable(nPts=256, alpha=True).astype(np.uint8)
-    ramp = np.clip(np.linspace(0.0, 1.6, 256), 0, 1) * 204
-    lut[:, 3] = ramp.astype(np.uint8)
+    lut[:, 3] = heatmap_alpha(256)
     return lut
 
 
