@@ -37,7 +37,8 @@ def step_rate(model, opt, loader_iter, steps, choice) -> float:
     seen, t0 = 0, None
     for i in range(steps + 1):
         x, y = next(loader_iter)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(choice.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(choice.device, non_blocking=True)
         with autocast(choice):
             loss = masked_bce(model(x), y)
         opt.zero_grad()
@@ -47,6 +48,8 @@ def step_rate(model, opt, loader_iter, steps, choice) -> float:
             t0 = time.perf_counter()  # the first step warms up
         else:
             seen += len(x)
+    if choice.device.startswith("cuda"):
+        torch.cuda.synchronize()  # the GPU's queued steps count too
     return seen / (time.perf_counter() - t0)
 
 
@@ -64,7 +67,7 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     labels = np.array([[float(s.labels[0]), -1.0] for s in samples], dtype=np.float32)
-    model = CxrNet().to(memory_format=torch.channels_last)
+    model = CxrNet().to(choice.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     model.train()
     ds = ArrayDataset(imgs, labels, spec, augment=True)

@@ -234,10 +234,10 @@ def _train(args: argparse.Namespace) -> int:
     from .core.data import DataError
     from .core.fileio import atomic_path
     from .core.tasks import Cancelled
-    from .core.training import EpochEvent, ScanEvent, StepEvent, train
+    from .core.training import EpochEvent, ScanEvent, StepEvent, _dist_info, train
 
     cfg = _train_config(args)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs and prints
+    main_rank = _dist_info()[1] == 0  # under torchrun only rank 0 logs and prints
     log_path = args.log or os.path.splitext(cfg.out)[0] + ".log.csv"
     rows: list[dict] = []
     if args.resume and os.path.exists(log_path):

@@ -60,14 +60,27 @@ def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
     return min(max(t, 1e-6), 1.0 - 1e-6)
 
 
+def parse_threshold_rule(rule: str) -> float | None:
+    """``youden`` -> None; ``sensitivity:T`` -> T (0 < T <= 1); anything else a ValueError."""
+    if rule == "youden":
+        return None
+    if rule.startswith("sensitivity:"):
+        try:
+            target = float(rule.split(":", 1)[1])
+        except ValueError:
+            target = -1.0
+        if 0.0 < target <= 1.0:
+            return target
+    raise ValueError(f"unknown threshold rule {rule!r}: use youden or sensitivity:TARGET with 0 < TARGET <= 1 "
+                     "(e.g. sensitivity:0.97)")
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> tuple[float, str]:
     """``rule``: ``youden`` or ``sensitivity:0.97``. Returns the threshold and the rule in words."""
-    if rule == "youden":
+    target = parse_threshold_rule(rule)
+    if target is None:
         return youden_threshold(y, p), "Youden's J (max sensitivity + specificity - 1)"
-    if rule.startswith("sensitivity:"):
-        target = float(rule.split(":", 1)[1])
-        return sensitivity_threshold(y, p, target), f"the highest threshold with sensitivity >= {target:g}"
-    raise ValueError(f"unknown threshold rule {rule!r}: use youden or sensitivity:0.97")
+    return sensitivity_threshold(y, p, target), f"the highest threshold with sensitivity >= {target:g}"
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, iters: int = 200) -> float:

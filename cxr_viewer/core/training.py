@@ -34,7 +34,15 @@ from .data import (
 from .errors import ImageOpenError
 from .fileio import atomic_path, write_bytes_atomic
 from .inference import autocast, choose_device
-from .metrics import auroc, binary_report, choose_threshold, fit_temperature, format_report, save_report_plots
+from .metrics import (
+    auroc,
+    binary_report,
+    choose_threshold,
+    fit_temperature,
+    format_report,
+    parse_threshold_rule,
+    save_report_plots,
+)
 from .model import HEADS, CxrNet, HeadInfo, ModelFileError, ModelMeta, load_model, save_model
 from .preprocess import PreprocessSpec
 from .study import OpenError
@@ -90,8 +98,10 @@ class TrainConfig:
             raise DataError("epochs, batch size and learning rate must be positive")
         if not self.out.endswith(".safetensors"):
             raise DataError("the output model must be a .safetensors path")
-        if self.threshold_rule != "youden" and not self.threshold_rule.startswith("sensitivity:"):
-            raise DataError("the threshold rule must be youden or sensitivity:TARGET (e.g. sensitivity:0.97)")
+        try:  # checked here, before training, by the parser the finished run uses
+            parse_threshold_rule(self.threshold_rule)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
 
 
 # --- events ---------------------------------------------------------------------------------

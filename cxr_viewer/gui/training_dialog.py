@@ -42,12 +42,10 @@ PLOT_INTERVAL_MS = 250  # redraw at most 4 times a second
 
 @dataclass(frozen=True)
 class ScanPreview:
-    summary: str
-    counts: dict
+    summary: str  # includes the scan's notes
     validation: str
     train_n: int
     val_n: int
-    notes: tuple[str, ...]
     skipped: tuple[str, ...]
 
 
@@ -60,7 +58,7 @@ def scan_task(folder: str, labels_csv: str | None, val_split: float, seed: int,
         train_s, val_s, note = choose_validation(scan, val_split, seed)
     except DataError as exc:
         train_s, val_s, note = scan.splits.get("train", []), [], f"no validation split: {exc}"
-    return ScanPreview(scan.summary(), scan.counts(), note, len(train_s), len(val_s), tuple(scan.notes),
+    return ScanPreview(scan.summary(), note, len(train_s), len(val_s),
                        tuple(f"{e.path}: {e.reason}" for e in scan.skipped))
 
 
