@@ -77,40 +77,47 @@ _HTTP_HINTS = {401: " (check the user name and password)", 403: " (this user may
 
 
 def _web_error(node: PacsNode, exc: BaseException, password: str | None, what: str = "") -> PacsError:
-    """Map a requests / dicomweb-client / pydicom exception to one clear line."""
+    """Map a requests / dicomweb-client / pydicom exception to one clear line. The error also
+    says what kind of failure it was, for callers deciding whether to go on: ``cause`` (http,
+    tls, timeout, refused, dns, disconnected, connect, garbage, other) and ``http_status``."""
     import requests
+
+    def fail(message: str, cause: str, status: int | None = None) -> PacsError:
+        err = _error(message, password)
+        err.cause, err.http_status = cause, status
+        return err
 
     where = _web_where(node)
     if isinstance(exc, PacsError):
-        return _error(str(exc), password)
+        return fail(str(exc), getattr(exc, "cause", "other"), getattr(exc, "http_status", None))
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         r = exc.response
         reason = r.reason or ""
         if isinstance(reason, bytes):
             reason = reason.decode("latin-1", "replace")
         msg = f"{where}: HTTP {r.status_code} {reason}".rstrip() + _HTTP_HINTS.get(r.status_code, "")
-        return _error(msg, password)
+        return fail(msg, "http", r.status_code)
     if isinstance(exc, requests.exceptions.SSLError):
-        return _error(f"{where}: TLS/SSL error (certificate not trusted or not an https server?)", password)
+        return fail(f"{where}: TLS/SSL error (certificate not trusted or not an https server?)", "tls")
     if isinstance(exc, (requests.exceptions.ConnectTimeout,)):
-        return _error(f"{where} did not answer within {_fmt_s(node.timeout_s)} (no connection)", password)
+        return fail(f"{where} did not answer within {_fmt_s(node.timeout_s)} (no connection)", "timeout")
     if isinstance(exc, (requests.exceptions.Timeout,)) or "timed out" in str(exc).lower():
-        return _error(f"{where} did not answer within {_fmt_s(node.timeout_s)}", password)
+        return fail(f"{where} did not answer within {_fmt_s(node.timeout_s)}", "timeout")
     if isinstance(exc, requests.exceptions.ConnectionError):
         text = str(exc)
         parts = urlsplit(node.url)
         hostport = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         if "Connection refused" in text or "Errno 111" in text:
-            return _error(f"connection refused by {hostport} (is the DICOMweb server running?)", password)
+            return fail(f"connection refused by {hostport} (is the DICOMweb server running?)", "refused")
         if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
-            return _error(f"cannot resolve host name '{parts.hostname}' of {where}", password)
+            return fail(f"cannot resolve host name '{parts.hostname}' of {where}", "dns")
         if "RemoteDisconnected" in text or "Connection aborted" in text or "reset" in text.lower():
-            return _error(f"{where} closed the connection without an answer", password)
-        return _error(f"cannot connect to {where}", password)
+            return fail(f"{where} closed the connection without an answer", "disconnected")
+        return fail(f"cannot connect to {where}", "connect")
     if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError, IndexError, EOFError)):
         kind = what or "DICOM JSON"
-        return _error(f"{where} answered something that is not {kind}", password)
-    return _error(f"{where}: {exc.__class__.__name__}", password)
+        return fail(f"{where} answered something that is not {kind}", "garbage")
+    return fail(f"{where}: {exc.__class__.__name__}", "other")
 
 
 def _parse_json_studies(node: PacsNode, items: Any) -> list[StudyMatch]:
@@ -242,7 +249,7 @@ def _web_retrieve(node: PacsNode, study_uid: str, writer: _CacheWriter, password
                 total = len(found)
         except Exception as exc:
             err = _web_error(node, exc, password)
-            if "HTTP 401" in str(err) or "did not answer" in str(err) or "refused" in str(err):
+            if err.cause in ("timeout", "refused") or err.http_status == 401:
                 raise err from None
             total = 0  # QIDO for instances is optional; WADO will say the truth
         cancel.raise_if_cancelled()
@@ -303,12 +310,10 @@ def _web_send(node: PacsNode, paths: Sequence[str], password: str | None, cancel
                 answer = client.store_instances(datasets=[ds])
             except Exception as exc:
                 err = _web_error(node, exc, password, "a DICOM JSON STOW-RS answer")
-                text = str(err)
-                network = "did not answer" in text or "refused" in text or "HTTP 401" in text or \
-                    "cannot connect" in text or "HTTP 403" in text or "HTTP 404" in text
+                network = err.cause in ("timeout", "refused", "connect") or err.http_status in (401, 403, 404)
                 if network and not sent:
                     raise err from None
-                failed.append((path, text))
+                failed.append((path, str(err)))
                 yield Progress("send", i + 1, n, os.path.basename(path))
                 continue
             failed_seq = answer.get("FailedSOPSequence", None) if answer is not None else None

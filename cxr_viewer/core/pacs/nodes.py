@@ -29,6 +29,8 @@ class PacsError(UserError):
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
         self.paths: list[str] = []
+        self.cause: str = "other"  # DICOMweb: what kind of failure (see dicomweb._web_error)
+        self.http_status: int | None = None
 
 
 class CredentialStoreUnavailable(PacsError):
