@@ -29,14 +29,14 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pydicom  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-from cxr_viewer.core.deid import Deidentifier  # noqa: E402
-from cxr_viewer.core.dicom_results import build_secondary_capture, build_sr, read_source_header, write_dataset  # noqa: E402
-from cxr_viewer.core.export import report_page  # noqa: E402
-from cxr_viewer.core.image import open_image  # noqa: E402
-from cxr_viewer.core.inference import Scorer  # noqa: E402
-from cxr_viewer.core.model_store import default_model_path  # noqa: E402
-from cxr_viewer.core.overlay import annotated_rgb  # noqa: E402
-from cxr_viewer.core.tasks import run_to_completion  # noqa: E402
+from cxr_viewer.ai.inference import Scorer  # noqa: E402
+from cxr_viewer.ai.model_store import default_model_path  # noqa: E402
+from cxr_viewer.ai.overlay import annotated_rgb  # noqa: E402
+from cxr_viewer.clinical.deid import Deidentifier  # noqa: E402
+from cxr_viewer.clinical.dicom_results import build_secondary_capture, build_sr, read_source_header, write_dataset  # noqa: E402
+from cxr_viewer.clinical.export import report_page  # noqa: E402
+from cxr_viewer.common.tasks import run_to_completion  # noqa: E402
+from cxr_viewer.io.image import open_image  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SAMPLES = REPO / "resources" / "samples" / "dicom"
@@ -107,7 +107,7 @@ def _is_image(p: Path) -> bool:
 def pacs_transfer(copies: int, tmp: Path) -> dict:
     from orthanc_server import ORTHANC_BIN, OrthancServer
 
-    from cxr_viewer.core.pacs import retrieve_task, send_task
+    from cxr_viewer.clinical.pacs import retrieve_task, send_task
 
     if not os.path.exists(ORTHANC_BIN):
         return {"skipped": "Orthanc not installed: apt-get install orthanc orthanc-dicomweb"}

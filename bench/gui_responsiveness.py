@@ -22,7 +22,7 @@ def main() -> None:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.ai.model_store import default_model_path
     from cxr_viewer.gui.app import configure_pyqtgraph
     from cxr_viewer.gui.main_window import MainWindow
     from cxr_viewer.gui.settings import Settings

@@ -22,12 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_viewer.core.image import open_image  # noqa: E402
-from cxr_viewer.core.index import read_any  # noqa: E402
-from cxr_viewer.core.inference import Scorer, choose_device, score_many_task  # noqa: E402
-from cxr_viewer.core.model_store import default_model_path  # noqa: E402
-from cxr_viewer.core.preprocess import preprocess_image  # noqa: E402
-from cxr_viewer.core.tasks import run_to_completion  # noqa: E402
+from cxr_viewer.ai.inference import Scorer, choose_device, score_many_task  # noqa: E402
+from cxr_viewer.ai.model_store import default_model_path  # noqa: E402
+from cxr_viewer.ai.preprocess import preprocess_image  # noqa: E402
+from cxr_viewer.common.tasks import run_to_completion  # noqa: E402
+from cxr_viewer.io.image import open_image  # noqa: E402
+from cxr_viewer.io.index import read_any  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_viewer.core.data import PreprocessCache, Sample  # noqa: E402
-from cxr_viewer.core.inference import autocast, choose_device  # noqa: E402
-from cxr_viewer.core.model import CxrNet  # noqa: E402
-from cxr_viewer.core.preprocess import PreprocessSpec  # noqa: E402
-from cxr_viewer.core.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
-from cxr_viewer.core.training import ArrayDataset, masked_bce, prepare_images  # noqa: E402
+from cxr_viewer.ai.inference import autocast, choose_device  # noqa: E402
+from cxr_viewer.ai.model import CxrNet  # noqa: E402
+from cxr_viewer.ai.preprocess import PreprocessSpec  # noqa: E402
+from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
+from cxr_viewer.training.data import PreprocessCache, Sample  # noqa: E402
+from cxr_viewer.training.engine import ArrayDataset, masked_bce, prepare_images  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

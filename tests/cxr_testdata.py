@@ -21,7 +21,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()

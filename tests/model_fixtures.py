@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_viewer.core.model import CxrNet, HeadInfo, ModelMeta, save_model
-from cxr_viewer.core.preprocess import PreprocessSpec
+from cxr_viewer.ai.model import CxrNet, HeadInfo, ModelMeta, save_model
+from cxr_viewer.ai.preprocess import PreprocessSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default.safetensors"

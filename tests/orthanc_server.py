@@ -183,10 +183,10 @@ class OrthancServer:
         except OSError:
             return ""
 
-    # --- nodes for cxr_viewer.core.pacs ------------------------------------------------------
+    # --- nodes for cxr_viewer.clinical.pacs ------------------------------------------------------
 
     def dimse_node(self, **overrides):
-        from cxr_viewer.core.pacs import PacsNode
+        from cxr_viewer.clinical.pacs import PacsNode
 
         fields = dict(name="Test Orthanc (DIMSE)", kind="dimse", host=self.host, port=self.dicom_port,
                       called_ae=self.aet, calling_ae=VIEWER_AET, retrieve_method="get",
@@ -195,7 +195,7 @@ class OrthancServer:
         return PacsNode(**fields)
 
     def dicomweb_node(self, **overrides):
-        from cxr_viewer.core.pacs import PacsNode
+        from cxr_viewer.clinical.pacs import PacsNode
 
         fields = dict(name="Test Orthanc (DICOMweb)", kind="dicomweb", url=self.dicomweb_url,
                       username=self.user, timeout_s=10.0)

@@ -14,17 +14,17 @@ import os
 import shutil
 from pathlib import Path
 
+import cxr_testdata as td
 import numpy as np
 import pydicom
 import pytest
-
-import cxr_testdata as td
 from cxr_testdata import run_cli
+
 from cxr_viewer import cli
-from cxr_viewer.core import dicom_io
-from cxr_viewer.core.errors import ImageOpenError
-from cxr_viewer.core.image import load_image, open_image
-from cxr_viewer.core.index import index
+from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.io import dicom as dicom_io
+from cxr_viewer.io.image import load_image, open_image
+from cxr_viewer.io.index import index
 
 pytestmark = [
     pytest.mark.shared_data,

@@ -7,15 +7,15 @@ import json
 import struct
 from pathlib import Path
 
+import cxr_testdata as td
 import numpy as np
 import pytest
+from cxr_testdata import run_cli
 from PIL import Image
 
-import cxr_testdata as td
-from cxr_testdata import run_cli
 from cxr_viewer import RESEARCH_NOTICE, __version__, cli
-from cxr_viewer.core.display import Window, display_mapping, render_uint8
-from cxr_viewer.core.image import open_image
+from cxr_viewer.io.display import Window, display_mapping, render_uint8
+from cxr_viewer.io.image import open_image
 
 pytestmark = pytest.mark.shared_data
 

@@ -6,10 +6,9 @@ import json
 import time
 from pathlib import Path
 
+import cxr_testdata as td
 import pydicom
 import pytest
-
-import cxr_testdata as td
 from orthanc_server import free_port
 
 RG1 = td.REPO_ROOT / "resources" / "samples" / "dicom" / "RG1_J2KR.dcm"
@@ -18,7 +17,7 @@ RG1 = td.REPO_ROOT / "resources" / "samples" / "dicom" / "RG1_J2KR.dcm"
 @pytest.fixture
 def config(tmp_path, orthanc):
     """A throwaway config dir holding two nodes: the test Orthanc over DIMSE and over DICOMweb."""
-    from cxr_viewer.core.pacs_config import NodeStore
+    from cxr_viewer.clinical.pacs_config import NodeStore
 
     folder = tmp_path / "config"
     NodeStore(str(folder)).save([orthanc.dimse_node(name="pacs"), orthanc.dicomweb_node(name="web")])

@@ -1,8 +1,8 @@
-"""``cxr_viewer.core`` and the ``info``/``render`` command line work where Qt cannot be imported.
+"""Every part below ``gui`` and the ``info``/``render`` command line work where Qt cannot be imported.
 
 A fresh interpreter gets a meta-path finder that makes every import of PySide6, shiboken6,
 pyqtgraph, PyQt5 and PyQt6 raise ImportError; then it imports every module under
-``cxr_viewer.core``, indexes and renders a real image and runs ``cli.main(['info', ...])``.
+``cxr_viewer`` except ``cxr_viewer.gui``, indexes and renders a real image and runs ``cli.main(['info', ...])``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import cxr_testdata as td
+import pytest
 
 pytestmark = pytest.mark.shared_data
 
@@ -51,16 +50,17 @@ SCRIPT = textwrap.dedent(
             raise SystemExit(f"{name} imported despite the blocker")
     attempts.clear()
 
-    import cxr_viewer.core
+    import cxr_viewer
 
-    modules = sorted(m.name for m in pkgutil.walk_packages(cxr_viewer.core.__path__, "cxr_viewer.core."))
+    modules = sorted(m.name for m in pkgutil.walk_packages(cxr_viewer.__path__, "cxr_viewer.")
+                     if m.name.split(".")[1] not in ("gui", "__main__"))
     for name in modules:
         importlib.import_module(name)
 
     from cxr_viewer import cli
-    from cxr_viewer.core.display import display_mapping, render_uint8
-    from cxr_viewer.core.image import load_image
-    from cxr_viewer.core.index import index
+    from cxr_viewer.io.display import display_mapping, render_uint8
+    from cxr_viewer.io.image import load_image
+    from cxr_viewer.io.index import index
 
     data_folder, rg1_folder, out_png = sys.argv[1:4]
     result = index([rg1_folder])
@@ -101,19 +101,22 @@ def test_core_and_cli_import_and_work_without_qt(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    core_dir = td.REPO_ROOT / "cxr_viewer" / "core"
-    core_files = sorted(  # modules and subpackages (e.g. core/pacs/): a package is its __init__.py
-        ".".join(("cxr_viewer", "core", *p.relative_to(core_dir).with_suffix("").parts[:-1]))
+    pkg_dir = td.REPO_ROOT / "cxr_viewer"
+    below_gui = sorted(  # modules and subpackages (e.g. clinical/pacs/): a package is its __init__.py
+        ".".join(("cxr_viewer", *p.relative_to(pkg_dir).with_suffix("").parts[:-1]))
         if p.name == "__init__.py" else
-        ".".join(("cxr_viewer", "core", *p.relative_to(core_dir).with_suffix("").parts))
-        for p in core_dir.rglob("*.py") if p != core_dir / "__init__.py"
+        ".".join(("cxr_viewer", *p.relative_to(pkg_dir).with_suffix("").parts))
+        for p in pkg_dir.rglob("*.py")
+        if p != pkg_dir / "__init__.py" and p.relative_to(pkg_dir).parts[0] not in ("gui", "__main__.py")
     )
-    assert report["modules"] == core_files  # every module under core was imported
-    for needed in ("index", "image", "display", "dicom_io", "raster_io", "study", "tasks", "errors", "fileio"):
-        assert f"cxr_viewer.core.{needed}" in report["modules"]
+    assert report["modules"] == below_gui  # every module below gui was imported
+    for needed in ("io.index", "io.image", "io.display", "io.dicom", "io.raster", "io.study", "common.tasks",
+                   "common.errors", "common.fileio", "ai.model", "ai.inference", "training.engine", "clinical.export",
+                   "cli.entry"):
+        assert f"cxr_viewer.{needed}" in report["modules"]
     assert report["images"] == 3 and report["errors"] == 0
     assert report["shape"] == [1955, 1841] and report["grey_levels"] > 100
     assert report["info_rc"] == 0 and report["info_images"] == 6
     assert report["render_rc"] == 0 and out_png.stat().st_size > 0
     assert report["qt_modules"] == [] and report["pyside6_loaded"] is False
-    assert report["attempts"] == [], f"the core tried to import Qt: {report['attempts']}"
+    assert report["attempts"] == [], f"a part below gui tried to import Qt: {report['attempts']}"

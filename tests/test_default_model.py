@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cxr_viewer.core.image import open_image
-from cxr_viewer.core.inference import Scorer
-from cxr_viewer.core.model import read_meta, sha256_file, sidecar_path
-from cxr_viewer.core.model_store import default_model_path
+from cxr_viewer.ai.inference import Scorer
+from cxr_viewer.ai.model import read_meta, sha256_file, sidecar_path
+from cxr_viewer.ai.model_store import default_model_path
+from cxr_viewer.io.image import open_image
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "default.safetensors"

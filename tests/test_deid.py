@@ -16,9 +16,11 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from cxr_viewer.core import dicom_results as dr
-from cxr_viewer.core import overlay
-from cxr_viewer.core.deid import (
+from cxr_viewer.ai import overlay
+from cxr_viewer.ai.inference import Scorer
+from cxr_viewer.ai.model_store import default_model_path
+from cxr_viewer.clinical import dicom_results as dr
+from cxr_viewer.clinical.deid import (
     IMPLEMENTATION_VERSION_NAME,
     Deidentifier,
     action_for,
@@ -26,9 +28,7 @@ from cxr_viewer.core.deid import (
     deidentify_file,
     identifying_attributes,
 )
-from cxr_viewer.core.image import open_image
-from cxr_viewer.core.inference import Scorer
-from cxr_viewer.core.model_store import default_model_path
+from cxr_viewer.io.image import open_image
 
 SAMPLE_DIR = td.REPO_ROOT / "resources" / "samples" / "dicom"
 RG1 = SAMPLE_DIR / "RG1_J2KR.dcm"

@@ -11,6 +11,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import cxr_testdata as td
 import numpy as np
 import pydicom
 import pytest
@@ -18,11 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import RLELossless, generate_uid
 
-import cxr_testdata as td
-from cxr_viewer.core.display import VoiLut, Window, display_mapping, render_uint8
-from cxr_viewer.core.errors import ImageOpenError
-from cxr_viewer.core.image import load_image, open_image
-from cxr_viewer.core.index import index
+from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.io.display import VoiLut, Window, display_mapping, render_uint8
+from cxr_viewer.io.image import load_image, open_image
+from cxr_viewer.io.index import index
 
 pytestmark = pytest.mark.shared_data
 
@@ -368,7 +368,7 @@ def test_multiframe_decodes_each_frame(tmp_path, three_real_frames, compressed):
 
 def test_multiframe_decodes_only_the_requested_frame(tmp_path, three_real_frames, monkeypatch):
     """Per-frame decoding: asking for frame 2 decodes frame 2, not the whole stack."""
-    from cxr_viewer.core import dicom_io
+    from cxr_viewer.io import dicom as dicom_io
 
     path = td.write(td.image_dataset(three_real_frames, frames=3), tmp_path / "multi.dcm")
     calls = []

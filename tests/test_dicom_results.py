@@ -17,12 +17,12 @@ from PIL import Image
 from pydicom.uid import UID
 
 from cxr_viewer import RESEARCH_NOTICE, __version__
-from cxr_viewer.core import dicom_results as dr
-from cxr_viewer.core import overlay
-from cxr_viewer.core.image import open_image
-from cxr_viewer.core.inference import HeadScore, Scorer, ScoreResult
-from cxr_viewer.core.model import unavailable_reason
-from cxr_viewer.core.model_store import default_model_path
+from cxr_viewer.ai import overlay
+from cxr_viewer.ai.inference import HeadScore, Scorer, ScoreResult
+from cxr_viewer.ai.model import unavailable_reason
+from cxr_viewer.ai.model_store import default_model_path
+from cxr_viewer.clinical import dicom_results as dr
+from cxr_viewer.io.image import open_image
 
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
 RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"

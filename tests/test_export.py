@@ -9,11 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cxr_testdata as td
 import numpy as np
 import pydicom
 import pytest
-
-import cxr_testdata as td
 
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
 RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
@@ -196,11 +195,11 @@ def test_burnt_in_identifiers_are_never_exported_as_deidentified(tmp_path):
 
 
 def test_export_is_all_or_nothing_on_cancel(tmp_path):
-    from cxr_viewer.core.export import ExportRequest, export_dicom_task
-    from cxr_viewer.core.image import open_image
-    from cxr_viewer.core.inference import Scorer
-    from cxr_viewer.core.model_store import default_model_path
-    from cxr_viewer.core.tasks import CancelToken, Cancelled
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.clinical.export import ExportRequest, export_dicom_task
+    from cxr_viewer.common.tasks import Cancelled, CancelToken
+    from cxr_viewer.io.image import open_image
 
     image = open_image(str(NIH))
     result = Scorer.from_file(str(default_model_path()), "cpu").score(image)
@@ -217,11 +216,11 @@ def test_export_is_all_or_nothing_on_cancel(tmp_path):
 
 
 def test_failed_export_keeps_the_files_an_earlier_export_left(tmp_path):
-    from cxr_viewer.core.export import ExportError, ExportRequest, export_dicom_task
-    from cxr_viewer.core.image import open_image
-    from cxr_viewer.core.inference import Scorer
-    from cxr_viewer.core.model_store import default_model_path
-    from cxr_viewer.core.tasks import run_to_completion
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.clinical.export import ExportError, ExportRequest, export_dicom_task
+    from cxr_viewer.common.tasks import run_to_completion
+    from cxr_viewer.io.image import open_image
 
     image = open_image(str(NIH))
     result = Scorer.from_file(str(default_model_path()), "cpu").score(image)

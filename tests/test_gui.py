@@ -17,10 +17,10 @@ from PySide6.QtGui import QDropEvent, QMouseEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from cxr_viewer import RESEARCH_NOTICE  # noqa: E402
-from cxr_viewer.core.display import Window, display_mapping, render_uint8  # noqa: E402
-from cxr_viewer.core.image import open_image  # noqa: E402
 from cxr_viewer.gui.main_window import MainWindow  # noqa: E402
 from cxr_viewer.gui.settings import Settings  # noqa: E402
+from cxr_viewer.io.display import Window, display_mapping, render_uint8  # noqa: E402
+from cxr_viewer.io.image import open_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "resources" / "samples"
@@ -230,7 +230,7 @@ def test_newest_request_wins(qtbot, window):
 
 
 def test_screenshot_of_real_study(qtbot, window):
-    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.ai.model_store import default_model_path
 
     model = default_model_path()
     if model:  # the shipped model, so the screenshot shows its findings

@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cxr_testdata as td
 import pydicom
 import pytest
-
-import cxr_testdata as td
 from orthanc_server import free_port
 
 SHOTS = td.REPO_ROOT / "out" / "screenshots"
@@ -104,7 +103,7 @@ def test_pacs_dialog_dicomweb_and_node_editor(qtbot, window, orthanc_restored, o
 
 def test_pacs_dialog_reports_errors_and_keeps_working(qtbot, window, orthanc_restored, orthanc_samples):
     orthanc = orthanc_restored
-    from cxr_viewer.core.pacs import PacsNode
+    from cxr_viewer.clinical.pacs import PacsNode
     down = PacsNode.from_dict({"name": "Down", "kind": "dimse", "host": "127.0.0.1", "port": free_port(),
                                "called_ae": "NOBODY", "timeout_s": 3})
     wrong_ae = PacsNode.from_dict({**orthanc.dimse_node().to_dict(), "name": "Wrong AE", "called_ae": "NOT_ORTHANC"})
@@ -132,7 +131,7 @@ def test_cancel_a_hung_query_and_go_on(qtbot, window, orthanc_restored, orthanc_
     import socket
     import threading
 
-    from cxr_viewer.core.pacs import PacsNode
+    from cxr_viewer.clinical.pacs import PacsNode
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -178,7 +177,7 @@ def test_cancel_a_hung_query_and_go_on(qtbot, window, orthanc_restored, orthanc_
 
 @pytest.fixture
 def scored_rg1(qtbot, window):
-    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.ai.model_store import default_model_path
 
     with qtbot.waitSignal(window.model_changed, timeout=60000):
         window.load_model(str(default_model_path()))
@@ -236,7 +235,7 @@ def test_export_dialog_writes_deidentified_files(qtbot, scored_rg1, tmp_path, mo
 def test_whole_workflow_query_open_score_send_back(qtbot, window, orthanc_restored, orthanc_samples, no_keyring):
     """The issue's scenario over DICOMweb: query the PACS from the viewer, open the study, score it,
     send the results back; the PACS then holds an SR and a Secondary Capture in that study."""
-    from cxr_viewer.core.model_store import default_model_path
+    from cxr_viewer.ai.model_store import default_model_path
 
     orthanc = orthanc_restored
     web = orthanc.dicomweb_node()
@@ -287,9 +286,10 @@ def test_export_all_opened_images_one_pdf_page_each(qtbot, window, tmp_path, mon
     """Both sample DICOMs and a PNG opened: SR + SC for each DICOM, one PDF with a page per image."""
     import shutil
 
-    from cxr_viewer.core.model_store import default_model_path
-    from cxr_viewer.gui import export_dialog
     from test_export import pdf_text
+
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.gui import export_dialog
 
     src = tmp_path / "study"
     src.mkdir()
@@ -331,12 +331,12 @@ def test_gui_export_of_same_named_files_keeps_both(qtbot, tmp_path):
     """Two opened files with one name in different folders: each keeps its own SR."""
     import shutil
 
-    from cxr_viewer.core.image import load_image
-    from cxr_viewer.core.index import index
-    from cxr_viewer.core.inference import Scorer
-    from cxr_viewer.core.model_store import default_model_path
-    from cxr_viewer.core.tasks import run_to_completion
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.common.tasks import run_to_completion
     from cxr_viewer.gui.export_dialog import export_task
+    from cxr_viewer.io.image import load_image
+    from cxr_viewer.io.index import index
 
     for folder, src in (("a", RG1), ("b", td.REPO_ROOT / "resources" / "samples" / "dicom" / "NIH_DX_no_finding.dcm")):
         (tmp_path / folder).mkdir()

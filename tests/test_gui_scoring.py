@@ -10,10 +10,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from model_fixtures import REPO, make_test_model  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
 
 from cxr_viewer import RESEARCH_NOTICE  # noqa: E402
-from model_fixtures import REPO, make_test_model  # noqa: E402
 
 SAMPLES = REPO / "resources" / "samples"
 SCREENSHOTS = REPO / "out" / "screenshots"

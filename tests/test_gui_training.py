@@ -9,12 +9,13 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from cxr_viewer.core.training import EpochEvent, StepEvent  # noqa: E402
+from training_data import tiny_kaggle_root  # noqa: E402
+
 from cxr_viewer.gui.app import configure_pyqtgraph  # noqa: E402
 from cxr_viewer.gui.main_window import MainWindow  # noqa: E402
 from cxr_viewer.gui.settings import Settings  # noqa: E402
 from cxr_viewer.gui.training_dialog import TrainingDialog  # noqa: E402
-from training_data import tiny_kaggle_root  # noqa: E402
+from cxr_viewer.training.engine import EpochEvent, StepEvent  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "out" / "screenshots"

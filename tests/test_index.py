@@ -7,17 +7,19 @@ import json
 import shutil
 from pathlib import Path
 
+import cxr_testdata as td
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-import cxr_testdata as td
-from cxr_viewer.core import dicom_io, index as index_mod, raster_io
-from cxr_viewer.core.image import load_image
-from cxr_viewer.core.index import index, index_paths
-from cxr_viewer.core.tasks import CancelToken, Cancelled, Progress, run_to_completion
+from cxr_viewer.common.tasks import Cancelled, CancelToken, Progress, run_to_completion
+from cxr_viewer.io import dicom as dicom_io
+from cxr_viewer.io import index as index_mod
+from cxr_viewer.io import raster as raster_io
+from cxr_viewer.io.image import load_image
+from cxr_viewer.io.index import index, index_paths
 
 pytestmark = pytest.mark.shared_data
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cxr_viewer.core.image import open_image
-from cxr_viewer.core.inference import Scorer, choose_device, cpu_supports_bf16, grad_cam
-from cxr_viewer.core.model import ModelFileError, load_model, sidecar_path
-from cxr_viewer.core.preprocess import PreprocessSpec, preprocess, preprocess_image
 from model_fixtures import DEFAULT_MODEL, REPO, make_test_model
+
+from cxr_viewer.ai.inference import Scorer, choose_device, cpu_supports_bf16, grad_cam
+from cxr_viewer.ai.model import ModelFileError, load_model, sidecar_path
+from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess, preprocess_image
+from cxr_viewer.io.image import open_image
 
 SAMPLES = REPO / "resources" / "samples"
 

@@ -19,8 +19,8 @@ import pytest
 from orthanc_server import SAMPLES_DIR, free_port
 from pydicom.uid import generate_uid
 
-from cxr_viewer.core import pacs
-from cxr_viewer.core.pacs import (
+from cxr_viewer.clinical import pacs
+from cxr_viewer.clinical.pacs import (
     CredentialStoreUnavailable,
     PacsError,
     PacsNode,
@@ -28,7 +28,7 @@ from cxr_viewer.core.pacs import (
     SendResult,
     StudyMatch,
 )
-from cxr_viewer.core.tasks import Cancelled, CancelToken, Progress, run_to_completion
+from cxr_viewer.common.tasks import Cancelled, CancelToken, Progress, run_to_completion
 
 SAMPLE_SC = str(SAMPLES_DIR / "NIH_DX_no_finding.dcm")
 
@@ -385,7 +385,7 @@ def test_query_term_that_cannot_be_encoded(kind):
 
 
 def test_pn_matching():
-    from cxr_viewer.core.pacs.nodes import _pn_matches
+    from cxr_viewer.clinical.pacs.nodes import _pn_matches
 
     assert _pn_matches("山田*", YAMADA) and not _pn_matches("山田*", MULLER)
     assert _pn_matches("M?ller*", MULLER) and _pn_matches("MÜLLER JÜRGEN", MULLER + "^^")
@@ -489,7 +489,7 @@ def test_retrieve_unknown_study(orthanc, tmp_path):
 
 def test_discard_keeps_files_a_newer_retrieve_wrote(tmp_path):
     """A cancelled retrieve that wakes up late must not delete what a newer one of the study wrote."""
-    from cxr_viewer.core.pacs.cache import _CacheWriter
+    from cxr_viewer.clinical.pacs.cache import _CacheWriter
 
     study = generate_uid()
     shared_sop, old_only_sop, again_sop = generate_uid(), generate_uid(), generate_uid()
@@ -732,10 +732,7 @@ def picky_scp():
     """A storage + find SCP that accepts CR images uncompressed only; ``stall`` seconds per request."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import (
-        ComputedRadiographyImageStorage,
-        StudyRootQueryRetrieveInformationModelFind,
-    )
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage, StudyRootQueryRetrieveInformationModelFind
 
     state = {"stall": 0.0, "stored": []}
     release = threading.Event()

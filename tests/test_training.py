@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_data import tiny_kaggle_root
 
-from cxr_viewer.core.data import DataError, grouped_split, read_labels_csv, scan_dataset
-from cxr_viewer.core.model import CxrNet, read_meta
-from cxr_viewer.core.preprocess import PreprocessSpec, standardise
-from cxr_viewer.core.tasks import CancelToken, Cancelled, run_to_completion
-from cxr_viewer.core.training import (
+from cxr_viewer.ai.model import CxrNet, read_meta
+from cxr_viewer.ai.preprocess import PreprocessSpec, standardise
+from cxr_viewer.common.tasks import Cancelled, CancelToken, run_to_completion
+from cxr_viewer.training.data import DataError, grouped_split, read_labels_csv, scan_dataset
+from cxr_viewer.training.engine import (
     EpochEvent,
     ScanEvent,
     StepEvent,
@@ -27,7 +28,6 @@ from cxr_viewer.core.training import (
     masked_bce,
     train,
 )
-from training_data import tiny_kaggle_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def tiny_root(shared_data, tmp_path_factory) -> Path:
 
 
 def test_loss_falls_when_overfitting_a_small_batch(shared_data):
-    from cxr_viewer.core.data import PreprocessCache
+    from cxr_viewer.training.data import PreprocessCache
 
     torch.manual_seed(0)
     spec = PreprocessSpec(input_size=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cxr_viewer.core.data import patient_id
+from cxr_viewer.training.data import patient_id
 
 
 def tiny_kaggle_root(shared: Path, root: Path, per_class: int = 12, with_test: bool = False) -> Path:

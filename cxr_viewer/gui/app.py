@@ -15,7 +15,7 @@ def configure_pyqtgraph() -> None:
 def run_app(paths: list[str], screenshot: str | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
-    from .main_window import MainWindow, screenshot_when_shown
+    from cxr_viewer.gui.main_window import MainWindow, screenshot_when_shown
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app = QApplication.instance() or QApplication(sys.argv[:1])

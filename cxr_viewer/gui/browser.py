@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.study import ImageRef, StudyIndex
-from ..core.thumbnails import THUMB_SIZE
+from cxr_viewer.io.study import ImageRef, StudyIndex
+from cxr_viewer.io.thumbnails import THUMB_SIZE
 
 REF_ROLE = Qt.ItemDataRole.UserRole + 1
 

@@ -23,13 +23,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .. import RESEARCH_NOTICE
-from ..core.export import ExportRequest, OutputSet, export_dicom_task, outbox_name, report_page, unique_path
-from ..core.image import LoadedImage
-from ..core.inference import ScoreResult
-from ..core.model import ModelMeta
-from ..core.tasks import NEVER_CANCELLED, CancelToken, Progress
-from .pdf_report import write_pdf_task
+from cxr_viewer import RESEARCH_NOTICE
+from cxr_viewer.ai.inference import ScoreResult
+from cxr_viewer.ai.model import ModelMeta
+from cxr_viewer.clinical.export import (
+    ExportRequest,
+    OutputSet,
+    export_dicom_task,
+    outbox_name,
+    report_page,
+    unique_path,
+)
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.gui.pdf_report import write_pdf_task
+from cxr_viewer.io.image import LoadedImage
 
 
 def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, folder: str, *, sr: bool,
@@ -40,11 +47,11 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
     for each DICOM image and one PDF with a page per image. All the files, or none: what was
     written is removed again on an error or cancel. ``others`` are scored with a model loaded here
     from ``model_path`` (a Scorer is used by one thread at a time; the viewer's own keeps scoring)."""
-    from ..core.image import load_image
+    from cxr_viewer.io.image import load_image
 
     deidentifier = None
     if deidentify:
-        from ..core.deid import Deidentifier
+        from cxr_viewer.clinical.deid import Deidentifier
 
         deidentifier = Deidentifier()
     os.makedirs(folder, exist_ok=True)
@@ -60,7 +67,7 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
                 img, res, img_voi = image, result, voi
             else:
                 if scorer is None:
-                    from ..core.inference import Scorer
+                    from cxr_viewer.ai.inference import Scorer
 
                     scorer = Scorer.from_file(model_path, device)
                 img = load_image(ref)
@@ -93,7 +100,7 @@ def send_results_task(node, password: str | None, image: LoadedImage, result: Sc
     import shutil
     import tempfile
 
-    from ..core.pacs import send_task
+    from cxr_viewer.clinical.pacs import send_task
 
     os.makedirs(outbox, exist_ok=True)
     folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=outbox)

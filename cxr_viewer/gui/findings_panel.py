@@ -6,25 +6,17 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QFrame,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSlider,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QCheckBox, QFrame, QGroupBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
-from .. import RESEARCH_NOTICE
-from ..core.inference import HEAD_MEANING, ModelSummary, ScoreResult
-from ..core.model import HEAD_TITLES, HEADS, unavailable_reason
-from ..core.overlay import HEATMAP_COLORMAP, heatmap_alpha
+from cxr_viewer import RESEARCH_NOTICE
+from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult
+from cxr_viewer.ai.model import HEAD_TITLES, HEADS, unavailable_reason
+from cxr_viewer.ai.overlay import HEATMAP_COLORMAP, heatmap_alpha
+
 
 def heatmap_lut() -> np.ndarray:
     """256 x 4 RGBA: inferno colours, transparent at 0 rising to 80% opaque at the hottest
-    (the colour map and ramp of the burnt-in exports, :mod:`cxr_viewer.core.overlay`)."""
+    (the colour map and ramp of the burnt-in exports, :mod:`cxr_viewer.ai.overlay`)."""
     lut = pg.colormap.get(HEATMAP_COLORMAP).getLookupTable(nPts=256, alpha=True).astype(np.uint8)
     lut[:, 3] = heatmap_alpha(256)
     return lut

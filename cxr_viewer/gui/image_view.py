@@ -12,8 +12,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from ..core.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
-from ..core.image import LoadedImage
+from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
+from cxr_viewer.io.image import LoadedImage
 
 
 class _ViewBox(pg.ViewBox):

@@ -17,22 +17,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .. import RESEARCH_NOTICE, __version__
-from ..core.display import Voi, Window
-from ..core.image import LoadedImage, load_image_task
-from ..core.index import index_paths
-from ..core.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task, score_many_task
-from ..core.model_store import ModelHolder, default_model_path
-from ..core.study import ImageRef, StudyIndex
-from ..core.tasks import Progress
-from ..core.thumbnails import Thumbnail, thumbnails_task
-from .browser import StudyBrowser
-from .findings_panel import FindingsPanel, heatmap_lut
-from .image_view import ImageView
-from .settings import Settings
-from .side_panel import SidePanel
-from .workers import TaskRunner
-from .worklist import Worklist
+from cxr_viewer import RESEARCH_NOTICE, __version__
+from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task, score_many_task
+from cxr_viewer.ai.model_store import ModelHolder, default_model_path
+from cxr_viewer.common.tasks import Progress
+from cxr_viewer.gui.browser import StudyBrowser
+from cxr_viewer.gui.findings_panel import FindingsPanel, heatmap_lut
+from cxr_viewer.gui.image_view import ImageView
+from cxr_viewer.gui.settings import Settings
+from cxr_viewer.gui.side_panel import SidePanel
+from cxr_viewer.gui.workers import TaskRunner
+from cxr_viewer.gui.worklist import Worklist
+from cxr_viewer.io.display import Voi, Window
+from cxr_viewer.io.image import LoadedImage, load_image_task
+from cxr_viewer.io.index import index_paths
+from cxr_viewer.io.study import ImageRef, StudyIndex
+from cxr_viewer.io.thumbnails import Thumbnail, thumbnails_task
 
 FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
 
@@ -374,7 +374,7 @@ class MainWindow(QMainWindow):
             self.load_model(summary.path)
 
     def open_training_dialog(self) -> None:
-        from .training_dialog import TrainingDialog
+        from cxr_viewer.gui.training_dialog import TrainingDialog
 
         summary = self.models.summary()
         dialog = TrainingDialog(self, summary.path if summary else None)
@@ -449,14 +449,14 @@ class MainWindow(QMainWindow):
 
     # --- clinical integration: PACS, exports ------------------------------------------------
     def _password_book(self):
-        from .pacs_dialog import PasswordBook
+        from cxr_viewer.gui.pacs_dialog import PasswordBook
 
         if self._passwords is None:
             self._passwords = PasswordBook()
         return self._passwords
 
     def open_pacs_dialog(self) -> None:
-        from .pacs_dialog import PacsDialog
+        from cxr_viewer.gui.pacs_dialog import PacsDialog
 
         if self.pacs_dialog is None:
             self.pacs_dialog = PacsDialog(self.settings, self, self._password_book())
@@ -472,7 +472,7 @@ class MainWindow(QMainWindow):
         return image, result
 
     def export_dialog(self) -> None:
-        from .export_dialog import ExportDialog, export_task
+        from cxr_viewer.gui.export_dialog import ExportDialog, export_task
 
         scored = self._scored_image()
         if scored is None:
@@ -528,7 +528,7 @@ class MainWindow(QMainWindow):
         self.send_results(next(n for n in nodes if n.name == name))
 
     def send_results(self, node, password: str | None = None) -> None:
-        from .export_dialog import send_results_task
+        from cxr_viewer.gui.export_dialog import send_results_task
 
         scored = self._scored_image()
         if scored is None:

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.pacs import (
+from cxr_viewer.clinical.pacs import (
     CredentialStoreUnavailable,
     PacsNode,
     QueryFilter,
@@ -45,9 +45,9 @@ from ..core.pacs import (
     retrieve_task,
     set_password,
 )
-from ..core.tasks import Progress
-from .settings import Settings
-from .workers import TaskRunner
+from cxr_viewer.common.tasks import Progress
+from cxr_viewer.gui.settings import Settings
+from cxr_viewer.gui.workers import TaskRunner
 
 RESULT_COLUMNS = ("Patient ID", "Patient name", "Study date", "Description", "Modalities", "Accession",
                   "Series", "Images")
@@ -55,7 +55,7 @@ RESULT_COLUMNS = ("Patient ID", "Patient name", "Study date", "Description", "Mo
 
 def echo_task(node: PacsNode, password: str | None, cancel=None):
     """C-ECHO / a DICOMweb probe as a one-step task (the runner needs a generator)."""
-    from ..core.pacs import echo
+    from cxr_viewer.clinical.pacs import echo
 
     yield Progress("echo", 0, 1, node.describe())
     return echo(node, password)
@@ -430,7 +430,7 @@ class PacsDialog(QDialog):
         """Delete the retrieved studies after saying how much patient data that is."""
         from PySide6.QtWidgets import QMessageBox
 
-        from ..core.pacs_config import cache_usage, clear_cache
+        from cxr_viewer.clinical.pacs_config import cache_usage, clear_cache
 
         if self.runner.busy:
             self._say("Wait for the current transfer to finish (or cancel it) first.", error=True)

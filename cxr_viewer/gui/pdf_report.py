@@ -1,6 +1,6 @@
 """Lay report pages out in a PDF with Qt's own writer (QPdfWriter + QPainter), one page per image.
 
-The content comes from :mod:`cxr_viewer.core.report`; this module only draws it. QPainter on a
+The content comes from :mod:`cxr_viewer.clinical.report`; this module only draws it. QPainter on a
 QPdfWriter is allowed outside the GUI thread (no widgets are involved), so the GUI runs
 :func:`write_pdf_task` in a worker; it needs a QGuiApplication (the command line makes an
 offscreen one).
@@ -17,9 +17,9 @@ import numpy as np
 from PySide6.QtCore import QMarginsF, QPointF, QRectF, QSizeF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QTextDocument
 
-from ..core.fileio import atomic_path
-from ..core.report import ReportPage
-from ..core.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.clinical.report import ReportPage
+from cxr_viewer.common.fileio import atomic_path
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 DPI = 200
 MARGIN_MM = 14.0

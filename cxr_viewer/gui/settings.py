@@ -68,12 +68,12 @@ class Settings:
         return os.path.dirname(os.path.abspath(self._qs.fileName())) if self._custom else None
 
     def pacs_store(self):
-        from ..core.pacs_config import NodeStore
+        from cxr_viewer.clinical.pacs_config import NodeStore
 
         return NodeStore(self._own_folder())
 
     def pacs_cache_dir(self) -> str:
-        from ..core.pacs_config import cache_dir
+        from cxr_viewer.clinical.pacs_config import cache_dir
 
         folder = self._own_folder()
         return os.path.join(folder, "pacs_cache") if folder else cache_dir()

@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.display import Voi, Window
-from ..core.image import LoadedImage
+from cxr_viewer.io.display import Voi, Window
+from cxr_viewer.io.image import LoadedImage
 
 
 class DisplayControls(QGroupBox):

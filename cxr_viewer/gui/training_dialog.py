@@ -31,11 +31,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .. import RESEARCH_NOTICE
-from ..core.data import DataError, choose_validation, scan_dataset
-from ..core.tasks import NEVER_CANCELLED, CancelToken, Progress
-from ..core.training import OPTIMIZERS, DoneEvent, EpochEvent, ScanEvent, StepEvent, TrainConfig, train
-from .workers import TaskRunner
+from cxr_viewer import RESEARCH_NOTICE
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.gui.workers import TaskRunner
+from cxr_viewer.training.data import DataError, choose_validation, scan_dataset
+from cxr_viewer.training.engine import OPTIMIZERS, DoneEvent, EpochEvent, ScanEvent, StepEvent, TrainConfig, train
 
 PLOT_INTERVAL_MS = 250  # redraw at most 4 times a second
 

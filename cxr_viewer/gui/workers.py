@@ -14,8 +14,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
-from ..core.errors import UserError
-from ..core.tasks import CancelToken, Cancelled
+from cxr_viewer.common.errors import UserError
+from cxr_viewer.common.tasks import Cancelled, CancelToken
 
 log = logging.getLogger(__name__)
 

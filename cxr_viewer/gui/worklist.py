@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.inference import WorklistRow
-from ..core.model import HEAD_TITLES, HEADS
+from cxr_viewer.ai.inference import WorklistRow
+from cxr_viewer.ai.model import HEAD_TITLES, HEADS
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 2
 

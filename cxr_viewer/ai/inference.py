@@ -1,0 +1,283 @@
+"""Scoring: device and precision choice, calibrated per-head probabilities, Grad-CAM heatmaps.
+
+Heatmaps are Grad-CAM (Selvaraju et al., ICCV 2017) at the output of ResNet50's last conv block
+(layer4): per head, the gradient of the head's logit with respect to that feature map, averaged
+over space, weights the maps; the ReLU of the weighted sum, scaled to [0, 1], is the heatmap.
+Only the small heads need a backward pass, since the gradient is taken at the backbone's output.
+We use this small hook-free implementation rather than captum or pytorch-grad-cam (which pull in
+OpenCV, matplotlib and more) and test it against a hand-computed case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
+from cxr_viewer.ai.preprocess import preprocess_image
+from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.io.image import LoadedImage, load_image
+from cxr_viewer.io.study import ImageRef
+
+HEAD_MEANING = {
+    "pneumonia": (
+        "How strongly this image resembles the pneumonia radiographs the model was trained on. "
+        "It is not a diagnosis and does not tell bacterial from viral."
+    ),
+    "lung_cancer_association": (
+        "How strongly this image shows findings associated with lung cancer (a nodule or mass). "
+        "It is not a prediction that pneumonia turns into cancer; the two are shown together "
+        "because a pneumonia that recurs in one lobe or does not clear can hide a tumour."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str  # "cpu" or "cuda"
+    precision: str  # "fp32", "bf16" or "fp16"
+
+    @property
+    def label(self) -> str:
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            name = torch.cuda.get_device_name(torch.device(self.device))
+            return f"CUDA ({name}), {self.precision}"
+        return f"CPU, {self.precision}"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def choose_device(device: str = "auto", precision: str = "auto") -> DeviceChoice:
+    """``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16 | fp16."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError("device must be auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA device is available")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if precision == "auto":
+        if use_cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError("precision must be auto, fp32, bf16 or fp16")
+    if not use_cuda and precision == "fp16":
+        precision = "fp32"  # CPU fp16 autocast is slow and poorly supported
+    return DeviceChoice("cuda" if use_cuda else "cpu", precision)
+
+
+def autocast(choice: DeviceChoice):
+    dtype = choice.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if choice.device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def grad_cam(fmap: torch.Tensor, head_logits, n_heads: int) -> torch.Tensor:
+    """Grad-CAM maps (B, n_heads, h, w) in [0, 1] for feature maps ``fmap`` (B, C, h, w).
+
+    ``head_logits`` maps the feature map to logits (B, n_heads).
+    """
+    fmap = fmap.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        logits = head_logits(fmap)
+        maps = []
+        for i in range(n_heads):
+            (grads,) = torch.autograd.grad(logits[:, i].sum(), fmap, retain_graph=i + 1 < n_heads)
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * fmap).sum(dim=1))
+            peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)
+            maps.append(cam / peak[:, None, None])
+    return torch.stack(maps, dim=1).detach()
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    head: str
+    title: str
+    available: bool
+    probability: float | None = None
+    positive: bool | None = None
+    threshold: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    reason: str = ""  # why unavailable
+    meaning: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreResult:
+    path: str
+    frame: int
+    heads: tuple[HeadScore, ...]
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (S, S) float32 in [0, 1]
+    model_name: str = ""
+    model_version: str = ""
+    model_sha256: str = ""
+    device: str = ""
+    seconds: float = 0.0
+
+    def head(self, name: str) -> HeadScore:
+        return next(h for h in self.heads if h.head == name)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the GUI may know of a loaded model (plain data, no torch objects)."""
+
+    path: str
+    name: str
+    version: str
+    sha256: str
+    trained_heads: tuple[str, ...]
+    all_heads: tuple[str, ...]
+    device: str
+    input_size: int
+    head_notes: dict = field(default_factory=dict)  # why a head is not available
+
+
+class Scorer:
+    """A loaded model on a device. Used from one worker thread at a time."""
+
+    def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = ""):
+        self.meta, self.choice, self.path = meta, choice, path
+        # channels_last: faster convolutions with cuDNN and with oneDNN on the CPU
+        self.model = model.to(choice.device).to(memory_format=torch.channels_last).eval()
+        if choice.device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True
+        self.head_names = self.model.head_names
+        self.trained = [h for h in self.head_names if meta.heads[h].trained]
+        self._temperature = torch.tensor([meta.heads[h].temperature for h in self.head_names], dtype=torch.float32)
+
+    @classmethod
+    def from_file(cls, path: str, device: str = "auto", precision: str = "auto") -> "Scorer":
+        model, meta = load_model(path)
+        return cls(model, meta, choose_device(device, precision), path)
+
+    def summary(self) -> ModelSummary:
+        return ModelSummary(self.path, self.meta.name, self.meta.version, self.meta.weights_sha256,
+                            tuple(self.trained), tuple(self.head_names), self.choice.label, self.meta.input_size,
+                            {h: i.note for h, i in self.meta.heads.items() if not i.trained and i.note})
+
+    def _to_device(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.choice.device.startswith("cuda"):
+            t = t.pin_memory().to(self.choice.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S)."""
+        with torch.inference_mode(), autocast(self.choice):
+            logits = self.model(self._to_device(x))
+        return torch.sigmoid(logits.float().cpu() / self._temperature).numpy()
+
+    def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad(), autocast(self.choice):
+            fmap = self.model.features(self._to_device(x))
+        heads = self.model.head_logits
+        with torch.no_grad():
+            logits = heads(fmap.float())
+        cams = grad_cam(fmap, heads, len(self.head_names))
+        size = self.meta.input_size
+        cams = torch.nn.functional.interpolate(cams, size=(size, size), mode="bilinear", align_corners=False)
+        probs = torch.sigmoid(logits.float().cpu() / self._temperature).numpy()
+        return probs, cams.clamp(0, 1).float().cpu().numpy()
+
+    def head_scores(self, probs: np.ndarray) -> tuple[HeadScore, ...]:
+        out = []
+        for i, h in enumerate(self.head_names):
+            info = self.meta.heads[h]
+            if not info.trained:
+                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=unavailable_reason(h, info.note),
+                                     meaning=HEAD_MEANING[h]))
+                continue
+            p = float(probs[i])
+            op = info.operating_point or {}
+            out.append(HeadScore(h, HEAD_TITLES[h], True, p, p >= info.threshold, info.threshold,
+                                 op.get("sensitivity"), op.get("specificity"), meaning=HEAD_MEANING[h]))
+        return tuple(out)
+
+    def score(self, image: LoadedImage, heatmaps: bool = True) -> ScoreResult:
+        t0 = time.perf_counter()
+        x = preprocess_image(image, self.meta.preprocessing)[None]
+        if heatmaps:
+            probs, cams = self.probabilities_and_cams(x)
+            maps = {h: cams[0, i] for i, h in enumerate(self.head_names) if h in self.trained}
+        else:
+            probs, maps = self.probabilities(x), {}
+        return ScoreResult(image.ref.path, image.frame, self.head_scores(probs[0]), maps, self.meta.name,
+                           self.meta.version, self.meta.weights_sha256, self.choice.label, time.perf_counter() - t0)
+
+
+def score_image_task(scorer: Scorer, image: LoadedImage, heatmaps: bool = True,
+                     cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, ScoreResult]:
+    yield Progress("scoring", 0, 1, image.ref.path)
+    cancel.raise_if_cancelled()
+    result = scorer.score(image, heatmaps)
+    yield Progress("scoring", 1, 1, image.ref.path)
+    return result
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    path: str
+    probabilities: dict[str, float | None]
+    error: str = ""
+
+
+def _prepare(ref: ImageRef, scorer: Scorer) -> tuple[ImageRef, np.ndarray | None, str]:
+    try:
+        image = load_image(ref, 0)
+        return ref, preprocess_image(image, scorer.meta.preprocessing), ""
+    except ImageOpenError as exc:
+        return ref, None, str(exc)
+    except MemoryError:
+        return ref, None, "out of memory while decoding"
+
+
+def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 8,
+                    cancel: CancelToken = NEVER_CANCELLED) -> Generator[WorklistRow, None, int]:
+    """Score many images; yields one row per image. Decoding runs ahead in a thread pool so that it
+    overlaps with the model's compute. Returns the number of images scored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scored = 0
+    workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-decode") as pool:
+        pending = [pool.submit(_prepare, ref, scorer) for ref in refs[: batch_size * 2]]
+        next_i = len(pending)
+        while pending:
+            cancel.raise_if_cancelled()
+            batch, pending = pending[:batch_size], pending[batch_size:]
+            ready = [f.result() for f in batch]
+            while next_i < len(refs) and len(pending) < batch_size * 2:
+                pending.append(pool.submit(_prepare, refs[next_i], scorer))
+                next_i += 1
+            good = [(ref, x) for ref, x, err in ready if x is not None]
+            for ref, x, err in ready:
+                if x is None:
+                    yield WorklistRow(ref.path, {h: None for h in scorer.head_names}, err)
+            if good:
+                probs = scorer.probabilities(np.stack([x for _, x in good]))
+                for (ref, _), p in zip(good, probs):
+                    scored += 1
+                    yield WorklistRow(ref.path, {h: (float(p[i]) if h in scorer.trained else None)
+                                                 for i, h in enumerate(scorer.head_names)})
+        cancel.raise_if_cancelled()
+    return scored

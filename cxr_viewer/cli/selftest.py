@@ -1,0 +1,138 @@
+"""``cxr-viewer --self-test``: proves an installation (source, wheel or frozen bundle) works.
+
+Opens the bundled DICOM and PNG/JPEG samples through the real loaders, scores them with the
+default model on the best device, computes a heatmap, checks the model's SHA-256, and reports
+device, timings and results. Any failure makes the exit code non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from cxr_viewer import RESEARCH_NOTICE, __version__
+
+
+def samples_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "resources" / "samples"
+
+
+def run_self_test(device: str = "auto") -> dict:
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.ai.model import sha256_file
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.io.image import load_image
+    from cxr_viewer.io.index import index
+
+    report: dict = {"version": __version__, "notice": RESEARCH_NOTICE, "python": sys.version.split()[0],
+                    "platform": platform.platform(), "frozen": bool(getattr(sys, "frozen", False)),
+                    "checks": [], "images": []}
+
+    def check(name: str, ok: bool, detail: str = "") -> bool:
+        report["checks"].append({"name": name, "ok": bool(ok), "detail": detail})
+        return ok
+
+    folder = samples_dir()
+    t0 = time.perf_counter()
+    found = index([str(folder)])
+    refs = list(found.images())
+    kinds = {r.kind for r in refs}
+    check("samples indexed", bool(refs) and kinds == {"dicom", "raster"} and not found.errors,
+          f"{len(refs)} images ({', '.join(sorted(kinds))}) in {time.perf_counter() - t0:.2f} s; {len(found.errors)} errors")
+    try:  # torchvision's compiled ops (a frozen bundle missing _C_stable.so fails here)
+        import torch
+        import torchvision  # noqa: F401
+
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+        keep = torch.ops.torchvision.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+        check("torchvision compiled ops", keep.tolist() == [0], f"torchvision {torchvision.__version__}")
+    except Exception as exc:  # noqa: BLE001
+        check("torchvision compiled ops", False, str(exc))
+    model_path = default_model_path()
+    if not check("default model present", model_path is not None, str(model_path)):
+        report["ok"] = False
+        return report
+    t0 = time.perf_counter()
+    try:
+        scorer = Scorer.from_file(model_path, device)
+    except Exception as exc:  # noqa: BLE001 - reported, exit code non-zero
+        check("model loads and its SHA-256 matches", False, str(exc))
+        report["ok"] = False
+        return report
+    check("model loads and its SHA-256 matches", sha256_file(model_path) == scorer.meta.weights_sha256,
+          f"{scorer.meta.name} v{scorer.meta.version} {scorer.meta.weights_sha256[:16]} in {time.perf_counter() - t0:.2f} s")
+    report["device"] = scorer.choice.label
+    report["model"] = {"path": model_path, "sha256": scorer.meta.weights_sha256, "trained_heads": scorer.trained}
+    first_dicom = None  # (image, result) of the first DICOM sample, for the DICOM-results check
+    for ref in refs:
+        entry = {"file": Path(ref.path).name, "kind": ref.kind}
+        try:
+            t0 = time.perf_counter()
+            image = load_image(ref)
+            entry["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            result = scorer.score(image, heatmaps=True)
+            entry["score_ms"] = round(result.seconds * 1000, 1)
+            entry["scores"] = {h.head: (round(h.probability, 4) if h.available else None) for h in result.heads}
+            entry["heatmaps"] = {h: list(m.shape) for h, m in result.heatmaps.items()}
+            ok = all(0.0 <= (h.probability or 0.0) <= 1.0 for h in result.heads) and bool(result.heatmaps)
+            if ref.kind == "dicom" and first_dicom is None:
+                first_dicom = (image, result)
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = str(exc)
+            ok = False
+        entry["ok"] = ok
+        report["images"].append(entry)
+    check("every sample scored with a heatmap", all(e["ok"] for e in report["images"]), f"{len(report['images'])} images")
+    if first_dicom is not None:
+        _check_clinical(check, *first_dicom)
+    report["ok"] = all(c["ok"] for c in report["checks"])
+    return report
+
+
+def _check_clinical(check, image, result) -> None:
+    """SR + Secondary Capture of a de-identified sample, re-read; the PACS libraries import."""
+    import io
+
+    try:
+        import pydicom
+
+        from cxr_viewer.ai.overlay import annotated_rgb
+        from cxr_viewer.clinical.deid import Deidentifier
+        from cxr_viewer.clinical.dicom_results import build_secondary_capture, build_sr, read_source_header
+
+        t0 = time.perf_counter()
+        header = Deidentifier().dataset(read_source_header(image.ref.path))
+        back = []
+        for ds in (build_sr(header, result), build_secondary_capture(header, annotated_rgb(image, result), result)):
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            back.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+        ok = all(b.StudyInstanceUID == header.StudyInstanceUID for b in back) and header.PatientIdentityRemoved == "YES"
+        check("DICOM SR and Secondary Capture of a de-identified sample", ok,
+              f"{back[0].SOPClassUID.name}, {back[1].SOPClassUID.name} in {time.perf_counter() - t0:.2f} s")
+    except Exception as exc:  # noqa: BLE001
+        check("DICOM SR and Secondary Capture of a de-identified sample", False, f"{type(exc).__name__}: {exc}")
+    try:
+        import dicomweb_client  # noqa: F401
+        import keyring  # noqa: F401
+        from pynetdicom import AE, StoragePresentationContexts
+
+        ae = AE()
+        ae.requested_contexts = StoragePresentationContexts[:10]
+        check("PACS libraries (pynetdicom, dicomweb-client, keyring)", True, f"keyring backend {type(keyring.get_keyring()).__module__}")
+    except Exception as exc:  # noqa: BLE001
+        check("PACS libraries (pynetdicom, dicomweb-client, keyring)", False, f"{type(exc).__name__}: {exc}")
+
+
+def main(json_out: str | None = None, device: str = "auto") -> int:
+    report = run_self_test(device)
+    text = json.dumps(report, indent=2)
+    if json_out:
+        from cxr_viewer.common.fileio import write_bytes_atomic
+
+        write_bytes_atomic(json_out, text.encode())
+    print(text)
+    return 0 if report.get("ok") else 1

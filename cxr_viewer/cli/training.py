@@ -1,0 +1,233 @@
+"""``train``, ``evaluate`` and ``experiment``: the training part on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cxr_viewer import RESEARCH_NOTICE
+from cxr_viewer.cli.common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, load_scorer, run_with_bar
+
+#: the same as training.engine.OPTIMIZERS (kept here so that parsing arguments never imports torch)
+OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adamax", "adagrad")
+
+
+def _train_config(args: argparse.Namespace):
+    from cxr_viewer.training.engine import TrainConfig
+
+    cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
+    for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
+                "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "num_workers",
+                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(cfg, key, value)
+    cfg.balance = not args.no_balance
+    cfg.augment = not args.no_augment
+    if args.cache_dir is not None:
+        cfg.cache_dir = args.cache_dir or None
+    return cfg
+
+
+def _train_heads(args: argparse.Namespace) -> int:
+    from cxr_viewer.training.data import DataError
+    from cxr_viewer.training.heads import HeadTrainConfig, train_heads
+
+    if not args.init or args.init == "scratch":
+        print("cxr-viewer train: --freeze-backbone needs --init MODEL.safetensors (the backbone to keep)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cfg = HeadTrainConfig(data_dir=args.data_dir, base_model=args.init, out=args.out, labels_csv=args.labels_csv,
+                          folds=args.cv, seed=args.seed or 0, device=args.device or "auto",
+                          precision=args.precision or "auto", version=args.version)
+    if args.cache_dir is not None:
+        cfg.cache_dir = args.cache_dir or None
+    try:
+        done = run_with_bar(train_heads(cfg))
+    except DataError as exc:
+        print(f"cxr-viewer train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(done.report_text)
+    print(f"model: {done.model_path}\nreport: {done.report_path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    import csv
+
+    if args.freeze_backbone:
+        return _train_heads(args)
+
+    from cxr_viewer.common.fileio import atomic_path
+    from cxr_viewer.common.tasks import Cancelled
+    from cxr_viewer.training.data import DataError
+    from cxr_viewer.training.engine import EpochEvent, ScanEvent, StepEvent, _dist_info, train
+
+    cfg = _train_config(args)
+    main_rank = _dist_info()[1] == 0  # under torchrun only rank 0 logs and prints
+    log_path = args.log or os.path.splitext(cfg.out)[0] + ".log.csv"
+    rows: list[dict] = []
+    if args.resume and os.path.exists(log_path):
+        with open(log_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    cols = ["time", "event", "epoch", "step", "steps", "loss", "lr", "train_loss", "val_loss", "val_accuracy",
+            "val_auroc", "val_sensitivity", "val_specificity", "images_per_s", "eta_s"]
+
+    def write_log() -> None:
+        if not main_rank:
+            return
+        with atomic_path(log_path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+
+    state = {"last": 0.0}
+
+    def on_event(ev) -> None:
+        import time as _t
+
+        if not main_rank:
+            return
+        now = _t.time()
+        if isinstance(ev, ScanEvent):
+            print(ev.summary, file=sys.stderr)
+            print(f"validation: {ev.validation}; train {ev.train_counts}, val {ev.val_counts}; "
+                  f"heads trained: {', '.join(ev.trained_heads)}; skipped {len(ev.skipped)}", file=sys.stderr)
+            for e in ev.skipped[:20]:
+                print(f"  skipped {e.path}: {e.reason}", file=sys.stderr)
+        elif isinstance(ev, StepEvent):
+            rows.append({"time": f"{now:.1f}", "event": "step", **{k: getattr(ev, k) for k in ("epoch", "step", "steps", "loss", "lr", "images_per_s")}})
+            tty = sys.stderr.isatty()
+            if now - state["last"] > (2 if tty else 60) or ev.step == ev.steps:
+                state["last"] = now
+                text = f"epoch {ev.epoch + 1} step {ev.step}/{ev.steps} loss {ev.loss:.4f} {ev.images_per_s:.1f} img/s"
+                sys.stderr.write(f"\r{text}   " if tty else text + "\n")
+                sys.stderr.flush()
+        elif isinstance(ev, EpochEvent):
+            rows.append({"time": f"{now:.1f}", "event": "epoch", **{k: getattr(ev, k) for k in cols if hasattr(ev, k)}})
+            auc = f"{ev.val_auroc:.4f}" if ev.val_auroc is not None else "n/a"
+            print(f"\nepoch {ev.epoch + 1}/{ev.epochs}: train loss {ev.train_loss:.4f}, val loss {ev.val_loss:.4f}, "
+                  f"val acc {ev.val_accuracy:.4f}, AUROC {auc}, {ev.images_per_s:.1f} img/s, "
+                  f"{ev.seconds:.0f} s, ETA {ev.eta_s / 60:.1f} min, best epoch {ev.best_epoch + 1} [{ev.device}]",
+                  file=sys.stderr)
+            write_log()
+
+    try:
+        done = run_with_bar(train(cfg, resume=args.resume), on_event)
+    except DataError as exc:
+        print(f"cxr-viewer train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, Cancelled):
+        write_log()
+        print(f"\ncxr-viewer train: stopped; resume with --resume (checkpoint {cfg.checkpoint_path})", file=sys.stderr)
+        return EXIT_FAIL
+    write_log()
+    if not main_rank:
+        return EXIT_OK
+    print(done.report_text)
+    print(f"model: {done.model_path}\nreport: {done.report_path}\nlog: {log_path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cxr_viewer.training.data import DataError
+    from cxr_viewer.training.evaluation import evaluate_task, select_samples
+
+    scorer = load_scorer("evaluate", args.model, args.device, args.precision)
+    if scorer is None:
+        return EXIT_BAD_INPUT
+    try:
+        samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
+        result = run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap))
+    except FileNotFoundError as exc:
+        print(f"cxr-viewer evaluate: not found: {exc.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (DataError, ValueError) as exc:
+        print(f"cxr-viewer evaluate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(result.to_json(per_image=args.per_image))
+    else:
+        print(f"{RESEARCH_NOTICE}\nModel {scorer.meta.name} v{scorer.meta.version} ({scorer.meta.weights_sha256[:12]}) "
+              f"on {note}\n")
+        print(result.text())
+    for e in result.skipped:
+        print(f"skipped {e.path}: {e.reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from cxr_viewer.training.data import DataError
+    from cxr_viewer.training.experiments import run_grid
+
+    try:
+        table_md, table_csv = run_grid(args, _train_config, run_with_bar)
+    except DataError as exc:
+        print(f"cxr-viewer experiment: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(table_md)
+    print(f"CSV: {table_csv}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    p.add_argument("data_dir", help="Kaggle-style root (train/ val/ test/ with class folders) or a split folder")
+    p.add_argument("--labels-csv", help="labels CSV for the lung-cancer association head (e.g. JSRT's jsrt_metadata.csv)")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=("cosine", "constant"))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--head-activation", choices=("relu", "gelu", "tanh", "sigmoid"))
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--init", help="scratch (default), a cxr_viewer model .safetensors, or local ImageNet ResNet50 weights")
+    p.add_argument("--early-stopping", type=int, help="patience in epochs on validation AUROC (0: off)")
+    if grid:
+        p.add_argument("--val-split", dest="val_splits", default="0.1,0.2", help="validation fractions, comma-separated")
+    else:
+        p.add_argument("--val-split", type=float, help="validation fraction carved from train (default 0.1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--cache-dir", help="decoded-and-resized image cache ('' to disable)")
+    p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs)")
+    p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--threshold-rule", help="youden (default) or sensitivity:TARGET, e.g. sensitivity:0.97; "
+                                           "with --resume of a finished run, re-finalises with the new rule")
+    p.add_argument("--name")
+    p.add_argument("--version")
+
+
+def add_parsers(sub) -> None:
+    p_train = sub.add_parser("train", help="train or fine-tune a model (checkpoint each epoch, --resume)")
+    _add_train_options(p_train)
+    p_train.add_argument("--out", required=True, help="output model .safetensors (a .json description is written beside it)")
+    p_train.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    p_train.add_argument("--log", help="CSV log of the training events (default: beside --out)")
+    p_train.add_argument("--freeze-backbone", action="store_true",
+                         help="keep the --init model's backbone and other heads; fit only the heads this data labels, "
+                              "estimated by patient-grouped cross-validation (--cv)")
+    p_train.add_argument("--cv", type=int, default=5, help="folds for --freeze-backbone (default 5)")
+    p_train.set_defaults(func=_train)
+    p_eval = sub.add_parser("evaluate", help="evaluate a model on labelled images")
+    p_eval.add_argument("data_dir")
+    p_eval.add_argument("--model")
+    p_eval.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="test: the test/ split (or the folder's class folders); validation: the model's own validation split")
+    p_eval.add_argument("--labels-csv")
+    p_eval.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p_eval.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p_eval.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
+    p_eval.add_argument("--json", action="store_true")
+    p_eval.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON")
+    p_eval.set_defaults(func=_evaluate)
+    p_exp = sub.add_parser("experiment", help="the source paper's grid: optimizers x validation splits")
+    _add_train_options(p_exp, grid=True)
+    p_exp.add_argument("--optimizers", default="sgd,adam,adamax,adagrad")
+    p_exp.add_argument("--out-dir", default="experiments")
+    p_exp.set_defaults(func=_experiment)

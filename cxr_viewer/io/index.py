@@ -1,0 +1,203 @@
+"""Indexing files, folders and DICOMDIRs into a Patient -> Study -> Series -> Image tree.
+
+Headers only (no pixel decoding), so a folder of a thousand files lists quickly. Every file
+that cannot be opened is reported with a one-line reason; nothing raises out of here except
+:class:`~cxr_viewer.common.tasks.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from typing import Generator, Iterable
+
+from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress, run_to_completion
+from cxr_viewer.io import dicom as dicom_io
+from cxr_viewer.io import raster as raster_io
+from cxr_viewer.io.study import ImageRef, OpenError, PatientNode, SeriesNode, StudyIndex, StudyNode
+
+#: Files with these names are never images (DICOMDIR itself is read as a directory).
+_SKIP_NAMES = {"dicomdir", "license", "readme", "thumbs.db", ".ds_store"}
+_SKIP_SUFFIXES = (".txt", ".md", ".csv", ".json", ".xml", ".html", ".pdf", ".py", ".zip", ".ini")
+
+
+def _is_dicomdir(path: str) -> bool:
+    return os.path.basename(path).upper() == "DICOMDIR"
+
+
+def _dicomdir_files(path: str) -> tuple[list[str], list[OpenError]]:
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing files are reported below, not warned about
+            fs = FileSet(ds)
+    except Exception as exc:
+        return [], [OpenError(path, f"not a readable DICOMDIR: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+    files, errors = [], []
+    for instance in fs:
+        p = instance.path
+        if os.path.isfile(p):
+            files.append(p)
+        else:
+            errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
+    # FileSet drops records whose file is missing (with a warning only): report them here.
+    reported = {os.path.abspath(e.path) for e in errors}
+    for record in ds.get("DirectoryRecordSequence") or []:
+        file_id = record.get("ReferencedFileID")
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else [str(v) for v in file_id]
+        p = os.path.join(os.path.dirname(os.path.abspath(path)), *parts)
+        if not os.path.isfile(p) and p not in reported:
+            reported.add(p)
+            errors.append(OpenError(p, "listed in the DICOMDIR but missing on disk"))
+    return files, errors
+
+
+def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
+                  ) -> Generator[Progress, None, tuple[list[str], list[OpenError]]]:
+    """Expand files, folders (recursively, following links once) and DICOMDIRs to image files."""
+    files: list[str] = []
+    errors: list[OpenError] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+
+    def add_file(p: str) -> None:
+        real = os.path.realpath(p)
+        if real not in seen_files:
+            seen_files.add(real)
+            files.append(p)
+
+    def walk(folder: str):
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            errors.append(OpenError(folder, f"cannot open folder: {exc.strerror}"))
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            return  # a symlink loop or a folder reached twice
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            errors.append(OpenError(folder, f"cannot open folder: {exc.strerror}"))
+            return
+        for entry in entries:
+            cancel.raise_if_cancelled()
+            visit(entry.path, from_folder=True)
+            if len(files) % 200 == 0:
+                yield Progress("listing", len(files), 0, folder)
+
+    def visit(p: str, from_folder: bool):
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            reason = "symbolic link loop" if exc.errno == 40 else f"cannot open: {exc.strerror}"
+            errors.append(OpenError(p, reason))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            pending.append(p)
+            return
+        name = os.path.basename(p).lower()
+        if not stat.S_ISREG(st.st_mode):
+            skipped = from_folder and (name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or name.startswith("."))
+            if not skipped:  # never opened (a FIFO would block), but reported like any bad file
+                errors.append(OpenError(p, "not a regular file (device, pipe or socket)"))
+            return
+        if _is_dicomdir(p):
+            dd_files, dd_errors = _dicomdir_files(p)
+            errors.extend(dd_errors)
+            for f in dd_files:
+                add_file(f)
+            dicomdir_folders.add(os.path.realpath(os.path.dirname(p)))
+            return
+        if from_folder and (name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES) or name.startswith(".")):
+            return
+        add_file(p)
+
+    pending: list[str] = []
+    dicomdir_folders: set[str] = set()
+    for p in paths:
+        visit(os.fspath(p), from_folder=False)
+    while pending:
+        cancel.raise_if_cancelled()
+        folder = pending.pop(0)
+        yield from walk(folder)
+    return files, errors
+
+
+def read_any(path: str) -> tuple[ImageRef, dicom_io.DicomKeys | None]:
+    """Index one file as a raster image (by suffix) or DICOM (anything else)."""
+    if path.lower().endswith(raster_io.RASTER_SUFFIXES):
+        return raster_io.read_header(path), None
+    return dicom_io.read_header(path)
+
+
+def _sort_key(ref: ImageRef):
+    return (ref.instance_number is None, ref.instance_number or 0, os.path.basename(ref.path))
+
+
+def build_tree(entries: list[tuple[ImageRef, dicom_io.DicomKeys | None]]) -> tuple[PatientNode, ...]:
+    """Group indexed images by PatientID/Name, StudyInstanceUID and SeriesInstanceUID.
+
+    Raster images have no UIDs or patient data: they sit under one patient node, and each
+    folder of them is one study with one series.
+    """
+    patients: dict[str, dict] = {}
+    for ref, keys in entries:
+        if keys is None:
+            folder = os.path.dirname(os.path.abspath(ref.path))
+            pkey, pname, pid = "raster:", "", ""  # one node for all files without patient data
+            skey, sdate, sdesc = "folder:" + folder, "", os.path.basename(folder)
+            sekey, sedesc, modality = "folder:" + folder, ref.meta.series_description, "OT"
+        else:
+            pkey, pname, pid = keys.patient_key, ref.meta.patient_name, ref.meta.patient_id
+            skey, sdate, sdesc = keys.study_uid, keys.study_date, keys.study_description
+            sekey, sedesc, modality = keys.series_uid, keys.series_description, keys.modality
+        p = patients.setdefault(pkey, {"name": pname, "id": pid, "studies": {}})
+        s = p["studies"].setdefault(skey, {"date": sdate, "desc": sdesc, "series": {}})
+        se = s["series"].setdefault(sekey, {"desc": sedesc, "modality": modality, "images": []})
+        se["images"].append(ref)
+    out = []
+    for pkey, p in patients.items():
+        studies = []
+        for skey, s in sorted(p["studies"].items(), key=lambda kv: (kv[1]["date"], kv[0])):
+            series = tuple(
+                SeriesNode(sekey, se["desc"], se["modality"], tuple(sorted(se["images"], key=_sort_key)))
+                for sekey, se in s["series"].items()
+            )
+            studies.append(StudyNode(skey, s["date"], s["desc"], series))
+        out.append(PatientNode(pkey, p["name"], p["id"], tuple(studies)))
+    return tuple(out)
+
+
+def index_paths(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
+                ) -> Generator[Progress, None, StudyIndex]:
+    """Task: index files/folders/DICOMDIRs. Yields progress; returns the :class:`StudyIndex`."""
+    files, errors = yield from collect_files(paths, cancel)
+    entries = []
+    total = len(files)
+    for i, path in enumerate(files):
+        cancel.raise_if_cancelled()
+        try:
+            entries.append(read_any(path))
+        except ImageOpenError as exc:
+            errors.append(OpenError(path, str(exc)))
+        except MemoryError:
+            errors.append(OpenError(path, "not enough memory to read the header"))
+        except Exception as exc:  # last line of defence: one bad file never stops the rest
+            errors.append(OpenError(path, f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        if i % 10 == 0 or i + 1 == total:
+            yield Progress("reading headers", i + 1, total, path)
+    return StudyIndex(build_tree(entries), tuple(errors))
+
+
+def index(paths: Iterable[str]) -> StudyIndex:
+    """Blocking form of :func:`index_paths`."""
+    return run_to_completion(index_paths(paths))

@@ -1,0 +1,593 @@
+"""The training engine: a generator that yields plain events, checks for cancellation, writes an
+atomic checkpoint every epoch and resumes exactly.
+
+Runs unchanged on one CPU, one GPU, or several processes under ``torchrun`` (PyTorch's
+DistributedDataParallel; gloo on CPU, NCCL on CUDA): every rank draws the same epoch order from
+the same seed and takes its own slice; every rank evaluates the whole validation split, so all
+ranks make the same decisions; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Generator
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_viewer.ai.inference import autocast, choose_device
+from cxr_viewer.ai.model import HEADS, CxrNet, HeadInfo, ModelFileError, ModelMeta, load_model, save_model
+from cxr_viewer.ai.preprocess import PreprocessSpec
+from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.common.fileio import atomic_path, write_bytes_atomic
+from cxr_viewer.common.tasks import NEVER_CANCELLED, Cancelled, CancelToken, Progress
+from cxr_viewer.io.study import OpenError
+from cxr_viewer.training.data import (
+    DataError,
+    PreprocessCache,
+    Sample,
+    choose_validation,
+    default_cache_dir,
+    scan_dataset,
+    validate_for_training,
+)
+from cxr_viewer.training.metrics import (
+    auroc,
+    binary_report,
+    choose_threshold,
+    fit_temperature,
+    format_report,
+    parse_threshold_rule,
+    save_report_plots,
+)
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamax", "adagrad")
+CLASS_NAMES = {"pneumonia": ("NORMAL", "PNEUMONIA"), "lung_cancer_association": ("NO_NODULE", "NODULE_OR_MASS")}
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    out: str
+    labels_csv: str | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 100
+    epochs: int = 30
+    batch_size: int = 30
+    head_activation: str = "relu"
+    input_size: int = 224
+    balance: bool = True
+    augment: bool = True
+    precision: str = "auto"
+    device: str = "auto"
+    init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
+    early_stopping: int = 5  # patience in epochs on validation AUROC; 0 = off
+    val_split: float = 0.1
+    seed: int = 0
+    num_workers: int = 1
+    cache_dir: str | None = field(default_factory=default_cache_dir)
+    limit_per_class: int | None = None  # use at most this many images per class folder (tests, quick looks)
+    max_steps_per_epoch: int | None = None
+    checkpoint: str | None = None  # default: OUT with .ckpt
+    bootstrap: int = 1000
+    threshold_rule: str = "youden"  # or "sensitivity:0.97"
+    name: str = "cxr_viewer ResNet50"
+    version: str = "1"
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.checkpoint or os.path.splitext(self.out)[0] + ".ckpt"
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise DataError("schedule must be cosine or constant")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise DataError("epochs, batch size and learning rate must be positive")
+        if not self.out.endswith(".safetensors"):
+            raise DataError("the output model must be a .safetensors path")
+        try:  # checked here, before training, by the parser the finished run uses
+            parse_threshold_rule(self.threshold_rule)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+
+
+# --- events ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScanEvent:
+    summary: str
+    train_counts: dict
+    val_counts: dict
+    validation: str
+    skipped: tuple[OpenError, ...]
+    trained_heads: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+    val_auroc: float | None
+    val_sensitivity: float | None
+    val_specificity: float | None
+    head_auroc: dict
+    images_per_s: float
+    seconds: float
+    eta_s: float
+    best_epoch: int
+    device: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    model_path: str
+    report_path: str
+    best_epoch: int
+    stopped_early: bool
+    report_text: str
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def _limit(samples: list[Sample], per_class: int | None, seed: int) -> list[Sample]:
+    if not per_class:
+        return samples
+    rng = random.Random(seed)
+    by_class: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.source, []).append(s)
+    out = []
+    for cls in sorted(by_class):
+        items = sorted(by_class[cls], key=lambda s: s.path)
+        rng.shuffle(items)
+        out += items[:per_class]
+    return out
+
+
+def _labels_array(samples: list[Sample]) -> np.ndarray:
+    return np.array([[-1 if v is None else v for v in s.labels] for s in samples], dtype=np.float32)
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Sampling weights: each head gets draws in proportion to its labelled images, split evenly
+    between its two classes."""
+    n = len(labels)
+    w = np.zeros(n, dtype=np.float64)
+    for j in range(labels.shape[1]):
+        col = labels[:, j]
+        n_head = int((col >= 0).sum())
+        for cls in (0, 1):
+            idx = np.flatnonzero(col == cls)
+            if len(idx):
+                w[idx] += (n_head / n) * 0.5 / len(idx)
+    w[w == 0] = w[w > 0].min() if (w > 0).any() else 1.0
+    return w / w.sum()
+
+
+class Augment:
+    """Radiograph augmentation on a (1, S, S) [0, 1] tensor: small rotation, shift and zoom;
+    brightness, contrast and gamma. No flips: left-right anatomy (heart side, markers) matters."""
+
+    def __init__(self, size: int):
+        from torchvision.transforms import v2
+
+        self.affine = v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.9, 1.12))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.affine(x)
+        gamma = math.exp(random.uniform(math.log(0.75), math.log(1.33)))
+        x = x.clamp(0, 1) ** gamma
+        contrast = random.uniform(0.75, 1.3)
+        brightness = random.uniform(-0.08, 0.08)
+        return ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Preprocessed images held in memory (uint16, [0, 1] scaled), labels with -1 for unlabelled."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool):
+        self.images, self.labels, self.spec = images, labels, spec
+        self.augment = Augment(spec.input_size) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.images[i].astype(np.float32) / 65535.0)[None]
+        if self.augment is not None:
+            x = self.augment(x)
+        x = ((x - self.spec.mean) / self.spec.std).expand(self.spec.channels, -1, -1).contiguous()
+        return x, torch.from_numpy(self.labels[i])
+
+
+def prepare_images(samples: list[Sample], cache: PreprocessCache, cancel: CancelToken, stage: str
+                   ) -> Generator[Progress, None, tuple[np.ndarray, list[Sample], list[OpenError]]]:
+    """Decode and preprocess every image once (the disk cache makes later runs fast)."""
+    size = cache.spec.input_size
+    images = np.zeros((len(samples), size, size), dtype=np.uint16)
+    keep, bad = [], []
+    for i, s in enumerate(samples):
+        cancel.raise_if_cancelled()
+        try:
+            unit = cache.load(s.path)
+            images[len(keep)] = np.rint(unit * 65535.0).astype(np.uint16)
+            keep.append(s)
+        except ImageOpenError as exc:
+            bad.append(OpenError(s.path, str(exc)))
+        except OSError as exc:
+            bad.append(OpenError(s.path, f"cannot read: {exc.strerror or exc}"))
+        if i % 50 == 0 or i + 1 == len(samples):
+            yield Progress(stage, i + 1, len(samples), s.path)
+    return images[: len(keep)], keep, bad
+
+
+# --- model init -----------------------------------------------------------------------------
+
+def initial_model(cfg: TrainConfig) -> tuple[CxrNet, str]:
+    model = CxrNet(HEADS, 256, cfg.head_activation)
+    if cfg.init in ("", "scratch"):
+        return model, "from scratch (random initialisation; no pretrained weights)"
+    path = cfg.init
+    if not os.path.exists(path):
+        raise DataError(f"initial weights not found: {path}")
+    if path.endswith(".safetensors") and os.path.exists(os.path.splitext(path)[0] + ".json"):
+        try:
+            loaded, meta = load_model(path)
+        except ModelFileError as exc:
+            raise DataError(f"initial model unusable: {exc}") from None
+        model.backbone.load_state_dict(loaded.backbone.state_dict())
+        for h in HEADS:
+            if meta.head_activation == cfg.head_activation:
+                model.heads[h].load_state_dict(loaded.heads[h].state_dict())
+        return model, f"fine-tuned from model {os.path.basename(path)} (SHA-256 {meta.weights_sha256[:12]})"
+    # ImageNet ResNet50 weights (torchvision names), safetensors or a weights-only torch file
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.startswith("fc.")]:
+        raise DataError(f"{os.path.basename(path)} is not a torchvision ResNet50 state dict")
+    return model, f"backbone initialised from {os.path.basename(path)} (local ImageNet weights)"
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over labelled (head, image) pairs only; unlabelled (-1) are ignored."""
+    mask = labels >= 0
+    if not mask.any():
+        return logits.sum() * 0.0
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.clamp(min=0).float(), reduction="none")
+    return (loss * mask).sum() / mask.sum()
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[-2], tuple(p[:-2]), p[-1]))
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Checkpoints are read with ``weights_only=True``: tensors and plain containers, no code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
+
+
+# --- distributed ----------------------------------------------------------------------------
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def _evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, device: str,
+              choice, batch_size: int, cancel: CancelToken) -> tuple[np.ndarray, float]:
+    """Logits (N, heads) and masked loss on preprocessed images, without augmentation."""
+    model.eval()
+    ds = ArrayDataset(images, labels, spec, augment=False)
+    out, losses, counts = [], 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ds), batch_size):
+            cancel.raise_if_cancelled()
+            batch = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            x = torch.stack([b[0] for b in batch]).to(device)
+            y = torch.stack([b[1] for b in batch]).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(choice):
+                logits = model(x)
+            n = int((y >= 0).sum())
+            losses += float(masked_bce(logits, y)) * n
+            counts += n
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(HEADS))), losses / max(counts, 1)
+
+
+def _head_summary(logits: np.ndarray, labels: np.ndarray, heads: tuple[str, ...]) -> dict:
+    res = {}
+    for j, h in enumerate(HEADS):
+        if h not in heads:
+            continue
+        m = labels[:, j] >= 0
+        y, p = labels[m, j], 1 / (1 + np.exp(-logits[m, j]))
+        pred = p >= 0.5
+        tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
+        pos, neg = int((y == 1).sum()), int((y == 0).sum())
+        res[h] = {"auroc": auroc(y, p), "accuracy": float((tp + tn) / max(len(y), 1)),
+                  "sensitivity": tp / pos if pos else None, "specificity": tn / neg if neg else None}
+    return res
+
+
+def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CANCELLED
+          ) -> Generator[object, None, DoneEvent]:
+    """Task: train a model. Yields Progress, ScanEvent, StepEvent and EpochEvent; returns DoneEvent."""
+    cfg.validate()
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    world, rank, local_rank = _dist_info()
+    distributed = world > 1
+    choice = choose_device(cfg.device, cfg.precision)
+    device = choice.device
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+    is_main = rank == 0
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # data
+    scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
+    validate_for_training(scan.splits.get("train", []))  # empty or single-class data: say so before splitting
+    train_s, val_s, val_note = choose_validation(scan, cfg.val_split, cfg.seed)
+    train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
+    val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
+    validate_for_training(train_s)  # before decoding anything
+    spec = PreprocessSpec(input_size=cfg.input_size)
+    cache = PreprocessCache(cfg.cache_dir, spec)
+    train_x, train_s, bad_train = yield from prepare_images(train_s, cache, cancel, "preparing training images")
+    val_x, val_s, bad_val = yield from prepare_images(val_s, cache, cancel, "preparing validation images")
+    per_head = validate_for_training(train_s)  # unreadable images are gone now (prepare_images lists them)
+    heads = tuple(h for h in HEADS if per_head[h])
+    skipped = tuple(scan.skipped + bad_train + bad_val)
+    train_y, val_y = _labels_array(train_s), _labels_array(val_s)
+    for h in heads:
+        j = HEADS.index(h)
+        if len(np.unique(val_y[val_y[:, j] >= 0, j])) < 2:
+            raise DataError(f"the validation split has only one class for the {h} head; use a larger split")
+
+    def counts(samples):
+        return {k: int(v) for k, v in sorted(__import__("collections").Counter(s.source for s in samples).items())}
+
+    yield ScanEvent(scan.summary(), counts(train_s), counts(val_s), val_note, skipped, heads)
+
+    # model, optimiser, schedule
+    model, init_note = initial_model(cfg)
+    # channels_last: faster convolutions with cuDNN and with oneDNN bf16 on the CPU
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    net = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.startswith("cuda") else None)
+    optimizer = make_optimizer(cfg, model.parameters())
+    n_train = len(train_s)
+    per_rank = math.ceil(n_train / world)
+    steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    def lr_lambda(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        if cfg.schedule == "constant":
+            return warm
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scaler = torch.amp.GradScaler("cuda") if choice.precision == "fp16" and device.startswith("cuda") else None
+    weights = balanced_weights(train_y) if cfg.balance else np.full(n_train, 1.0 / n_train)
+
+    start_epoch, best_epoch, best_score, history = 0, -1, -math.inf, []
+    best_state: dict | None = None
+    ckpt_path = cfg.checkpoint_path
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise DataError(f"nothing to resume: {ckpt_path} does not exist")
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        start_epoch, best_epoch, best_score = int(ck["epoch"]) + 1, int(ck["best_epoch"]), float(ck["best_score"])
+        history = json.loads(ck["history"])
+        best_state = ck.get("best_model")
+        _set_rng_state(ck["rng"])
+    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment)
+    stopped_early = False
+    t_run = time.perf_counter()
+    epochs_done = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        cancel.raise_if_cancelled()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.multinomial(torch.as_tensor(weights), n_train, replacement=cfg.balance, generator=g).tolist() \
+            if cfg.balance else torch.randperm(n_train, generator=g).tolist()
+        order = order[rank::world][: steps_per_epoch * cfg.batch_size]
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(train_ds, order), batch_size=cfg.batch_size, shuffle=False,
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+            persistent_workers=False, pin_memory=device.startswith("cuda"), drop_last=False,
+        )
+        net.train()
+        t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        for step, (x, y) in enumerate(loader):
+            cancel.raise_if_cancelled()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(choice):
+                logits = net(x)
+            loss = masked_bce(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            seen += len(x)
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * len(x)
+            loss_n += len(x)
+            yield StepEvent(epoch, step + 1, steps_per_epoch, loss_value, float(scheduler.get_last_lr()[0]),
+                            seen * world / max(time.perf_counter() - t0, 1e-9))
+        train_time = time.perf_counter() - t0
+        val_logits, val_loss = _evaluate(model, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+        summary = _head_summary(val_logits, val_y, heads)
+        score = float(np.mean([summary[h]["auroc"] or 0.0 for h in heads]))
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+        main = summary.get("pneumonia") or summary[heads[0]]
+        history.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "val_loss": val_loss,
+                        "val": summary, "images_per_s": seen * world / max(train_time, 1e-9)})
+        epochs_done += 1
+        elapsed = time.perf_counter() - t_run
+        remaining = (cfg.epochs - epoch - 1) * elapsed / epochs_done
+        patience_out = cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping
+        if is_main:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "best_epoch": best_epoch, "best_score": best_score, "best_model": best_state,
+                "history": json.dumps(history), "rng": _rng_state(), "config": json.dumps(asdict(cfg)),
+            })
+        yield EpochEvent(epoch, cfg.epochs, loss_sum / max(loss_n, 1), val_loss, main["accuracy"], main["auroc"],
+                         main["sensitivity"], main["specificity"], {h: summary[h]["auroc"] for h in heads},
+                         seen * world / max(train_time, 1e-9), time.perf_counter() - t0, remaining, best_epoch,
+                         choice.label)
+        if patience_out:
+            stopped_early = True
+            break
+
+    # finish: best weights (as they will be stored, fp16), calibration, threshold, report
+    assert best_state is not None
+    model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in best_state.items()})
+    val_logits, _ = _evaluate(model, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+    meta = ModelMeta(name=cfg.name, version=cfg.version, head_activation=cfg.head_activation, preprocessing=spec)
+    reports, texts = {}, []
+    for j, h in enumerate(HEADS):
+        if h not in heads:
+            meta.heads[h] = HeadInfo(trained=False, negative=CLASS_NAMES[h][0], positive=CLASS_NAMES[h][1],
+                                     note="no labelled images for this head in the training data")
+            continue
+        m = val_y[:, j] >= 0
+        y, z = val_y[m, j], val_logits[m, j]
+        temperature = fit_temperature(z, y)
+        p = 1 / (1 + np.exp(-z / temperature))
+        threshold, rule_text = choose_threshold(y, p, cfg.threshold_rule)
+        rep = binary_report(y, p, threshold, CLASS_NAMES[h], bootstrap=cfg.bootstrap, seed=cfg.seed)
+        reports[h] = rep
+        texts.append(format_report(h, rep))
+        meta.heads[h] = HeadInfo(
+            trained=True, threshold=threshold, temperature=temperature, negative=CLASS_NAMES[h][0],
+            positive=CLASS_NAMES[h][1],
+            operating_point={"sensitivity": rep["sensitivity"], "specificity": rep["specificity"]},
+            rule=f"temperature: NLL-optimal on the validation split; threshold: {rule_text} on the calibrated "
+                 "validation probabilities",
+        )
+    meta.training = {
+        "data_dir": os.path.abspath(cfg.data_dir), "labels_csv": cfg.labels_csv, "validation": val_note,
+        "train_counts": counts(train_s), "val_counts": counts(val_s), "skipped": len(skipped),
+        "init": init_note, "config": {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir",)},
+        "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+        "history": history, "device": choice.label, "world_size": world,
+    }
+    meta.metrics = {"validation": {h: {k: v for k, v in r.items() if k not in ("roc_curve", "calibration_curve")}
+                                   for h, r in reports.items()}}
+    meta.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    report_path = os.path.splitext(cfg.out)[0] + ".report.json"
+    if is_main:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        save_model(model, meta, cfg.out, dtype=torch.float16)
+        write_bytes_atomic(report_path, json.dumps({"notice": "Research use only. Not for diagnostic use.",
+                                                    "split": "validation", "model": os.path.basename(cfg.out),
+                                                    "heads": reports, "history": history}, indent=2).encode())
+        for h, r in reports.items():
+            save_report_plots(h, r, os.path.splitext(cfg.out)[0] + f".{h}.png")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return DoneEvent(cfg.out, report_path, best_epoch, stopped_early, "\n\n".join(texts))
+
+
+__all__ = ["TrainConfig", "train", "ScanEvent", "StepEvent", "EpochEvent", "DoneEvent", "DataError", "Cancelled",
+           "masked_bce", "balanced_weights", "load_checkpoint", "OPTIMIZERS"]
+
