@@ -27,12 +27,36 @@ def _gui(argv: list[str]) -> int:
         from cxr_viewer.cli.selftest import main as self_test
 
         return self_test(args.json)
+    from cxr_viewer.common.errors import UserError
     from cxr_viewer.gui.app import run_app
 
-    return run_app(args.paths, screenshot=args.screenshot)
+    try:
+        return run_app(args.paths, screenshot=args.screenshot)
+    except UserError as exc:  # no window can be opened here (no display, a missing library): one line
+        print(f"cxr-viewer: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that left early is noticed here, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader of stdout went away (``cxr-viewer info --json X | head -1``): stop quietly, the way
+        # a shell tool does; stdout is pointed at devnull so that Python's exit flush cannot fail again
+        # (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        import os
+
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("info", "render", "predict", "train", "evaluate", "experiment", "export", "pacs"):
         return _gui(argv)

@@ -127,12 +127,39 @@ def _check_clinical(check, image, result) -> None:
         check("PACS libraries (pynetdicom, dicomweb-client, keyring)", False, f"{type(exc).__name__}: {exc}")
 
 
+def summary_line(report: dict, json_out: str | None = None) -> str:
+    """The report in one line: passed or FAILED, what was scored on which device, the failed checks."""
+    checks = report.get("checks", [])
+    failed = [c for c in checks if not c["ok"]]
+    images = report.get("images", [])
+    model = report.get("model") or {}
+    where = f"; report in {json_out}" if json_out else ""
+    if report.get("ok"):
+        return (f"cxr-viewer self-test passed: {len(checks)} checks, {len(images)} samples scored on "
+                f"{report.get('device', '?')}, model {str(model.get('sha256', ''))[:16]}{where}")
+    reasons = "; ".join(f"{c['name']}: {' '.join(str(c['detail']).split())}" if c["detail"] else c["name"]
+                        for c in failed)
+    return f"cxr-viewer self-test FAILED ({len(failed)} of {len(checks)} checks): {reasons}{where}"
+
+
 def main(json_out: str | None = None, device: str = "auto") -> int:
+    """Run the self-test; with ``json_out`` the report goes to that file and stdout gets one summary
+    line, else the report is printed (JSON) to stdout. Exit 0 only if every check passed, 2 when the
+    report cannot be written."""
+    if json_out and not Path(json_out).resolve().parent.is_dir():  # before a run of several seconds
+        print(f"cxr-viewer --self-test: cannot write {json_out}: its folder does not exist", file=sys.stderr)
+        return 2
     report = run_self_test(device)
     text = json.dumps(report, indent=2)
     if json_out:
         from cxr_viewer.common.fileio import write_bytes_atomic
 
-        write_bytes_atomic(json_out, text.encode())
-    print(text)
+        try:
+            write_bytes_atomic(json_out, text.encode())
+        except OSError as exc:
+            print(f"cxr-viewer --self-test: cannot write {json_out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(summary_line(report, json_out))
+    else:
+        print(text)
     return 0 if report.get("ok") else 1
