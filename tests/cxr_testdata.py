@@ -450,3 +450,247 @@ def run_cli(*args: str, timeout: float = 60, python_code: str | None = None, env
                               env=full_env)
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=full_env)
+
+
+# --- fuzz corpus: seeded mutations of the real files ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FuzzCase:
+    name: str  # unique, also the file name (without suffix)
+    path: Path
+    what: str  # the mutation, for a failure message
+
+
+def pydicom_test_files() -> list[Path]:
+    """The DICOM test files that ship inside pydicom (a peer's corpus of odd encodings)."""
+    from pydicom import data as pydicom_data
+
+    folder = Path(pydicom_data.__file__).parent / "test_files"
+    return sorted(p for p in folder.glob("*.dcm") if p.is_file())
+
+
+def _fuzz_bases(shared: Path, root: Path) -> dict[str, Path]:
+    """Small real inputs for every decoder path: native 8/16-bit, JPEG baseline (Pillow),
+    JPEG 2000 (openjpeg), JPEG lossless and JPEG-LS (GDCM, in its child process), RLE."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    root.mkdir(parents=True, exist_ok=True)
+    bases = {"nih": nih(shared), "siim_jpeg": siim(shared), "rg1_j2ki": rg1(shared, "J2KI")}
+    rg1_crop = crop(real_pixels(rg1(shared, "UNCR")), 256, 800, 800)
+    bases["rg1_native16"] = write_image(root / "_base_rg1_native16.dcm", rg1_crop, bits_stored=15,
+                                        photometric="MONOCHROME1", WindowCenter="15000", WindowWidth="30000")
+    for name, ts in (("rg1_j2k", JPEG2000Lossless), ("rg1_rle", RLELossless)):
+        ds = image_dataset(rg1_crop, bits_stored=15, photometric="MONOCHROME1")
+        ds.compress(ts, encoding_plugin="pylibjpeg" if ts == JPEG2000Lossless else "pydicom")
+        bases[name] = write(ds, root / f"_base_{name}.dcm")
+    shipped = {p.name: p for p in pydicom_test_files()}
+    for name, file in (("pyd_jpeg_lossless", "SC_rgb_jpeg_gdcm.dcm"), ("pyd_jpeg_ls", "MR_small_jpeg_ls_lossless.dcm")):
+        if file in shipped:
+            bases[name] = shipped[file]
+    return bases
+
+
+#: Structured header edits: (label, {keyword: value}); None deletes the element.
+_NAN, _INF = float("nan"), float("inf")
+FUZZ_EDITS: list[tuple[str, dict]] = [
+    *[(f"photometric={v or 'empty'}", {"PhotometricInterpretation": v, "PlanarConfiguration": 0})
+      for v in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "MONOCHROME1", "PALETTE COLOR", "", "FOO")],
+    *[(f"samples={v}", {"SamplesPerPixel": v, "PlanarConfiguration": 0}) for v in (0, 2, 3, 4)],
+    ("samples=3+rgb", {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB", "PlanarConfiguration": 0}),
+    ("planar=7", {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB", "PlanarConfiguration": 7}),
+    *[(f"bits_allocated={v}", {"BitsAllocated": v}) for v in (1, 8, 12, 16, 32, 64)],
+    *[(f"bits_stored={v}", {"BitsStored": v}) for v in (0, 1, 7, 8, 12, 15, 16, 17, 32)],
+    *[(f"high_bit={v}", {"HighBit": v}) for v in (0, 31, 100)],
+    ("bits_alloc32+stored1", {"BitsAllocated": 32, "BitsStored": 1}),
+    ("bits_alloc64+stored64", {"BitsAllocated": 64, "BitsStored": 64}),
+    *[(f"pixel_rep={v}", {"PixelRepresentation": v}) for v in (0, 1, 2)],
+    *[(f"rows={v}", {"Rows": v}) for v in (1, 2, 3, 0, 65535)],
+    *[(f"cols={v}", {"Columns": v}) for v in (1, 2, 3, 0, 65535)],
+    ("rows=cols=1", {"Rows": 1, "Columns": 1}),
+    ("rows_missing", {"Rows": None}),
+    *[(f"frames={v}", {"NumberOfFrames": v}) for v in (0, -1, 2, 1000)],
+    *[(f"slope={v}", {"RescaleSlope": str(v), "RescaleIntercept": "0"}) for v in ("NaN", "inf", "-inf", "1e300", "0")],
+    *[(f"intercept={v}", {"RescaleSlope": "1", "RescaleIntercept": str(v)}) for v in ("NaN", "inf", "1e300")],
+    *[(f"window_center={v}", {"WindowCenter": str(v), "WindowWidth": "400"}) for v in ("NaN", "inf", "1e300")],
+    *[(f"window_width={v}", {"WindowCenter": "100", "WindowWidth": str(v)}) for v in ("NaN", "inf", "-inf", "1e300", "-5", "0")],
+    ("windows=nan+good", {"WindowCenter": ["NaN", "128"], "WindowWidth": ["NaN", "256"]}),
+    ("padding=two_values", {"PixelPaddingValue": [0, 1]}),
+    ("padding=raw_bytes", {"PixelPaddingValue": b"\x00\x00\x01\x00"}),
+    ("padding=huge", {"PixelPaddingValue": 70000}),
+    ("padding_limit=two_values", {"PixelPaddingValue": 0, "PixelPaddingRangeLimit": [0, 5]}),
+]
+
+_TS_SWAPS = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.50",
+             "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+             "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.5")
+
+
+def _apply_edit(ds: Dataset, edit: dict) -> None:
+    from pydicom.dataelem import DataElement
+
+    for kw, value in edit.items():
+        if value is None:
+            if kw in ds:
+                delattr(ds, kw)
+        elif kw == "PixelPaddingValue" and isinstance(value, bytes):
+            ds[0x00280120] = DataElement(0x00280120, "OB", value)
+        elif kw in ("PixelPaddingValue", "PixelPaddingRangeLimit") and isinstance(value, list):
+            ds[kw] = DataElement(ds.data_element(kw).tag if kw in ds else pydicom.datadict.tag_for_keyword(kw),
+                                 "US", value)
+        else:
+            setattr(ds, kw, value)
+
+
+def _save_raw(ds: Dataset, path: Path) -> Path:
+    """Write a dataset as it is (no fixing), in the encoding its meta header names where possible."""
+    ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    try:
+        implicit = ts == ImplicitVRLittleEndian
+        little = ts != "1.2.840.10008.1.2.2"
+        ds.save_as(path, enforce_file_format=False, implicit_vr=implicit, little_endian=little)
+    except Exception:
+        ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    return path
+
+
+def build_fuzz_corpus(shared: Path, root: Path, seed: int = 0, n_bytes: int = 60) -> list[FuzzCase]:
+    """A few hundred seeded mutations of the real shared files (and pydicom's shipped ones).
+
+    Structured header edits (photometric, samples, bits, pixel representation, size, frames,
+    rescale/window NaN/inf/huge, padding of the wrong multiplicity or VR, swapped transfer
+    syntax, pixel data cut or extended), garbage VR bytes, seeded byte flips and cuts, and
+    PNG/JPEG mutations (flips, cuts, a JPEG without a suffix, a PNG named .dcm).
+    """
+    import random
+
+    from pydicom import config
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    bases = _fuzz_bases(shared, root / "_bases")
+    cases: list[FuzzCase] = []
+
+    def add(name: str, path: Path, what: str) -> None:
+        cases.append(FuzzCase(name, path, what))
+
+    old_read, old_write = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
+    try:
+        for base_name, base in bases.items():
+            edits = FUZZ_EDITS if base_name != "rg1_j2ki" else [e for e in FUZZ_EDITS if e[0].startswith(
+                ("photometric=RGB", "photometric=YBR", "samples=3", "bits_allocated=32", "bits_stored=1"))]
+            for label, edit in edits:
+                ds = pydicom.dcmread(base, force=True)
+                _apply_edit(ds, edit)
+                name = f"{base_name}__{label}".replace(" ", "_").replace("=", "-")
+                try:
+                    add(name, _save_raw(ds, root / f"{name}.dcm"), f"{base_name}: {label}")
+                except Exception:
+                    continue  # pydicom cannot write this combination: nothing to test
+            for ts in _TS_SWAPS:
+                raw = base.read_bytes()
+                ds = pydicom.dcmread(base, force=True)
+                if str(ds.file_meta.TransferSyntaxUID) == ts:
+                    continue
+                ds.file_meta.TransferSyntaxUID = ts  # header says another encoding, bytes unchanged
+                name = f"{base_name}__ts-{ts}"
+                path = root / f"{name}.dcm"
+                try:
+                    ds.save_as(path, enforce_file_format=False)
+                except Exception:
+                    # rewrite only the meta UID in the original bytes (same length when padded)
+                    old = str(pydicom.dcmread(base, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                    new = ts.ljust(len(old), "\0")[: max(len(old), len(ts))]
+                    if len(new) != len(old):
+                        continue
+                    path.write_bytes(raw.replace(old.encode(), new.encode(), 1))
+                add(name, path, f"{base_name}: transfer syntax swapped to {ts}")
+            # pixel data cut or extended (the element's length follows)
+            for label, factor in (("pixels_half", 0.5), ("pixels_minus1", -1), ("pixels_double", 2.0)):
+                ds = pydicom.dcmread(base, force=True)
+                data = ds.PixelData
+                if factor == -1:
+                    data = data[:-2]
+                elif factor < 1:
+                    data = data[: int(len(data) * factor) // 2 * 2]
+                else:
+                    data = data + data
+                ds.PixelData = data
+                name = f"{base_name}__{label}"
+                add(name, _save_raw(ds, root / f"{name}.dcm"), f"{base_name}: {label}")
+            # float pixel data with NaN and inf (real values)
+            if base_name == "rg1_native16":
+                ds = pydicom.dcmread(base)
+                values = ds.pixel_array.astype(np.float32)
+                values[10:20, 10:20] = np.nan
+                values[30, 30] = np.inf
+                del ds.PixelData
+                ds.FloatPixelData = values.tobytes()
+                ds.BitsAllocated = 32
+                for kw in ("BitsStored", "HighBit", "PixelRepresentation"):
+                    delattr(ds, kw)
+                name = f"{base_name}__float_nan"
+                add(name, _save_raw(ds, root / f"{name}.dcm"), "float pixel data with NaN and inf")
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = old_read, old_write
+
+    # garbage VR bytes in an explicit-VR header, seeded byte flips and cuts of the real files
+    dicoms = [bases["nih"], bases["rg1_native16"], bases["rg1_j2k"], bases["siim_jpeg"]]
+    explicit = pydicom.dcmread(bases["rg1_native16"], stop_before_pixels=True)
+    raw = bases["rg1_native16"].read_bytes()
+    for i, (kw, vr) in enumerate((("PhotometricInterpretation", b"ZZ"), ("Rows", b"\x00\x01"), ("BitsStored", b"QQ"),
+                                  ("WindowCenter", b"\xff\xfe"), ("PatientID", b"UN"))):
+        tag = explicit.data_element(kw).tag if kw in explicit else None
+        if tag is None:
+            continue
+        key = struct.pack("<HH", tag.group, tag.element)
+        pos = raw.find(key, 132)
+        if pos > 0:
+            name = f"vr_garbage_{i}_{kw}"
+            (root / f"{name}.dcm").write_bytes(raw[: pos + 4] + vr + raw[pos + 6:])
+            add(name, root / f"{name}.dcm", f"VR of {kw} replaced by {vr!r}")
+    for i in range(n_bytes):
+        src = dicoms[i % len(dicoms)]
+        data = bytearray(src.read_bytes())
+        head = pixel_data_offset(src) + 16 if src.read_bytes().rfind(b"\xe0\x7f\x10\x00") > 0 else len(data)
+        if i % 3 == 2:
+            cut = rng.randrange(132, len(data))
+            data = data[:cut]
+            what = f"{src.name} cut at byte {cut}"
+        else:
+            flips = []
+            for _ in range(rng.randint(1, 8)):
+                # mostly the header (where the structure is), sometimes the pixel data
+                pos = rng.randrange(132, head) if rng.random() < 0.8 else rng.randrange(132, len(data))
+                data[pos] = rng.randrange(256)
+                flips.append(pos)
+            what = f"{src.name} bytes changed at {flips}"
+        name = f"bytes_{i:03d}"
+        (root / f"{name}.dcm").write_bytes(bytes(data))
+        add(name, root / f"{name}.dcm", what)
+
+    # raster: flips and cuts of a real JPEG and PNG; a JPEG without suffix; a PNG named .dcm
+    jpeg = kermany_jpegs(shared, 1)[0]
+    png = root / "_bases" / "kermany.png"
+    Image.open(jpeg).convert("L").save(png)
+    shutil.copyfile(jpeg, root / "jpeg_no_suffix")
+    add("jpeg_no_suffix", root / "jpeg_no_suffix", "a real JPEG without a file suffix")
+    shutil.copyfile(png, root / "png_named.dcm")
+    add("png_named_dcm", root / "png_named.dcm", "a real PNG named .dcm")
+    for i in range(max(8, n_bytes // 3)):
+        src, suffix = (jpeg, ".jpeg") if i % 2 == 0 else (png, ".png")
+        data = bytearray(src.read_bytes())
+        if i % 4 >= 2:
+            cut = rng.randrange(2, len(data))
+            data = data[:cut]
+            what = f"{src.name} cut at byte {cut}"
+        else:
+            flips = [rng.randrange(0, min(len(data), 600)) for _ in range(rng.randint(1, 6))]
+            for pos in flips:
+                data[pos] = rng.randrange(256)
+            what = f"{src.name} bytes changed at {flips}"
+        name = f"raster_{i:03d}"
+        (root / f"{name}{suffix}").write_bytes(bytes(data))
+        add(name, root / f"{name}{suffix}", what)
+    return cases

@@ -542,3 +542,19 @@ def test_bad_dicomdir_is_reported(tmp_path, shared_data):
     result = index([str(folder)])
     assert result.image_count == 1
     assert len(result.errors) == 1 and "DICOMDIR" in result.errors[0].reason
+
+
+def test_non_finite_windows_and_rescale(tmp_path, shared_data):
+    """NaN/inf windows are skipped (the next valid one is the default); a NaN RescaleSlope or
+    float pixels with NaN are one-line errors, never NaN on screen or in a model."""
+    from cxr_viewer.common.errors import ImageOpenError
+
+    pixels = td.crop(td.real_pixels(td.rg1(shared_data, "UNCR")), 128, 800, 800)
+    path = td.write_image(tmp_path / "w.dcm", pixels, bits_stored=15,
+                          WindowCenter=["NaN", "inf", "15000"], WindowWidth=["100", "100", "30000"])
+    img = open_image(str(path))
+    assert [(w.center, w.width) for w in img.header_windows] == [(15000.0, 30000.0)]
+    assert img.default_voi() == img.header_windows[0]
+    bad = td.write_image(tmp_path / "s.dcm", pixels, bits_stored=15, RescaleSlope="NaN", RescaleIntercept="0")
+    with pytest.raises(ImageOpenError, match="RescaleSlope"):
+        open_image(str(bad))

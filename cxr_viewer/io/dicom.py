@@ -7,6 +7,7 @@ lossless, JPEG-LS). No GPL plugin is used.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxr_viewer.common.errors import ImageOpenError
+from cxr_viewer.io import codecs
 from cxr_viewer.io.display import VoiLut, Window
 from cxr_viewer.io.study import ImageMeta, ImageRef, Spacing
 
@@ -180,8 +183,28 @@ def _check_size(rows: int, cols: int) -> None:
         )
 
 
+def expected_pixel_bytes(ds: Dataset, rows: int, cols: int, frames: int) -> int:
+    """Bytes of native pixel data the header asks for, by pydicom's own rules (YBR_FULL_422
+    stores 2 bytes per pixel, BitsAllocated 1 packs 8 pixels a byte)."""
+    try:
+        return int(get_expected_length(ds, unit="bytes"))
+    except Exception:  # an element pydicom needs is missing or odd: the plain product
+        samples = max(1, _int(ds, "SamplesPerPixel", 1))
+        bits = _int(ds, "BitsAllocated", 16)
+        return rows * cols * frames * samples * bits // 8
+
+
 def read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
     """Index one DICOM file without decoding pixels. Raises ImageOpenError with a reason."""
+    try:
+        return _read_header(path)
+    except (ImageOpenError, MemoryError):
+        raise
+    except Exception as exc:  # values pydicom parses lazily (bad VR bytes, odd numbers)
+        raise ImageOpenError(f"unreadable DICOM header: {_first_line(exc)}") from None
+
+
+def _read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
     try:
         size = regular_file_size(path)
         if size == 0:
@@ -219,9 +242,7 @@ def read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
     _check_size(meta.rows, meta.cols)
     _check_decodable(ts)
     if not ts.is_compressed and not _is_deflated(ts):
-        samples = max(1, _int(ds, "SamplesPerPixel", 1))
-        bits = _int(ds, "BitsAllocated", 16)
-        expected = meta.rows * meta.cols * meta.frames * samples * bits // 8
+        expected = expected_pixel_bytes(ds, meta.rows, meta.cols, meta.frames)
         # the element header: tag and length (implicit VR), plus VR and 2 reserved bytes (explicit)
         available = size - pixel_pos - (8 if ts == ImplicitVRLittleEndian else 12)
         if available < expected and expected > 0:
@@ -312,6 +333,10 @@ def _as_list(value) -> list:
     return [value]
 
 
+#: Window centres and widths beyond this are ignored (float32 display data cannot use them).
+MAX_WINDOW_VALUE = 1e30
+
+
 def header_windows(attrs: Dataset) -> tuple[Window, ...]:
     """Every WindowCenter/WindowWidth pair in the header, named by its explanation."""
     centers = _as_list(attrs.get("WindowCenter"))
@@ -326,8 +351,8 @@ def header_windows(attrs: Dataset) -> tuple[Window, ...]:
             c, w = float(c), float(w)
         except (TypeError, ValueError):
             continue
-        if w <= 0:
-            continue
+        if not (math.isfinite(c) and math.isfinite(w)) or w <= 0 or max(abs(c), w) > MAX_WINDOW_VALUE:
+            continue  # NaN, infinite or absurd: the next window (or auto levels) is used
         name = str(names[i]).strip() if i < len(names) and str(names[i]).strip() else f"Header window {i + 1}"
         out.append(Window(c, w, function, name))  # type: ignore[arg-type]
     return tuple(out)
@@ -354,17 +379,32 @@ def header_voi_luts(attrs: Dataset) -> tuple[VoiLut, ...]:
 
 def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     """True where stored values are PixelPaddingValue (..PixelPaddingRangeLimit)."""
-    pad = ds.get("PixelPaddingValue")
-    if pad is None or stored.ndim != 2:
+    if stored.ndim != 2:
         return None
-    pad = int(pad)
-    limit = ds.get("PixelPaddingRangeLimit")
+    pad = _single_int(ds, "PixelPaddingValue")
+    if pad is None:  # absent, or unusable (two values, raw bytes): the mask only helps auto levels
+        return None
+    limit = _single_int(ds, "PixelPaddingRangeLimit")
     if limit is None:
         mask = stored == pad
     else:
-        lo, hi = sorted((pad, int(limit)))
+        lo, hi = sorted((pad, limit))
         mask = (stored >= lo) & (stored <= hi)
     return mask if mask.any() else None
+
+
+def _single_int(ds: Dataset, keyword: str) -> int | None:
+    """One integer value of an element, or None when absent, multi-valued or not a number."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or isinstance(value, (bytes, bytearray, list, tuple)) or type(value).__name__ == "MultiValue":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,7 +425,20 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def decode_frame(path: str, frame: int = 0) -> DicomFrame:
-    """Decode one frame: stored values, the Modality LUT output and the VOI choices."""
+    """Decode one frame: stored values, the Modality LUT output and the VOI choices.
+
+    Every failure is an ImageOpenError with a one-line reason; NaN or infinite values (float
+    pixel data, a NaN or huge RescaleSlope) are refused, never passed on.
+    """
+    try:
+        return _decode_frame(path, frame)
+    except (ImageOpenError, MemoryError):
+        raise
+    except Exception as exc:  # last line of defence: a value pydicom or numpy could not handle
+        raise ImageOpenError(f"cannot decode this DICOM file: {_first_line(exc)}") from None
+
+
+def _decode_frame(path: str, frame: int) -> DicomFrame:
     try:
         regular_file_size(path)
         ds = pydicom.dcmread(path, force=True)
@@ -410,10 +463,16 @@ def decode_frame(path: str, frame: int = 0) -> DicomFrame:
     frames = max(1, _int(ds, "NumberOfFrames", 1))
     if not 0 <= frame < frames:
         raise ImageOpenError(f"frame {frame} out of range (the image has {frames} frames)")
+    index = frame if frames > 1 else None
     try:
-        arr = pixel_array(ds, index=frame if frames > 1 else None)
-    except MemoryError:
-        raise ImageOpenError(f"not enough memory to decode {cols} x {rows} px") from None
+        if ts.is_transfer_syntax and ts.is_encapsulated:
+            arr = codecs.decode_compressed(ds, ts, path, index, frames)
+        else:
+            arr = pixel_array(ds, index=index)
+    except (ImageOpenError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            raise ImageOpenError(f"not enough memory to decode {cols} x {rows} px") from None
+        raise
     except Exception as exc:
         raise ImageOpenError(f"cannot decode pixel data ({ts.name}): {_first_line(exc)}") from None
     photometric = _text(ds, "PhotometricInterpretation").upper()
@@ -423,16 +482,24 @@ def decode_frame(path: str, frame: int = 0) -> DicomFrame:
             arr = apply_color_lut(arr, ds)  # indices -> RGB, shown as grey below
         except Exception as exc:
             raise ImageOpenError(f"cannot apply the palette colour lookup table: {_first_line(exc)}") from None
-    if arr.ndim == 3:  # colour: show as grey
+    if arr.shape == (rows, cols, 3):  # colour: show as grey
         stored = luma(arr)
         modality = stored
-    else:
+    elif arr.shape == (rows, cols):
         stored = arr
+        _check_rescale(attrs)
         try:
             modality = apply_modality_lut(arr, attrs) if photometric.startswith("MONOCHROME") else arr
         except Exception:
             modality = arr  # malformed Modality LUT: show stored values rather than nothing
-    modality = np.ascontiguousarray(modality, dtype=np.float32)
+    else:
+        raise ImageOpenError(
+            f"decoded pixel data has shape {arr.shape}, not the {rows} x {cols} image the header describes"
+        )
+    _check_finite(stored, "pixel values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        modality = np.ascontiguousarray(modality, dtype=np.float32)
+    _check_finite(modality, "values after the Modality LUT (RescaleSlope/Intercept)")
     return DicomFrame(
         stored=stored,
         modality=modality,
@@ -442,3 +509,24 @@ def decode_frame(path: str, frame: int = 0) -> DicomFrame:
         padding=padding_mask(ds, stored),
         value_unit=_text(attrs, "RescaleType"),
     )
+
+
+def _check_rescale(attrs: Dataset) -> None:
+    for kw in ("RescaleSlope", "RescaleIntercept"):
+        if kw not in attrs:
+            continue
+        try:
+            value = float(attrs[kw].value)
+        except (TypeError, ValueError):
+            continue  # not a number at all: apply_modality_lut fails and stored values are shown
+        if not math.isfinite(value):
+            raise ImageOpenError(f"{kw} is {value}: the pixel values cannot be computed")
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite values (float pixel data, a huge rescale)."""
+    if values.dtype.kind != "f":
+        return
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ImageOpenError(f"{bad:,} {what} are NaN or infinite: the image cannot be shown or scored")

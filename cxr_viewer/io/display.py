@@ -115,12 +115,16 @@ def render_uint8(mapping: DisplayMapping) -> np.ndarray:
     pyqtgraph rescales ``(x - lo) * n / (hi - lo)``, clips to ``[0, n-1]``, truncates to an
     index and looks it up (``functions.rescaleData`` then ``applyLookupTable``).
     """
-    lo, hi = mapping.levels
+    lo, hi = (float(v) for v in mapping.levels)
     n = len(mapping.lut)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0  # never reached through header_windows, which drops such windows
     span = hi - lo if hi != lo else 1.0
-    scaled = (mapping.data - np.float32(lo)) * np.float32(n / span)
-    idx = np.clip(scaled, 0, n - 1).astype(np.intp)
-    return mapping.lut[idx]
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = (mapping.data - np.float32(lo)) * np.float32(n / span)
+        idx = np.clip(scaled, 0, n - 1)
+        idx[np.isnan(idx)] = 0  # NaN data (refused by load_image) must not index out of the LUT
+    return mapping.lut[idx.astype(np.intp)]
 
 
 def percentile_window(values: np.ndarray, mask: np.ndarray | None, low: float = 0.5, high: float = 99.5,

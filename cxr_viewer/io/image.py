@@ -80,16 +80,26 @@ def load_image(ref: ImageRef, frame: int = 0) -> LoadedImage:
     try:
         if ref.kind == "dicom":
             f = dicom_io.decode_frame(ref.path, frame)
-            return LoadedImage(ref, frame, f.stored, f.modality, f.monochrome1, f.windows, f.voi_luts,
-                               f.padding, f.value_unit)
-        stored = raster_io.decode_frame(ref.path, frame)
-        return LoadedImage(ref, frame, stored, np.ascontiguousarray(stored, dtype=np.float32), False)
+            image = LoadedImage(ref, frame, f.stored, f.modality, f.monochrome1, f.windows, f.voi_luts,
+                                f.padding, f.value_unit)
+        else:
+            stored = raster_io.decode_frame(ref.path, frame)
+            image = LoadedImage(ref, frame, stored, np.ascontiguousarray(stored, dtype=np.float32), False)
     except ImageOpenError:
         raise
     except MemoryError:
         raise ImageOpenError("not enough memory to decode this image") from None
     except OSError as exc:
         raise ImageOpenError(f"cannot read file: {exc.strerror or exc}") from None
+    except Exception as exc:  # last line of defence: one line, never a traceback
+        text = str(exc).strip().splitlines()
+        raise ImageOpenError(f"cannot decode this image: {text[0][:300] if text else type(exc).__name__}") from None
+    if image.values.ndim != 2 or 0 in image.values.shape:
+        raise ImageOpenError(f"decoded image has shape {image.values.shape}, not one 2-D frame")
+    bad = int(image.values.size - np.count_nonzero(np.isfinite(image.values)))
+    if bad:  # NaN/inf must never reach the display or a model
+        raise ImageOpenError(f"{bad:,} pixel values are NaN or infinite: the image cannot be shown or scored")
+    return image
 
 
 def load_image_task(ref: ImageRef, frame: int = 0,

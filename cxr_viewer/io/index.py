@@ -133,8 +133,10 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
 
 
 def read_any(path: str) -> tuple[ImageRef, dicom_io.DicomKeys | None]:
-    """Index one file as a raster image (by suffix) or DICOM (anything else)."""
-    if path.lower().endswith(raster_io.RASTER_SUFFIXES):
+    """Index one file as DICOM or a raster image, by its first bytes (a JPEG without a suffix,
+    a DICOM named .png); when they say neither, by suffix (raster) or else DICOM."""
+    kind = raster_io.sniff_kind(path)
+    if kind == "raster" or (kind is None and path.lower().endswith(raster_io.RASTER_SUFFIXES)):
         return raster_io.read_header(path), None
     return dicom_io.read_header(path)
 

@@ -15,6 +15,27 @@ from cxr_viewer.io.study import ImageMeta, ImageRef
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+#: Leading bytes of the raster formats read here (PNG, JPEG, TIFF little/big endian, BMP).
+RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+
+
+def sniff_kind(path: str) -> str | None:
+    """"dicom" or "raster" by content, whatever the file is called; None when the first bytes
+    say neither (or the file cannot be read: the reader reports why)."""
+    try:
+        if regular_file_size(path) == 0:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except (OSError, ImageOpenError):
+        return None
+    if head[128:132] == b"DICM":  # checked first: a DICOM preamble may hold a TIFF header
+        return "dicom"
+    if head.startswith(RASTER_MAGIC):
+        return "raster"
+    return None
+
+
 def _open(path: str) -> Image.Image:
     if regular_file_size(path) == 0:
         raise ImageOpenError("empty file (0 bytes)")

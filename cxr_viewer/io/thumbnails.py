@@ -42,4 +42,9 @@ def thumbnails_task(refs: Sequence[ImageRef], cancel: CancelToken = NEVER_CANCEL
             yield Thumbnail(ref.path, make_thumbnail(ref))
         except ImageOpenError as exc:
             yield Thumbnail(ref.path, None, str(exc))
+        except MemoryError:
+            yield Thumbnail(ref.path, None, "not enough memory to decode this image")
+        except Exception as exc:  # one bad file never stops the browser's thumbnails
+            text = str(exc).strip().splitlines()
+            yield Thumbnail(ref.path, None, f"cannot make a thumbnail: {text[0][:300] if text else type(exc).__name__}")
     return len(refs)
