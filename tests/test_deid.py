@@ -4,7 +4,9 @@ have, and results (SR, SC) built from de-identified copies."""
 from __future__ import annotations
 
 import copy
+import datetime
 import io
+import warnings
 from pathlib import Path
 
 import cxr_testdata as td
@@ -75,6 +77,48 @@ def secrets_of(ds: Dataset) -> list[str]:
     return out
 
 
+def dates_of(ds: Dataset) -> list[str]:
+    """The DA values (and DT date parts) of ``ds`` at any depth, as YYYYMMDD."""
+    out: set[str] = set()
+
+    def visit(dataset, elem):
+        if elem.VR in ("DA", "DT") and elem.value:
+            values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+            out.update(str(v)[:8] for v in values if len(str(v)) >= 8)
+
+    ds.walk(visit)
+    return sorted(out)
+
+
+def check_dates_shifted(before: Dataset, out: Dataset, offset: int) -> None:
+    """Each non-empty DA of ``before`` (top level and in kept sequences) is in ``out`` moved by
+    ``offset`` days, or empty when the move would leave 1900 or the original was no date."""
+    seen = []
+
+    def visit(dataset, elem):
+        if elem.VR == "DA":
+            seen.append(str(elem.value or ""))
+            assert str(elem.value or "") != "00010101"
+
+    out.walk(visit)
+    for elem in before:
+        if elem.VR != "DA" or not elem.value or elem.keyword not in out:
+            continue
+        try:
+            day = datetime.datetime.strptime(str(elem.value), "%Y%m%d").date()
+        except ValueError:
+            assert not out[elem.keyword].value, elem.keyword
+            continue
+        expected = day + datetime.timedelta(days=offset)
+        shown = str(out[elem.keyword].value or "")
+        if expected.year < 1900:
+            assert shown == "", elem.keyword
+        else:
+            assert shown == expected.strftime("%Y%m%d"), (elem.keyword, str(elem.value), shown)
+    for value in seen:
+        assert value == "" or datetime.datetime.strptime(value, "%Y%m%d").year >= 1900
+
+
 def header_bytes(ds: Dataset) -> bytes:
     """The data set serialised without its pixel data (pixel bytes could match 3 letters by chance)."""
     head = copy.deepcopy(ds)
@@ -111,7 +155,15 @@ def check_deidentified(path: Path, tmp_path: Path) -> None:
     for keyword, value in found.items():
         if keyword not in out or out[keyword].VR == "SQ" or value in DUMMIES:
             continue
+        if out[keyword].VR == "TM":  # Modified Dates option, whole-day shift: times are kept
+            assert str(out[keyword].value) == value, keyword
+            continue
         assert str(out[keyword].value) != value, f"{keyword} kept {value!r}"
+    # every date (DA, at any depth) moved by the patient's offset, valid, never the library's dummy
+    offset = d.date_offset(str(before.get("PatientID", "") or "").strip() or str(before.get("PatientName", "")))
+    assert -3652 <= offset <= -365
+    check_dates_shifted(before, out, offset)
+    assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     for kw in UID_KEYWORDS:
         if kw in before:
             assert out[kw].value == d.uid(before[kw].value) != before[kw].value
@@ -120,10 +172,11 @@ def check_deidentified(path: Path, tmp_path: Path) -> None:
     assert out.PatientIdentityRemoved == "YES"
     assert "Basic Application Level Confidentiality Profile" in out.DeidentificationMethod[0]
     assert any("dicom-anonymizer" in v for v in out.DeidentificationMethod)
-    code = out.DeidentificationMethodCodeSequence[0]
-    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
-        "113100", "DCM", "Basic Application Confidentiality Profile")
-    assert out.PatientID.startswith("ANON-") and str(out.PatientName) == out.PatientID
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in out.DeidentificationMethodCodeSequence] == [
+        ("113100", "DCM", "Basic Application Confidentiality Profile"),
+        ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")]
+    assert out.PatientID.startswith("ANON-") and out.PatientName.family_name == out.PatientID
+    assert str(out.PatientName) == out.PatientID + "^"  # a family name, not the retired single-value form
     private = []
     out.walk(lambda dataset, elem: private.append(elem.tag) if elem.tag.is_private else None)
     assert private == []
@@ -133,8 +186,8 @@ def check_deidentified(path: Path, tmp_path: Path) -> None:
     for kw in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored", "SOPClassUID"):
         assert out.get(kw) == before.get(kw)
 
-    # nothing identifying anywhere: in memory and in the file written
-    secrets = secrets_of(before)
+    # nothing identifying anywhere, original dates included: in memory and in the file written
+    secrets = secrets_of(before) + dates_of(before)
     assert secrets
     assert_no_secrets(header_bytes(out), secrets, f"de-identified {path.name}")
     dst = tmp_path / f"deid_{path.name}"
@@ -241,8 +294,6 @@ def rg1_copy(tmp_path: Path, edit, name: str = "rg1_edited.dcm") -> Path:
 
 def reread_strictly(path: Path) -> Dataset:
     """Read ``path`` back with every element parsed, any pydicom warning being an error."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = pydicom.dcmread(path)
@@ -384,3 +435,61 @@ def test_results_from_a_deidentified_source(rg1_result, tmp_path):
     assert rendered.shape == (*image.shape, 3)
     # the de-identified copy decodes to the very same pixels as the original
     assert np.array_equal(pydicom.dcmread(copy_path).pixel_array, original.pixel_array)
+
+
+# --- dates: PS3.15 Retain Longitudinal Temporal Information with Modified Dates ------------------
+
+
+def _days(a: str, b: str) -> int:
+    return (datetime.datetime.strptime(a, "%Y%m%d") - datetime.datetime.strptime(b, "%Y%m%d")).days
+
+
+def test_two_studies_of_one_patient_keep_order_and_interval():
+    """The real RG1 header and a later study of the same patient (its dates 37 days later, its
+    own Study UID): one Deidentifier shifts both by the same offset; the age is kept."""
+    first = pydicom.dcmread(RG1, stop_before_pixels=True)
+    second = copy.deepcopy(first)
+    second.StudyInstanceUID, second.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    later = datetime.datetime.strptime(first.StudyDate, "%Y%m%d") + datetime.timedelta(days=37)
+    second.StudyDate = later.strftime("%Y%m%d")
+    d = Deidentifier()
+    a, b = d.dataset(first), d.dataset(second)
+    assert a.PatientID == b.PatientID and a.StudyInstanceUID != b.StudyInstanceUID
+    assert _days(b.StudyDate, a.StudyDate) == 37  # order and interval kept
+    assert a.StudyDate != first.StudyDate and b.StudyDate != second.StudyDate
+    assert a.PatientBirthDate == b.PatientBirthDate != first.PatientBirthDate
+    assert _days(a.StudyDate, a.PatientBirthDate) == _days(first.StudyDate, first.PatientBirthDate)  # same age
+    assert _days(a.SeriesDate, a.StudyDate) == _days(first.SeriesDate, first.StudyDate)
+    assert a.StudyTime == first.StudyTime  # whole days: times unchanged
+    assert d.date_offsets == {"9RG1": _days(a.StudyDate, first.StudyDate)}
+
+
+def test_dates_edge_cases_are_valid_or_empty():
+    """Real RG1 header with hand-written dates: one near 1900, a retired YYYY.MM.DD form, a
+    non-date, a DT with time and UTC offset, a date inside a kept sequence and one in free text."""
+    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
+    ds.PatientBirthDate = "19000301"  # shifted by >= 1 year back: before 1900, so emptied
+    with warnings.catch_warnings():  # pydicom warns about the invalid values we write on purpose
+        warnings.simplefilter("ignore")
+        ds["StudyDate"].value = "2004.08.26"
+        ds["ContentDate"].value = "20231399"
+    ds.AcquisitionDateTime = "20040826101530.25+0100"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
+    region.ContextGroupVersion = "20040826"  # dates the coding resource, not the patient: kept
+    region.InstanceCreationDate = "20040826"  # a date inside a kept sequence: shifted
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.ManufacturerModelName = "Cassette loaded 2004-08-26"
+    d = Deidentifier()
+    out = d.dataset(ds)
+    days = d.date_offset("9RG1")
+    shifted = (datetime.date(2004, 8, 26) + datetime.timedelta(days=days)).strftime("%Y%m%d")
+    assert out.PatientBirthDate == "" and out.ContentDate == ""
+    assert out.StudyDate == shifted
+    assert out.AcquisitionDateTime == shifted + "101530.25+0100"
+    assert out.AnatomicRegionSequence[0].InstanceCreationDate == shifted
+    assert out.AnatomicRegionSequence[0].ContextGroupVersion == "20040826"
+    assert "2004-08-26" not in out.ManufacturerModelName
+    assert dr.vr_problems(out) == []
+    del out.AnatomicRegionSequence  # the coding resource's date is the only 20040826 allowed
+    assert b"20040826" not in header_bytes(out) and b"19000301" not in header_bytes(out)

@@ -224,6 +224,12 @@ def test_secondary_capture(scored, tmp_path, name):
     assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (src.SOPClassUID, src.SOPInstanceUID)
     assert "PixelSpacing" not in ds  # RG1's is a bogus [0, 0], the NIH file has none
     assert dr.vr_problems(ds) == []
+    # Laterality (General Series, Type 2C): absent for a known unpaired body part (RG1: CHEST),
+    # present and empty (unknown) when the body part is not known (the NIH file says none)
+    if src.get("BodyPartExamined"):
+        assert ds.BodyPartExamined == src.BodyPartExamined and "Laterality" not in ds
+    else:
+        assert "Laterality" in ds and not ds.Laterality
     pixels = ds.pixel_array
     assert np.array_equal(pixels, rgb)
     assert np.array_equal(hd.imread(path).get_frame(1), rgb)
@@ -476,3 +482,29 @@ def test_nonconformant_source_values(scored, tmp_path, monkeypatch, keyword, val
         message = str(info.value)
         assert keyword in message and value not in message, message
         assert "\n" not in message
+
+
+def test_conform_image_repairs_only_what_is_invalid_or_missing(shared_data):
+    """Image copies: the real RG1 header (Pixel Spacing [0, 0], Sensitivity 0) and the real NIH
+    Secondary Capture (Patient's Age "81", no Conversion Type, no Type 2 study attributes)."""
+    rg1 = pydicom.dcmread(td.rg1(shared_data, "UNCR"), stop_before_pixels=True)
+    before = pydicom.dcmread(td.rg1(shared_data, "UNCR"), stop_before_pixels=True)
+    changed = dr.conform_image(rg1)
+    assert [float(v) for v in before.PixelSpacing] == [0.0, 0.0]
+    assert "PixelSpacing" not in rg1 and "Sensitivity" not in rg1
+    assert set(changed) == {"PixelSpacing", "Sensitivity"}  # RG1 has all its Type 2 attributes
+    assert "Laterality" not in rg1  # CHEST: unpaired, none needed
+    for elem in before:
+        if elem.keyword not in changed:
+            assert rg1[elem.tag] == elem, elem.keyword  # nothing else touched
+
+    nih = pydicom.dcmread(td.nih(shared_data), stop_before_pixels=True)
+    assert nih.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and "ConversionType" not in nih
+    changed = dr.conform_image(nih)
+    assert "PatientAge" not in nih  # "81" is no AS value (it needs "081Y"); left out, not guessed
+    assert nih.ConversionType == dr.DEFAULT_CONVERSION_TYPE
+    for kw in ("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName", "SeriesNumber",
+               "InstanceNumber", "Laterality", "PatientOrientation"):
+        assert kw in nih and nih[kw].value in (None, "", []), kw
+        assert kw in changed
+    assert dr.vr_problems(nih) == []

@@ -121,9 +121,12 @@ def test_deidentified_export_keeps_no_identifier(tmp_path):
     assert copy.SOPInstanceUID in refs
     assert copy.SOPInstanceUID.encode() in (out / "sr.dcm").read_bytes()
     text = " ".join(pdf_text(out / "r.pdf")[0].split())
-    for s in ("CompressedSamples", "9RG1", "Philips"):
+    for s in ("CompressedSamples", "9RG1", "Philips", "2004-08-26", "1940-03-05"):  # names, IDs, real dates
         assert s not in text
     assert "De-identified" in text
+    assert "(shifted)" in text and "order and intervals between studies are kept" in text
+    assert copy.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert copy.StudyDate != src.StudyDate and copy.StudyTime == src.StudyTime  # whole days: times kept
     page = render_pdf(out / "r.pdf")[0]
     from PIL import Image
 
@@ -232,3 +235,51 @@ def test_failed_export_keeps_the_files_an_earlier_export_left(tmp_path):
         run_to_completion(export_dicom_task(image, result, ExportRequest(str(sr), str(sc))))
     assert sr.read_bytes() == before  # the first export's SR is back, not deleted with the failed one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sc.dcm", "sr.dcm"]  # nothing set aside left over
+
+
+def test_deidentified_export_keeps_order_and_interval_of_two_studies(tmp_path):
+    """Two studies of one patient in one de-identified export (the real RG1 file, and the same
+    file as a later study: its own UIDs, its dates 37 days on): one date offset for the patient,
+    so the copies and SRs keep which came first and how many days apart; no original date left."""
+    import datetime
+
+    first = pydicom.dcmread(RG1)
+    second = pydicom.dcmread(RG1)
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(second, kw, pydicom.uid.generate_uid())
+    second.file_meta.MediaStorageSOPInstanceUID = second.SOPInstanceUID
+
+    def later(value: str) -> str:
+        return (datetime.datetime.strptime(value, "%Y%m%d") + datetime.timedelta(days=37)).strftime("%Y%m%d")
+
+    for kw in ("StudyDate", "SeriesDate", "ContentDate", "InstanceCreationDate"):
+        setattr(second, kw, later(first.get(kw)))
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(RG1, src / "a.dcm")
+    second.save_as(src / "b.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    r = td.run_cli("export", str(src), "--sr", str(out), "--image", str(out), "--deidentify", "--device", "cpu",
+                   timeout=300)
+    assert r.returncode == 0, r.stderr
+    copies = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(out.glob("*_image.dcm"))]
+    srs = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(out.glob("*_sr.dcm"))]
+    assert len(copies) == len(srs) == 2
+    assert len({c.PatientID for c in copies + srs}) == 1 and len({c.StudyInstanceUID for c in copies}) == 2
+
+    def days(a: str, b: str) -> int:
+        return (datetime.datetime.strptime(a, "%Y%m%d") - datetime.datetime.strptime(b, "%Y%m%d")).days
+
+    a, b = sorted(copies, key=lambda c: c.StudyDate)
+    assert days(b.StudyDate, a.StudyDate) == 37 and days(b.ContentDate, a.ContentDate) == 37
+    assert a.PatientBirthDate == b.PatientBirthDate
+    assert days(a.StudyDate, a.PatientBirthDate) == days(first.StudyDate, first.PatientBirthDate)  # age kept
+    for sr in srs:  # each SR carries its own study's shifted date
+        assert sr.StudyDate == next(c.StudyDate for c in copies if c.StudyInstanceUID == sr.StudyInstanceUID)
+        assert sr.LongitudinalTemporalInformationModified == "MODIFIED"
+    originals = {str(v).encode() for ds in (first, second) for v in
+                 (ds.StudyDate, ds.SeriesDate, ds.ContentDate, ds.PatientBirthDate) if v}
+    for path in out.iterdir():
+        head = path.read_bytes()[:100_000]
+        for value in originals:
+            assert value not in head, (path.name, value)

@@ -312,7 +312,10 @@ def add_parsers(sub) -> None:
     p_exp.add_argument("--pdf", metavar="OUT.pdf", help="PDF report, one page per image")
     p_exp.add_argument("--image", metavar="OUT.dcm", help="a copy of the source DICOM (de-identified with --deidentify)")
     p_exp.add_argument("--deidentify", action="store_true",
-                       help="remove or replace identifying attributes (DICOM PS3.15 basic profile) in every output")
+                       help="remove or replace identifying attributes (DICOM PS3.15 basic profile) in every output; "
+                            "dates are shifted back by one random whole-day offset per patient and run (option "
+                            "'Retain Longitudinal Temporal Information with Modified Dates'), so studies of one "
+                            "patient exported together keep their order and interval; times are kept")
     p_exp.add_argument("--frame", type=int, default=0, help="frame (0-based) of multi-frame images")
     p_exp.add_argument("--model", help="model .safetensors (default: models/default.safetensors)")
     p_exp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -19,12 +19,27 @@ What this module adds around the library:
   choice), so references stay valid instead of being emptied. Sequences whose action is X are
   removed; those with Z or X/Z (e.g. Referenced Study Sequence) become empty sequences (no
   items): an item with its Type 1 Referenced SOP Class/Instance UIDs emptied would be invalid.
-* **A pseudonymous Patient ID** (and the same as Patient's Name), consistent within a session.
+* **A pseudonymous Patient ID** (and the same as the family name of Patient's Name), consistent
+  within a session. A Study ID the source had is replaced by one made from the new Study
+  Instance UID (a dummy value, which the profile's Z allows).
 * **A last scrub:** any remaining text value, at any depth, that contains the original patient
   name components, IDs, accession number, institution or other identifying text of the source
   has those substrings masked.
-* Patient Identity Removed = YES, De-identification Method (text) and its code sequence
-  (113100, DCM, "Basic Application Confidentiality Profile"); private attributes removed.
+* **Dates shifted, not removed**: the PS3.15 option "Retain Longitudinal Temporal Information
+  with Modified Dates" (E.3.6). Each patient (by original Patient ID, else name) gets one random
+  offset of whole days, 1 to 10 years back (``MIN_SHIFT_DAYS``..``MAX_SHIFT_DAYS``), kept by the
+  Deidentifier next to its UID map, so two studies of one patient exported together keep their
+  order and their interval in days, and the Birth Date moves with them (the age is kept). Every
+  DA and DT value, found by walking the data set by VR (sequences included; only the versions
+  of coding resources, Context Group (Local) Version, are left alone), is shifted before
+  the profile runs, and the profile then leaves DA/DT/TM elements alone. Times (TM, and the time
+  part of DT) are kept unchanged: a shift in whole days does not move them. A value that cannot
+  be read as a date, or that would fall before 1900, is emptied rather than kept or guessed.
+  The original dates are also masked out of any free text (e.g. "CXR 20040826").
+* Patient Identity Removed = YES, Longitudinal Temporal Information Modified = MODIFIED,
+  De-identification Method (text) and its code sequence (113100, DCM, "Basic Application
+  Confidentiality Profile"; 113107, DCM, "Retain Longitudinal Temporal Information Modified
+  Dates Option"); private attributes removed.
 * **File meta information** keeps only File Meta Information Version, Media Storage SOP Class
   UID, Media Storage SOP Instance UID (the new SOP Instance UID), Transfer Syntax UID and the
   implementation's class UID and version name, which are rewritten as pydicom's (the software
@@ -36,12 +51,12 @@ removed by the Basic profile (that is the Clean Pixel Data option, not implement
 copy would still show the identifiers, so :func:`burned_in_identifiers` tells the export layer
 to refuse a de-identified export of those pixels; :meth:`Deidentifier.dataset` itself does not
 refuse (a header-only copy, e.g. for an SR, is still fine).
-Dates and times take the library's dummy values (0001-01-01, 00:00).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import re
 import secrets
@@ -63,6 +78,19 @@ from cxr_viewer.common.fileio import atomic_path
 PROFILE_TABLES = ("dicomfields_2026c", "dicomfields_2024b", "dicomfields_2023")
 PROFILE_NAME = "Basic Application Level Confidentiality Profile (PS3.15 Annex E)"
 PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+#: PS3.15 E.3.6 option, CID 7050.
+MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
+#: One sentence for the user (export dialog, --deidentify help, PDF).
+DATES_NOTE = ("dates shifted back by one random whole-day offset per patient (PS3.15 'Retain Longitudinal "
+              "Temporal Information with Modified Dates'): order and intervals kept, times unchanged")
+#: The range of the per-patient date offset, in days back.
+MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 365, 3652
+#: No shifted date earlier than this is written (an earlier one is emptied).
+EARLIEST_DATE = datetime.date(1900, 1, 1)
+_DATE_VRS = ("DA", "DT")
+#: DT attributes that date a coding resource, not the patient: never shifted.
+_CODING_VERSIONS = (0x00080106, 0x00080107)  # Context Group Version / Local Version
+_TEMPORAL_VRS = ("DA", "DT", "TM")
 #: The library's categories, as the action codes of PS3.15 Table E.1-1.
 _ACTION_CODES = {
     "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
@@ -221,6 +249,88 @@ def _identifying_strings(ds: Dataset) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _parse_da(text: str) -> datetime.date | None:
+    """A DA value (YYYYMMDD, or the retired YYYY.MM.DD) as a date; None when it is not one."""
+    text = text.strip()
+    if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", text):
+        text = text.replace(".", "")
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _shift(day: datetime.date, days: int) -> datetime.date | None:
+    try:
+        new = day + datetime.timedelta(days=days)
+    except OverflowError:
+        return None
+    return new if new >= EARLIEST_DATE else None
+
+
+def shift_da(text: str, days: int) -> str:
+    """A DA value moved by ``days``: ``YYYYMMDD``, a range ``A-B`` (either end may be open)
+    moved end by end, or ``""`` when it is not a valid date or would fall before 1900."""
+    text = str(text).strip()
+    if not text:
+        return ""
+    if "-" in text:
+        parts = text.split("-")
+        if len(parts) != 2:
+            return ""
+        moved = [shift_da(p, days) if p.strip() else "" for p in parts]
+        if any(p.strip() and not m for p, m in zip(parts, moved)) or not any(moved):
+            return ""
+        return "-".join(moved)
+    day = _parse_da(text)
+    new = _shift(day, days) if day is not None else None
+    return new.strftime("%Y%m%d") if new is not None else ""
+
+
+def shift_dt(text: str, days: int) -> str:
+    """A DT value (YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]) with its date part moved by ``days`` and
+    the rest (time, fraction, UTC offset) kept. A value of reduced precision (YYYY or YYYYMM) is
+    moved as its first day and written back at its own precision. ``""`` when invalid or before
+    1900."""
+    text = str(text).strip()
+    m = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?(\d{0,6}(?:\.\d{1,6})?)([+-]\d{4})?", text)
+    if not text or m is None:
+        return ""
+    year, month, day_part, rest, zone = m.groups()
+    if rest and day_part is None:
+        return ""
+    try:
+        day = datetime.date(int(year), int(month or 1), int(day_part or 1))
+    except ValueError:
+        return ""
+    new = _shift(day, days)
+    if new is None:
+        return ""
+    out = new.strftime("%Y%m%d")[:len(year) + len(month or "") + len(day_part or "")]
+    return out + (rest or "") + (zone or "")
+
+
+def _date_strings(ds: Dataset) -> list[str]:
+    """The dates of ``ds`` (DA, and the date part of DT) as YYYYMMDD and YYYY-MM-DD / YYYY.MM.DD,
+    for the final scrub of free text."""
+    found: set[str] = set()
+
+    def visit(dataset: Dataset, elem) -> None:
+        if elem.VR not in _DATE_VRS or _is_empty(elem) or elem.tag in _CODING_VERSIONS:
+            return
+        values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+        for value in values:
+            for part in str(value).split("-") if elem.VR == "DA" else [str(value)[:8]]:
+                day = _parse_da(part[:10] if "." in part else part[:8])
+                if day is not None:
+                    found.update({day.strftime("%Y%m%d"), day.isoformat(), day.strftime("%Y.%m.%d")})
+
+    ds.walk(visit)
+    return sorted(found)
+
+
 class Deidentifier:
     """One export session: de-identified copies with consistent UIDs and a pseudonymous patient.
 
@@ -231,6 +341,7 @@ class Deidentifier:
     def __init__(self) -> None:
         self._uids: dict[str, str] = {}
         self._patients: dict[str, str] = {}
+        self._offsets: dict[str, int] = {}
         self._lock = threading.RLock()
         self._edition = profile_edition()
         self._rules = self._make_rules()
@@ -261,6 +372,44 @@ class Deidentifier:
                 new = self._patients[key] = f"ANON-{secrets.token_hex(5).upper()}"
             return new
 
+    @staticmethod
+    def study_id(new_study_uid: str) -> str:
+        """A Study ID (SH) for a de-identified study: digits of its new Study Instance UID, so every
+        object of the study agrees. The profile would empty it (Z); a value keeps DICOMDIRs happy."""
+        return "S" + str(new_study_uid).replace(".", "")[-15:]
+
+    def date_offset(self, original: str) -> int:
+        """The date shift, in days (negative: back), for an original Patient ID (or name):
+        random on first use, the same ever after within this Deidentifier."""
+        key = str(original).strip()
+        with self._lock:
+            days = self._offsets.get(key)
+            if days is None:
+                days = self._offsets[key] = -(MIN_SHIFT_DAYS + secrets.randbelow(MAX_SHIFT_DAYS - MIN_SHIFT_DAYS + 1))
+            return days
+
+    @property
+    def date_offsets(self) -> dict[str, int]:
+        """Original patient key -> offset in days (secret: it undoes the shift)."""
+        with self._lock:
+            return dict(self._offsets)
+
+    @staticmethod
+    def _shift_dates(ds: Dataset, days: int) -> None:
+        """Every DA and DT value, at any depth, moved by ``days`` (see ``shift_da``/``shift_dt``)."""
+
+        def visit(dataset: Dataset, elem) -> None:
+            if elem.VR not in _DATE_VRS or _is_empty(elem) or elem.tag in _CODING_VERSIONS:
+                return
+            shift = shift_da if elem.VR == "DA" else shift_dt
+            if isinstance(elem.value, (list, MultiValue)):
+                moved = [shift(v, days) for v in elem.value]
+                elem.value = moved if all(moved) else ""
+            else:
+                elem.value = shift(elem.value, days)
+
+        ds.walk(visit)
+
     # --- actions passed to the library ----------------------------------------------------
     def _map_element_uids(self, elem) -> None:
         if isinstance(elem.value, (list, MultiValue)):
@@ -284,7 +433,7 @@ class Deidentifier:
                     self._dummy_sequence(elem.value)
                 elif elem.VR == "UI":
                     self._map_element_uids(elem)
-                else:
+                elif elem.VR not in _TEMPORAL_VRS:  # dates were shifted already, times kept
                     replace_element(elem)
 
     @staticmethod
@@ -351,7 +500,19 @@ class Deidentifier:
                 rules[tag] = self._empty_sequence_or(fn)
             elif fn is sda.delete:
                 rules[tag] = self._remove(fn)
-        return rules
+        # Modified Dates option: every DA/DT (already shifted) and TM (kept) is "C", cleaned by
+        # the shift, whatever the basic profile's action for it (Z, D, X...)
+        return {tag: self._keep_temporal(rules.get(tag, fn)) for tag, fn in base.items()}
+
+    @staticmethod
+    def _keep_temporal(action: Callable) -> Callable:
+        def guarded(dataset: Dataset, tag) -> None:
+            elem = dataset.get(tag)
+            if elem is not None and elem.VR in _TEMPORAL_VRS:
+                return
+            action(dataset, tag)
+
+        return guarded
 
     def _apply_profile(self, ds: Dataset, depth: int = 0) -> None:
         from dicomanonymizer import simpledicomanonymizer as sda
@@ -370,23 +531,32 @@ class Deidentifier:
         """A de-identified deep copy of ``ds`` (which is left untouched)."""
         with self._lock:
             out = copy.deepcopy(ds)
-            secrets_found = _identifying_strings(out)
+            # longest first, so that a name is masked before its parts
+            secrets_found = sorted({*_identifying_strings(out), *_date_strings(out)}, key=len, reverse=True)
             original_pid = str(out.get("PatientID", "") or "").strip() or str(out.get("PatientName", "") or "")
+            self._shift_dates(out, self.date_offset(original_pid))
             self._apply_profile(out)
             self._remap_leftover_uids(out, set(self._uids))
             self._scrub(out, secrets_found)
             pseudonym = self.patient_id(original_pid)
             out.PatientID = pseudonym
-            out.PatientName = pseudonym
+            out.PatientName = f"{pseudonym}^"  # family name = the pseudonym (no "^": a retired PN form)
+            if str(ds.get("StudyID", "") or "").strip() and "StudyInstanceUID" in out:
+                out.StudyID = self.study_id(out.StudyInstanceUID)
             out.PatientIdentityRemoved = "YES"
+            out.LongitudinalTemporalInformationModified = "MODIFIED"
             out.DeidentificationMethod = [
                 PROFILE_NAME[:64],
                 f"dicom-anonymizer {library_version()} ({self._edition})"[:64],
                 f"cxr_viewer {__version__}: session UIDs, pseudonymous patient ID"[:64],
+                "Dates shifted by a per-patient offset (whole days), times kept"[:64],
             ]
-            code = Dataset()
-            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = PROFILE_CODE
-            out.DeidentificationMethodCodeSequence = Sequence([code])
+            codes = []
+            for value in (PROFILE_CODE, MODIFIED_DATES_CODE):
+                code = Dataset()
+                code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value
+                codes.append(code)
+            out.DeidentificationMethodCodeSequence = Sequence(codes)
             meta = getattr(out, "file_meta", None)
             if meta is not None and len(meta):
                 out.file_meta = self._file_meta(meta, out)
@@ -443,8 +613,11 @@ class Deidentifier:
 
 def deidentify_file(src: str, dst: str, deidentifier: Deidentifier | None = None) -> Dataset:
     """Read ``src``, write its de-identified copy to ``dst`` atomically; returns the copy."""
+    from cxr_viewer.clinical.dicom_results import conform_image
+
     ds = pydicom.dcmread(src)
     out = (deidentifier or Deidentifier()).dataset(ds)
+    conform_image(out)  # what the copy needs to pass a validator (invalid values out, Type 2 in)
     with atomic_path(dst) as tmp:
         out.save_as(tmp, enforce_file_format=True)
     return out

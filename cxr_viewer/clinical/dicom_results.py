@@ -100,6 +100,23 @@ _ENUMERATED = {"PatientSex": ("M", "F", "O"), "PatientIdentityRemoved": ("YES", 
 #: (PS3.3 C.12.1.1.2): the default repertoire, which highdicom only accepts by this name.
 _DEFAULT_REPERTOIRE_EXTENSIONS = "ISO 2022 IR 6"
 
+#: Type 2 attributes of the modules every image IOD has (Patient C.7.1.1, General Study C.7.2.1,
+#: General Series C.7.3.1, General Image C.7.6.1): present, empty when unknown.
+_TYPE2_EVERY_IMAGE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "InstanceNumber")
+#: Spacings, ratios and the CR sensitivity: meaningless unless every value is > 0 (RG1's Pixel
+#: Spacing is [0, 0] and its Sensitivity 0).
+_POSITIVE = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing", "PixelAspectRatio", "Sensitivity")
+#: Secondary Capture storage SOP classes (single and multi-frame): their SC Equipment module needs
+#: Conversion Type (Type 1).
+_SC_CLASSES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+               "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4")
+#: Conversion Type given to a Secondary Capture copy that has none: "WSD" (workstation), what the
+#: software that turned a PNG/JPEG into DICOM was.
+DEFAULT_CONVERSION_TYPE = "WSD"
+#: The values of Laterality (0020,0060) (PS3.3 C.7.3.1).
+_LATERALITY = ("R", "L")
+
 _STRING_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 
 
@@ -232,6 +249,82 @@ def _clean_source(ds: Dataset, depth: int = 0) -> list[str]:
                 ds[elem.tag].value = ""
             else:
                 del ds[elem.tag]
+    return changed
+
+
+def _not_positive(elem) -> bool:
+    values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+    try:
+        return not values or any(not (np.isfinite(float(v)) and float(v) > 0) for v in values)
+    except (TypeError, ValueError):
+        return True
+
+
+def _drop_not_positive(ds: Dataset, depth: int = 0) -> list[str]:
+    changed: list[str] = []
+    for elem in list(ds):
+        if elem.VR == "SQ" and depth < 32:
+            for item in elem.value or []:
+                changed += _drop_not_positive(item, depth + 1)
+        elif elem.keyword in _POSITIVE and elem.value is not None and not _is_blank(elem) and _not_positive(elem):
+            changed.append(elem.keyword)
+            del ds[elem.tag]
+    return changed
+
+
+def _is_blank(elem) -> bool:
+    value = elem.value
+    return value is None or (isinstance(value, (str, bytes, list, MultiValue)) and len(value) == 0)
+
+
+def _source_laterality(source: Dataset) -> str:
+    """The source's Laterality (or Image Laterality) when it is R or L; else "" (unknown)."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword, "") or "").strip().upper()
+        if value in _LATERALITY:
+            return value
+    return ""
+
+
+def _laterality_unknown(ds: Dataset) -> bool:
+    """True when Laterality (Type 2C) should be sent empty: no laterality is sent and the body
+    part is not known (a known unpaired part such as CHEST needs none; dciodvfy wants it absent)."""
+    if any(k in ds for k in ("Laterality", "ImageLaterality", "FrameLaterality")):
+        return False
+    return not str(ds.get("BodyPartExamined", "") or "").strip()
+
+
+def conform_image(ds: Dataset) -> list[str]:
+    """Repair, in place, what an image copy (plain or de-identified) needs to pass an IOD
+    validator such as dciodvfy; returns the keywords changed. Nothing is guessed that matters:
+
+    * values breaking their VR or enumerated values (``_clean_source``: e.g. Patient's Age "81")
+      are removed, or emptied for the Type 2 attributes;
+    * spacings, aspect ratios and Sensitivity with a value <= 0 (RG1's Pixel Spacing [0, 0])
+      are removed, so that no tool measures with them;
+    * the Type 2 attributes of the Patient, General Study, General Series and General Image
+      modules are added empty (unknown) when missing, and so are Laterality (Type 2C: sent
+      empty when no laterality is sent and the body part is unknown; a known one such as CHEST
+      needs none) and Patient Orientation (Type 2C when the image has no Image Orientation
+      (Patient));
+    * a Secondary Capture without its Type 1 Conversion Type gets ``DEFAULT_CONVERSION_TYPE``.
+
+    Pixel data, UIDs and the SOP class are never touched: the copy stays the same instance.
+    """
+    changed = _clean_source(ds) + _drop_not_positive(ds)
+    for keyword in _TYPE2_EVERY_IMAGE:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+            changed.append(keyword)
+    if _laterality_unknown(ds):
+        ds.Laterality = None
+        changed.append("Laterality")
+    if "PatientOrientation" not in ds and "ImageOrientationPatient" not in ds:
+        ds.PatientOrientation = None
+        changed.append("PatientOrientation")
+    if str(ds.get("SOPClassUID", "")) in _SC_CLASSES and not str(ds.get("ConversionType", "") or "").strip():
+        ds.ConversionType = DEFAULT_CONVERSION_TYPE
+        changed.append("ConversionType")
     return changed
 
 
@@ -518,6 +611,14 @@ def build_secondary_capture(source: Dataset, rgb: np.ndarray, result: ScoreResul
     _drop_invalid_copies(sc, src)
     if orientation is None:
         sc.PatientOrientation = ""  # Type 2C: unknown (highdicom needs a value to build with)
+    body_part = str(src.get("BodyPartExamined", "") or "").strip()
+    if body_part:
+        sc.BodyPartExamined = body_part  # (already checked against its VR by _clean_source)
+    laterality = _source_laterality(src)
+    if laterality:
+        sc.Laterality = laterality
+    elif _laterality_unknown(sc):
+        sc.Laterality = ""  # Type 2C (General Series): unknown body part, unknown laterality
     text = [_ascii(t) for t in (lines if lines is not None else result_lines(result))]
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = _ascii(f"{RESEARCH_NOTICE} AI scores and heatmap burnt into the pixels: " + "; ".join(text))
@@ -561,6 +662,7 @@ __all__ = [
     "build_measurement_report",
     "build_secondary_capture",
     "build_sr",
+    "conform_image",
     "device_name",
     "device_uid",
     "read_source_header",

@@ -1,7 +1,12 @@
 """Exports of one scored image: DICOM SR, Secondary Capture, a (de-identified) copy, report pages.
 
 One :class:`~cxr_viewer.clinical.deid.Deidentifier` serves every object of an export, so the SR and
-the Secondary Capture reference the de-identified copy's UIDs, never the original ones. The PDF
+the Secondary Capture reference the de-identified copy's UIDs, never the original ones, and every
+study of one patient has its dates shifted by the same offset (order and intervals kept). An
+image copy, plain or de-identified, is the source's instance with its header repaired where a
+validator would refuse it (:func:`~cxr_viewer.clinical.dicom_results.conform_image`: invalid values
+such as a Pixel Spacing of 0 left out, missing Type 2 attributes present and empty); its pixels
+and UIDs (when not de-identified) are the source's. The PDF
 itself is drawn by the Qt layer (``cxr_viewer.gui.pdf_report``) from :func:`report_page`.
 """
 
@@ -22,6 +27,7 @@ from cxr_viewer.clinical.dicom_results import (
     ExportError,
     build_secondary_capture,
     build_sr,
+    conform_image,
     read_source_header,
     write_dataset,
 )
@@ -166,6 +172,7 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
             else:
                 full = pydicom.dcmread(image.ref.path, force=True)
                 ds = deidentifier.dataset(full) if deidentifier is not None else full
+                conform_image(ds)  # invalid values left out, Type 2 present: what validators want
             outputs.before_write(out)
             write_dataset(ds, out)
             outputs.wrote(out)

@@ -18,6 +18,9 @@ from cxr_viewer.ai.model import ModelMeta
 from cxr_viewer.io.image import LoadedImage
 
 REPORT_TITLE = "Chest X-ray AI findings (research)"
+#: What a de-identified page says about its dates (PS3.15 Modified Dates option, see clinical.deid).
+DATES_LINE = ("shifted by one random whole-day offset per patient: order and intervals between studies are "
+              "kept, the calendar dates are not real; times unchanged")
 
 
 @dataclass(frozen=True)
@@ -49,32 +52,40 @@ def _name(value) -> str:
     return text.replace("^", " ").strip()
 
 
+def _date(value) -> str:
+    """A DA value as YYYY-MM-DD (anything else as it is)."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}" if len(text) == 8 and text.isdigit() else text
+
+
 def header_items(ds, path: str, deidentified: bool) -> tuple[tuple[str, str], ...]:
     """Patient and study lines from a DICOM header (already de-identified when asked), or the file."""
     if ds is None:  # a PNG/JPEG: no patient data at all, only the file (its name may identify)
         shown = "(file name withheld: de-identified)" if deidentified else os.path.basename(path)
         return (("Source", shown), ("Patient", "not recorded in PNG/JPEG files"))
     g = ds.get
-    date = str(g("StudyDate", "") or "")
-    if len(date) == 8 and date.isdigit():
-        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    date, birth = (_date(g(k, "")) for k in ("StudyDate", "PatientBirthDate"))
     items = [
         ("Patient name", _name(g("PatientName", ""))),
         ("Patient ID", str(g("PatientID", "") or "")),
         ("Sex / age", " / ".join(v for v in (str(g("PatientSex", "") or ""), str(g("PatientAge", "") or "")) if v)),
-        ("Birth date", str(g("PatientBirthDate", "") or "")),
+        ("Birth date", birth),
         ("Study date", date),
         ("Study", str(g("StudyDescription", "") or "")),
         ("Accession", str(g("AccessionNumber", "") or "")),
         ("Modality / view", " / ".join(v for v in (str(g("Modality", "") or ""), str(g("ViewPosition", "") or "")) if v)),
         ("Institution", str(g("InstitutionName", "") or "")),
     ]
-    if deidentified:  # the profile's dummy date (0001-01-01) is a removed date, not a date
+    if deidentified:  # a dummy date (0001-01-01) is a removed date, not a date
         items = [(k, "removed" if v in ("00010101", "0001-01-01") else v) for k, v in items]
         method = g("DeidentificationMethod", "") or "PS3.15 basic profile"
         if not isinstance(method, str):  # multi-valued: the first value names the profile
             method = str(list(method)[0]) if len(method) else "PS3.15 basic profile"
         items.insert(0, ("De-identified", f"yes: {method}"))
+        if str(g("LongitudinalTemporalInformationModified", "") or "").upper() == "MODIFIED":
+            items = [(k, f"{v} (shifted)" if k in ("Birth date", "Study date") and v and v != "removed" else v)
+                     for k, v in items]
+            items.insert(1, ("Dates", DATES_LINE))
     return tuple((k, v if v else "-") for k, v in items)
 
 

@@ -125,8 +125,9 @@ class ExportDialog(QDialog):
         self.sc = QCheckBox("DICOM Secondary Capture: the image with heatmap and scores burnt in", self)
         self.pdf = QCheckBox("PDF report (one page per image)", self)
         self.copy = QCheckBox("A copy of the source DICOM image", self)
-        self.deidentify = QCheckBox("De-identify every output (DICOM PS3.15 basic profile: names, IDs, dates, "
-                                    "UIDs replaced or removed)", self)
+        self.deidentify = QCheckBox("De-identify every output (DICOM PS3.15 basic profile: names, IDs, "
+                                    "UIDs replaced or removed; dates shifted by one random offset per patient, "
+                                    "keeping the order and interval of studies)", self)
         for box in (self.sr, self.sc, self.copy):
             box.setChecked(is_dicom)
             box.setEnabled(is_dicom)
