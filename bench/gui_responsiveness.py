@@ -78,6 +78,7 @@ def main() -> None:
         "max_stall_ms_while_opening_and_scoring_first_image": round(max(open_gaps) * 1000, 1),
         "max_stall_ms_while_scoring_folder": round(max(gaps) * 1000, 1),
         "median_tick_ms": round(sorted(gaps)[len(gaps) // 2] * 1000, 1),
+        "ticks_while_scoring_folder": len(gaps),
         "folder_seconds": round(folder_s, 1), "folder_img_s": round(n / folder_s, 1),
     }, indent=2))
 

@@ -4,7 +4,6 @@ out/screenshots/ to be looked at."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cxr_testdata as td
@@ -109,12 +108,12 @@ def test_pacs_dialog_reports_errors_and_keeps_working(qtbot, window, orthanc_res
     wrong_ae = PacsNode.from_dict({**orthanc.dimse_node().to_dict(), "name": "Wrong AE", "called_ae": "NOT_ORTHANC"})
     window.settings.pacs_store().save([down, wrong_ae, orthanc.dimse_node()])
     dialog = _dialog(window, qtbot)
-    for name in ("Down", "Wrong AE"):
+    for name, kind in (("Down", "connection refused"), ("Wrong AE", "association rejected")):
         dialog.node.setCurrentText(name)
-        t0 = time.monotonic()
-        with qtbot.waitSignal(dialog.runner.failed, timeout=20000) as blocker:
+        with qtbot.waitSignal(dialog.runner.failed, timeout=20000) as blocker:  # a hang guard, not a speed check
             dialog.search()
-        assert time.monotonic() - t0 < 15
+        # the refusal itself is reported (not the node's 3 s timeout running out)
+        assert kind in blocker.args[0] and "did not answer" not in blocker.args[0], blocker.args[0]
         assert "#b00000" in dialog.status.styleSheet()
         assert dialog.status.text() == blocker.args[0] and len(blocker.args[0].splitlines()) == 1
     _shot(qtbot, dialog, "pacs_dialog_error.png")
@@ -151,7 +150,7 @@ def test_cancel_a_hung_query_and_go_on(qtbot, window, orthanc_restored, orthanc_
     thread.start()
     try:
         hung = PacsNode.from_dict({"name": "Hung", "kind": "dimse", "host": "127.0.0.1",
-                                   "port": listener.getsockname()[1], "called_ae": "HUNG", "timeout_s": 20})
+                                   "port": listener.getsockname()[1], "called_ae": "HUNG", "timeout_s": 3600})
         window.settings.pacs_store().save([hung, orthanc.dimse_node()])
         dialog = _dialog(window, qtbot)
         dialog.node.setCurrentText("Hung")
@@ -162,10 +161,10 @@ def test_cancel_a_hung_query_and_go_on(qtbot, window, orthanc_restored, orthanc_
             dialog.btn_cancel.click()
         assert dialog.status.text() == "Cancelled." and dialog.btn_search.isEnabled()
         dialog.node.setCurrentText(orthanc.dimse_node().name)
-        t0 = time.monotonic()
-        with qtbot.waitSignal(dialog.runner.finished, timeout=10000):
+        # the hung query's timeout is an hour: this search finishing at all shows it did not wait
+        # behind the hung one (the signal wait's own limit is only a hang guard)
+        with qtbot.waitSignal(dialog.runner.finished, timeout=60000):
             dialog.search()
-        assert time.monotonic() - t0 < 10  # not behind the hung query's 20 s timeout
         assert dialog.table.rowCount() >= 2
     finally:
         stop.set()

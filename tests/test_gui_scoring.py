@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -86,24 +85,27 @@ def test_gui_stays_responsive_while_scoring_a_folder_and_cancel_works(qtbot, win
     load(qtbot, window, model_path)
     with qtbot.waitSignal(window.scored, timeout=60000):
         window.open_paths([str(SAMPLES)])
-    # heartbeat: the longest gap between timer ticks while the worklist runs
-    gaps, last = [], [time.perf_counter()]
+    # heartbeat: a 10 ms timer on the GUI thread keeps ticking while the worker scores the folder.
+    # What is asserted is behaviour (ticks arrive before the worklist has its rows and before it
+    # finishes), never a duration: the longest stall is a figure for bench/gui_responsiveness.py.
+    ticks_while_scoring = []
 
     def beat():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
+        if window.worklist_runner.busy and window.worklist.table.rowCount() < 7:
+            ticks_while_scoring.append(window.worklist.table.rowCount())
 
     timer = QTimer()
     timer.timeout.connect(beat)
     timer.start(10)
     with qtbot.waitSignal(window.worklist_runner.finished, timeout=120000):
         window.score_all()
+        assert window.worklist_runner.busy  # submitted to the worker: score_all returned at once
     timer.stop()
     assert window.worklist.table.rowCount() == 7
     probs = [window.worklist.table.item(r, 1).value for r in range(7)]
     assert probs == sorted(probs, reverse=True)
-    assert max(gaps) < 0.5, f"event loop stalled {max(gaps) * 1000:.0f} ms"  # generous; the bench reports the figure
+    # had scoring run on the GUI thread, no tick could fire before all 7 rows were there
+    assert len(ticks_while_scoring) >= 3, ticks_while_scoring
     # clicking a row opens that image
     path = window.worklist.paths_in_order()[3]
     with qtbot.waitSignal(window.image_shown, timeout=30000) as b:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -216,3 +217,171 @@ def test_experiment_grid_prints_the_comparison_table(tiny_root, tmp_path, cli):
     assert "always-majority" in table and "AUROC" in table
     rows = (tmp_path / "exp" / "experiment.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("optimizer,val_split,head")
+
+
+# --- hostile inputs and a hostile disk: one line, exit 2 before training, nothing half-written ------
+
+
+def _train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cxr_viewer", "train", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+                          stdin=subprocess.DEVNULL)
+
+
+TINY_ARGS = ("--epochs", "1", "--batch-size", "4", "--input-size", "32", "--max-steps-per-epoch", "1",
+             "--precision", "fp32", "--device", "cpu", "--num-workers", "0", "--val-split", "0.25")
+
+
+class _Evil:
+    """Unpickling this would print a marker: a weights-only loader must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("UNPICKLED-AND-RAN",))
+
+
+def test_init_with_a_pickle_or_any_bad_file_is_one_line_and_exit_2(tiny_root, tmp_path):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"conv1.weight": _Evil()}, protocol=4))
+    r = _train_cli(str(tiny_root), "--out", str(tmp_path / "o" / "m.safetensors"), "--init", str(evil),
+                   "--cache-dir", str(tmp_path / "cache"), *TINY_ARGS, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "UNPICKLED-AND-RAN" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("cxr-viewer train: evil.pt is not a weights-only torch file")
+    assert "epoch" not in r.stderr  # refused before any training
+    assert not (tmp_path / "o" / "m.safetensors").exists()
+
+    # in-process, the other kinds of bad --init file: each a DataError with one line
+    from cxr_viewer.training.engine import initial_model
+
+    real = sorted((tiny_root / "train" / "NORMAL").iterdir())[0].resolve()
+    named_safetensors = tmp_path / "pickle.safetensors"
+    torch.save({"w": torch.zeros(2)}, named_safetensors)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(real.read_bytes())  # a real JPEG named .pth
+    truncated = tmp_path / "cut.pth"
+    torch.save(CxrNet().backbone.state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    not_state = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], not_state)
+    wrong = tmp_path / "wrong.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"conv1.weight": torch.zeros(3, 3)}, str(wrong))
+    cases = {named_safetensors: "pickled file", garbage: "not a weights-only torch file",
+             truncated: "not a weights-only torch file", not_state: "not a torchvision ResNet50 state dict",
+             wrong: "not a torchvision ResNet50 state dict", tmp_path / "missing.pth": "not found"}
+    for path, expect in cases.items():
+        with pytest.raises(DataError) as err:
+            initial_model(tiny_config(tiny_root, tmp_path / "o" / "m.safetensors", init=str(path)))
+        assert expect in str(err.value) and "\n" not in str(err.value), (path.name, str(err.value))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size_mb, read_only=False)``: a real small file system (tmpfs) for a full or read-only
+    output disk. Mounting needs root; the test skips, saying so, elsewhere."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int, read_only: bool = False) -> Path:
+        target = tmp_path / f"fs{len(mounted)}"
+        target.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("a real full / read-only disk needs root to mount a small tmpfs")
+        opts = f"size={size_mb}m,mode=0755" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)  # a file still open: detach
+
+
+def test_read_only_or_small_output_disk_fails_before_epoch_1(tiny_root, tmp_path, small_fs):
+    ro = small_fs(16, read_only=True)
+    r = _train_cli(str(tiny_root), "--out", str(ro / "m.safetensors"), "--cache-dir", str(tmp_path / "cache"),
+                   *TINY_ARGS, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr == f"cxr-viewer train: the output folder {ro} is not writable: Read-only file system\n"
+    small = small_fs(40)
+    r = _train_cli(str(tiny_root), "--out", str(small / "sub" / "m.safetensors"), "--cache-dir",
+                   str(tmp_path / "cache"), *TINY_ARGS, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip()
+    assert "\n" not in line and line.startswith(f"cxr-viewer train: not enough free space in {small / 'sub'}: ")
+    assert "MiB free, training needs about" in line
+    assert [p.name for p in (small / "sub").iterdir()] == []  # nothing written, no epoch run
+
+
+def test_disk_full_during_the_run_is_one_line_and_leaves_no_half_files(tiny_root, tmp_path, small_fs, monkeypatch,
+                                                                       capsys):
+    from cxr_viewer import cli
+    from cxr_viewer.training import engine
+
+    full = small_fs(24)  # room for the pre-check's probe, not for a ResNet50 checkpoint
+    monkeypatch.setattr(engine, "output_bytes_needed", lambda *a, **k: 0)  # as if the disk filled up after it
+    out = full / "m.safetensors"
+    code = cli.main(["train", str(tiny_root), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *TINY_ARGS])
+    err = capsys.readouterr().err
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last == f"cxr-viewer train: cannot write the checkpoint {full / 'm.ckpt'}: No space left on device"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in full.iterdir()) == []  # no checkpoint, model, log or temporary file
+
+
+def test_bad_training_files_are_skipped_outputs_are_one_unit_with_one_mode(tiny_root, shared_data, tmp_path,
+                                                                            monkeypatch):
+    """Bad files in the class folders are skipped and listed; the outputs all get the umask's mode; a
+    failure while renaming the outputs into place leaves none of them (nor an older model's)."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root, symlinks=True)
+    src = sorted((shared_data / "kermany" / "train" / "NORMAL").iterdir())[-1].read_bytes()
+    (root / "train" / "NORMAL" / "cut.jpeg").write_bytes(src[: len(src) // 3])
+    (root / "train" / "PNEUMONIA" / "empty.jpeg").write_bytes(b"")
+    (root / "train" / "PNEUMONIA" / "notes.png").write_bytes(b"label,file\n1,a.png\n")
+    out = tmp_path / "o" / "m.safetensors"
+    cfg = tiny_config(root, out, epochs=1, max_steps_per_epoch=1, input_size=32, cache_dir=str(tmp_path / "cache"))
+    old = os.umask(0o027)
+    try:
+        events = []
+        gen = train(cfg)
+        while True:
+            try:
+                events.append(next(gen))
+            except StopIteration as stop:
+                done = stop.value
+                break
+    finally:
+        os.umask(old)
+    (scan,) = [e for e in events if isinstance(e, ScanEvent)]
+    assert sorted(Path(e.path).name for e in scan.skipped) == ["cut.jpeg", "empty.jpeg", "notes.png"]
+    assert all(e.reason and "\n" not in e.reason for e in scan.skipped)
+    assert read_meta(done.model_path).training["skipped"] == 3
+    written = sorted(p.name for p in out.parent.iterdir())
+    assert written == ["m.ckpt", "m.json", "m.pneumonia.png", "m.report.json", "m.safetensors"], written
+    for name in written:
+        assert (out.parent / name).stat().st_mode & 0o777 == 0o640, name  # 0666 & ~027, like a plain write
+
+    # the sidecar cannot be renamed into place (the disk fills up at the last moment)
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *a, **k):
+        if str(dst) == str(out.with_suffix(".json")):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(Exception) as err:
+        run_to_completion(train(cfg))
+    assert type(err.value).__name__ == "OutputError"
+    assert str(err.value) == f"cannot write the model {out}: No space left on device; nothing was kept"
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == ["m.ckpt"], left  # no weights without a sidecar, no report of a model that is not there

@@ -11,39 +11,51 @@ from cxr_viewer.cli.common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, ProgressBa
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """Every input is either scored or listed with its reason; stdout is always one complete JSON
+    document (strict: no NaN or infinity) or CSV table. Exit 0 all scored, 1 some failed, 2 nothing
+    could run (no model, bad model file, no image could be scored)."""
     import csv
 
-    from cxr_viewer.ai.inference import score_many_task
     from cxr_viewer.ai.model import HEADS
     from cxr_viewer.io.index import index
+    from cxr_viewer.training.evaluation import one_line, score_rows
 
-    scorer = load_scorer("predict", args.model, args.device)
+    try:
+        scorer = load_scorer("predict", args.model, args.device)
+    except Exception as exc:  # noqa: BLE001 - a model file that fails in a way the loader did not foresee
+        print(f"cxr-viewer predict: cannot use model {args.model or 'default'}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if scorer is None:
         return EXIT_BAD_INPUT
-    model_path = scorer.path
     found = index(args.paths)
     refs = list(found.images())
-    records: list[dict] = []
-    for err in found.errors:
-        records.append({"path": err.path, "error": err.reason})
-    bar = ProgressBar(len(refs), "scoring")
     heads = {h: scorer.meta.heads[h] for h in scorer.head_names}
-    gen = score_many_task(scorer, refs, batch_size=args.batch_size)
-    while True:
-        try:
-            row = next(gen)
-        except StopIteration:
-            break
-        rec: dict = {"path": row.path}
+
+    def record(path: str, probabilities: dict | None, error: str = "") -> dict:
+        """Every record has the same fields; a head without a trained score, or a failed file, has nulls."""
+        rec: dict = {"path": path}
         for h in HEADS:
-            p = row.probabilities.get(h) if h in heads else None
+            p = None if error or probabilities is None or h not in heads else probabilities.get(h)
             rec[f"{h}_probability"] = None if p is None else round(p, 6)
             rec[f"{h}_label"] = None if p is None else ("positive" if p >= heads[h].threshold else "negative")
         rec.update(model_sha256=scorer.meta.weights_sha256, device=scorer.choice.label)
-        if row.error:
-            rec["error"] = row.error
-        records.append(rec)
+        if error:
+            rec["error"] = error
+        return rec
+
+    records = [record(err.path, None, err.reason) for err in found.errors]
+    bar = ProgressBar(len(refs), "scoring")
+    by_path: dict[str, list] = {}
+    for row in score_rows(scorer, refs, batch_size=args.batch_size):
+        by_path.setdefault(row.path, []).append(row)
         bar.step()
+    for ref in refs:  # in the order found; an input the scorer never reported is listed, not dropped
+        rows = by_path.get(ref.path)
+        row = rows.pop(0) if rows else None
+        if row is None:
+            records.append(record(ref.path, None, "not scored (the scorer returned no result for it)"))
+        else:
+            records.append(record(ref.path, row.probabilities, row.error))
     failed = [r for r in records if r.get("error")]
     if args.csv:
         cols = ["path", *[f"{h}_{k}" for h in HEADS for k in ("probability", "label")], "model_sha256", "device", "error"]
@@ -52,14 +64,16 @@ def _predict(args: argparse.Namespace) -> int:
         for r in records:
             writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
     else:
-        doc = {"notice": RESEARCH_NOTICE, "model": {"path": model_path, "name": scorer.meta.name,
+        doc = {"notice": RESEARCH_NOTICE, "model": {"path": scorer.path, "name": scorer.meta.name,
                "version": scorer.meta.version, "sha256": scorer.meta.weights_sha256,
                "trained_heads": scorer.trained}, "device": scorer.choice.label, "results": records}
-        json.dump(doc, sys.stdout, indent=2 if args.json else None)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(doc, indent=2 if args.json else None, allow_nan=False) + "\n")
+    sys.stdout.flush()
+    if not records:
+        print("cxr-viewer predict: no images found in " + " ".join(args.paths), file=sys.stderr)
     for r in failed:
         print(f"cxr-viewer predict: {r['path']}: {r['error']}", file=sys.stderr)
-    if not [r for r in records if not r.get("error")]:
+    if len(failed) == len(records):
         return EXIT_BAD_INPUT
     return EXIT_FAIL if failed else EXIT_OK
 

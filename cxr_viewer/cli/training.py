@@ -30,8 +30,16 @@ def _train_config(args: argparse.Namespace):
     return cfg
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for the user: a UserError's own message, an OSError's path and reason."""
+    if isinstance(exc, OSError) and not str(exc).startswith("cannot"):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"cannot write or read {where}{exc.strerror or exc}"
+    return " ".join(str(exc).split())
+
+
 def _train_heads(args: argparse.Namespace) -> int:
-    from cxr_viewer.training.data import DataError
+    from cxr_viewer.common.errors import UserError
     from cxr_viewer.training.heads import HeadTrainConfig, train_heads
 
     if not args.init or args.init == "scratch":
@@ -44,8 +52,8 @@ def _train_heads(args: argparse.Namespace) -> int:
         cfg.cache_dir = args.cache_dir or None
     try:
         done = run_with_bar(train_heads(cfg))
-    except DataError as exc:
-        print(f"cxr-viewer train: {exc}", file=sys.stderr)
+    except (UserError, OSError) as exc:  # bad data or base model (DataError), cannot write (OutputError)
+        print(f"cxr-viewer train: {_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(done.report_text)
     print(f"model: {done.model_path}\nreport: {done.report_path}", file=sys.stderr)
@@ -58,29 +66,35 @@ def _train(args: argparse.Namespace) -> int:
     if args.freeze_backbone:
         return _train_heads(args)
 
+    from cxr_viewer.common.errors import UserError
     from cxr_viewer.common.fileio import atomic_path
     from cxr_viewer.common.tasks import Cancelled
-    from cxr_viewer.training.data import DataError
-    from cxr_viewer.training.engine import EpochEvent, ScanEvent, StepEvent, _dist_info, train
+    from cxr_viewer.training.engine import EpochEvent, OutputError, ScanEvent, StepEvent, _dist_info, train
 
     cfg = _train_config(args)
     main_rank = _dist_info()[1] == 0  # under torchrun only rank 0 logs and prints
     log_path = args.log or os.path.splitext(cfg.out)[0] + ".log.csv"
     rows: list[dict] = []
     if args.resume and os.path.exists(log_path):
-        with open(log_path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(log_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            rows = []  # an unreadable log is started again; the checkpoint is what resumes
     cols = ["time", "event", "epoch", "step", "steps", "loss", "lr", "train_loss", "val_loss", "val_accuracy",
             "val_auroc", "val_sensitivity", "val_specificity", "images_per_s", "eta_s"]
 
     def write_log() -> None:
         if not main_rank:
             return
-        with atomic_path(log_path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+        try:
+            with atomic_path(log_path) as tmp:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(rows)
+        except OSError as exc:
+            raise OutputError(f"cannot write the training log {log_path}: {exc.strerror or exc}") from None
 
     state = {"last": 0.0}
 
@@ -96,6 +110,8 @@ def _train(args: argparse.Namespace) -> int:
                   f"heads trained: {', '.join(ev.trained_heads)}; skipped {len(ev.skipped)}", file=sys.stderr)
             for e in ev.skipped[:20]:
                 print(f"  skipped {e.path}: {e.reason}", file=sys.stderr)
+            if len(ev.skipped) > 20:
+                print(f"  ... and {len(ev.skipped) - 20} more skipped file(s)", file=sys.stderr)
         elif isinstance(ev, StepEvent):
             rows.append({"time": f"{now:.1f}", "event": "step", **{k: getattr(ev, k) for k in ("epoch", "step", "steps", "loss", "lr", "images_per_s")}})
             tty = sys.stderr.isatty()
@@ -115,14 +131,22 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         done = run_with_bar(train(cfg, resume=args.resume), on_event)
-    except DataError as exc:
-        print(f"cxr-viewer train: {exc}", file=sys.stderr)
+        write_log()
+    except OutputError as exc:  # the disk filled up or went read-only during the run
+        resume = (f"; the checkpoint of the last finished epoch is kept: free space and resume with --resume"
+                  if os.path.exists(cfg.checkpoint_path) else "")
+        print(f"\ncxr-viewer train: {exc}{resume}", file=sys.stderr)
+        return EXIT_FAIL
+    except (UserError, OSError) as exc:  # bad data, options, --init file or output folder: before training
+        print(f"cxr-viewer train: {_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Cancelled):
-        write_log()
+        try:
+            write_log()
+        except OutputError:
+            pass
         print(f"\ncxr-viewer train: stopped; resume with --resume (checkpoint {cfg.checkpoint_path})", file=sys.stderr)
         return EXIT_FAIL
-    write_log()
     if not main_rank:
         return EXIT_OK
     print(done.report_text)
@@ -131,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cxr_viewer.training.data import DataError
+    from cxr_viewer.common.errors import UserError
     from cxr_viewer.training.evaluation import evaluate_task, select_samples
 
     scorer = load_scorer("evaluate", args.model, args.device, args.precision)
@@ -143,8 +167,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"cxr-viewer evaluate: not found: {exc.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DataError, ValueError) as exc:
-        print(f"cxr-viewer evaluate: {exc}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as exc:
+        print(f"cxr-viewer evaluate: {_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
         print(result.to_json(per_image=args.per_image))
@@ -154,17 +178,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(result.text())
     for e in result.skipped:
         print(f"skipped {e.path}: {e.reason}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_FAIL if result.skipped else EXIT_OK
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from cxr_viewer.training.data import DataError
+    from cxr_viewer.common.errors import UserError
     from cxr_viewer.training.experiments import run_grid
 
     try:
         table_md, table_csv = run_grid(args, _train_config, run_with_bar)
-    except DataError as exc:
-        print(f"cxr-viewer experiment: {exc}", file=sys.stderr)
+    except (UserError, OSError) as exc:
+        print(f"cxr-viewer experiment: {_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(table_md)
     print(f"CSV: {table_csv}", file=sys.stderr)

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from cxr_viewer import RESEARCH_NOTICE, __version__
-from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task, score_many_task
+from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task
 from cxr_viewer.ai.model_store import ModelHolder, default_model_path
 from cxr_viewer.common.tasks import Progress
 from cxr_viewer.gui.browser import StudyBrowser
@@ -435,9 +435,11 @@ class MainWindow(QMainWindow):
         if not refs:
             self.worklist.info.setText("Open images first.")
             return
+        from cxr_viewer.training.evaluation import score_rows  # per-file failures, never NaN
+
         self.worklist_dock.raise_()
         self.worklist.begin(len(refs))
-        self.worklist_runner.submit(score_many_task, scorer, refs)
+        self.worklist_runner.submit(score_rows, scorer, refs)  # one bad file never stops the list
 
     def _on_worklist_row(self, row: WorklistRow) -> None:
         self.worklist.add_row(row)

@@ -139,25 +139,34 @@ def read_labels_csv(csv_path: str, images_dir: str | None = None) -> list[Sample
     base = Path(images_dir) if images_dir else Path(csv_path).parent / "images"
     if not base.is_dir():
         base = Path(csv_path).parent
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            return _read_labels(csv.DictReader(f), csv_path, base)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise DataError(f"cannot read the labels CSV {csv_path}: {reason}") from None
+
+
+def _read_labels(reader: csv.DictReader, csv_path: str, base: Path) -> list[Sample]:
     samples = []
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = {c.lower(): c for c in reader.fieldnames or []}
-        file_col = next((cols[c] for c in ("study_id", "file", "path", "image", "filename") if c in cols), None)
-        state_col = next((cols[c] for c in ("state", "label", "nodule") if c in cols), None)
-        if file_col is None or state_col is None:
-            raise DataError(f"{csv_path}: needs a file column (study_id/file/path/image) and a state or label column")
-        for row in reader:
-            raw = str(row[state_col]).strip().lower()
-            value = _CSV_STATES.get(raw)
-            if value is None and raw in ("0", "1"):
-                value = int(raw)
-            if value is None:
-                continue
-            path = base / row[file_col]
-            source = "NODULE" if value else "NON_NODULE"
-            samples.append(Sample(str(path), _labels_for("lung_cancer_association", value),
-                                  patient_id(str(path)), source))
+    cols = {c.lower(): c for c in reader.fieldnames or []}
+    file_col = next((cols[c] for c in ("study_id", "file", "path", "image", "filename") if c in cols), None)
+    state_col = next((cols[c] for c in ("state", "label", "nodule") if c in cols), None)
+    if file_col is None or state_col is None:
+        raise DataError(f"{csv_path}: needs a file column (study_id/file/path/image) and a state or label column")
+    for row in reader:
+        raw = str(row[state_col] or "").strip().lower()
+        value = _CSV_STATES.get(raw)
+        if value is None and raw in ("0", "1"):
+            value = int(raw)
+        if value is None:
+            continue
+        if not row.get(file_col):
+            continue
+        path = base / row[file_col]
+        source = "NODULE" if value else "NON_NODULE"
+        samples.append(Sample(str(path), _labels_for("lung_cancer_association", value),
+                              patient_id(str(path)), source))
     return samples
 
 
@@ -248,7 +257,10 @@ class PreprocessCache:
         tag = hashlib.sha1(repr(sorted(spec.to_dict().items())).encode()).hexdigest()[:12]
         self.folder = os.path.join(folder, tag) if folder else None
         if self.folder:
-            os.makedirs(self.folder, exist_ok=True)
+            try:
+                os.makedirs(self.folder, exist_ok=True)
+            except OSError:
+                self.folder = None  # an unusable cache folder only costs speed: decode every time
 
     def _key(self, path: str) -> str:
         st = os.stat(path)
@@ -269,6 +281,12 @@ class PreprocessCache:
         unit = preprocess_unit(image.values, image.monochrome1, image.padding, self.spec)
         if cached:
             tmp = f"{cached}.{os.getpid()}.tmp.npy"
-            np.save(tmp, np.rint(unit * 65535.0).astype(np.uint16), allow_pickle=False)
-            os.replace(tmp, cached)
+            try:
+                np.save(tmp, np.rint(unit * 65535.0).astype(np.uint16), allow_pickle=False)
+                os.replace(tmp, cached)
+            except OSError:  # a full or read-only cache disk: the image is still good, only not cached
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         return unit

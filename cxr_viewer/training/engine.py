@@ -14,19 +14,21 @@ import json
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Generator
+from typing import Callable, Generator
 
 import numpy as np
 import torch
 from torch import nn
 
 from cxr_viewer.ai.inference import autocast, choose_device
-from cxr_viewer.ai.model import HEADS, CxrNet, HeadInfo, ModelFileError, ModelMeta, load_model, save_model
+from cxr_viewer.ai.model import HEADS, CxrNet, HeadInfo, ModelMeta, load_model, save_model, sidecar_path
 from cxr_viewer.ai.preprocess import PreprocessSpec
-from cxr_viewer.common.errors import ImageOpenError
-from cxr_viewer.common.fileio import atomic_path, write_bytes_atomic
+from cxr_viewer.common.errors import ImageOpenError, UserError
+from cxr_viewer.common.fileio import atomic_path
 from cxr_viewer.common.tasks import NEVER_CANCELLED, Cancelled, CancelToken, Progress
 from cxr_viewer.io.study import OpenError
 from cxr_viewer.training.data import (
@@ -102,6 +104,126 @@ class TrainConfig:
             parse_threshold_rule(self.threshold_rule)
         except ValueError as exc:
             raise DataError(str(exc)) from None
+
+
+class OutputError(UserError):
+    """The model, its checkpoint or its report could not be written (disk full, folder read-only);
+    ``str(err)`` is one line. What was written before stays whole (see :func:`write_model_files`)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected exception as one short line (an OSError's reason, else its type and the first
+    line of its message), for listing a file or stopping a run without a traceback."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+#: optimiser state tensors kept per parameter (what a checkpoint holds besides the weights)
+_OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2, "adamax": 2, "adagrad": 1}
+
+
+def output_bytes_needed(model: nn.Module, optimizer: str, checkpoint: str | None = None) -> int:
+    """Free space a run needs beside its output: the fp16 weights, the checkpoint (fp32 weights, the
+    best epoch's weights and the optimiser's state) twice (the old one stays until the new one is
+    complete), less a checkpoint already there, and a few MiB for the sidecar, report and plots."""
+    n = sum(v.numel() for v in model.state_dict().values() if v.is_floating_point())
+    ckpt = 4 * n * (2 + _OPTIMIZER_SLOTS.get(optimizer, 2))
+    existing = os.path.getsize(checkpoint) if checkpoint and os.path.isfile(checkpoint) else 0
+    return 2 * n + max(ckpt, 2 * ckpt - existing) + 8 * 2**20
+
+
+def check_output_folder(out: str, need: int = 0) -> None:
+    """Before any training: the output folder exists (made if needed), takes a new file, and has
+    ``need`` bytes free. Raises DataError with one line otherwise."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {folder}: {one_line(exc)}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"the output folder {folder} is not writable: {one_line(exc)}") from None
+    if need:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return  # a file system that cannot say: the writes themselves are checked
+        if free < need:
+            raise DataError(f"not enough free space in {folder}: {_mib(free)} free, training needs about "
+                            f"{_mib(need)} (model, checkpoint and its replacement)")
+
+
+def _file_mode() -> int:
+    """What a plain ``open(path, "w")`` gives under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_model_files(model: nn.Module, meta: ModelMeta, out: str, extras: dict[str, Callable[[str], None]],
+                      dtype: torch.dtype = torch.float16) -> None:
+    """Write the weights, their sidecar and ``extras`` (final path -> writer of a given path: the
+    report, the plots) as one unit: all to temporary names in the output folder, then renamed, the
+    sidecar last (weights without a sidecar are never a model). On any failure every temporary
+    file and every file already renamed is removed, and OutputError says why. All files get the
+    permissions of a plain file write."""
+    folder = os.path.dirname(os.path.abspath(out))
+    stem = os.path.splitext(os.path.basename(out))[0]
+    temps: list[str] = []
+    moved: list[str] = []
+    try:
+        fd, tmp_weights = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=".safetensors", dir=folder)
+        os.close(fd)
+        temps += [tmp_weights, sidecar_path(tmp_weights)]
+        staged: list[tuple[str, str]] = []
+        for final, writer in extras.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=os.path.splitext(final)[1], dir=folder)
+            os.close(fd)
+            temps.append(tmp)
+            writer(tmp)
+            staged.append((tmp, final))
+        save_model(model, meta, tmp_weights, dtype=dtype)
+        mode = _file_mode()
+        for tmp in temps:
+            os.chmod(tmp, mode)
+        staged += [(tmp_weights, out), (sidecar_path(tmp_weights), sidecar_path(out))]
+        if os.path.exists(sidecar_path(out)):
+            os.unlink(sidecar_path(out))  # an older model here stops being a model before its weights change
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            temps.remove(tmp)
+            moved.append(final)
+        try:  # the renames themselves survive a power cut
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except BaseException as exc:
+        for path in temps + moved:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the model {out}: {one_line(exc)}; nothing was kept") from None
+        raise
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -242,6 +364,12 @@ def prepare_images(samples: list[Sample], cache: PreprocessCache, cancel: Cancel
             bad.append(OpenError(s.path, str(exc)))
         except OSError as exc:
             bad.append(OpenError(s.path, f"cannot read: {exc.strerror or exc}"))
+        except MemoryError:
+            bad.append(OpenError(s.path, "out of memory while decoding"))
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad file is skipped and listed, never fatal
+            bad.append(OpenError(s.path, f"cannot use this image: {one_line(exc)}"))
         if i % 50 == 0 or i + 1 == len(samples):
             yield Progress(stage, i + 1, len(samples), s.path)
     return images[: len(keep)], keep, bad
@@ -250,31 +378,56 @@ def prepare_images(samples: list[Sample], cache: PreprocessCache, cancel: Cancel
 # --- model init -----------------------------------------------------------------------------
 
 def initial_model(cfg: TrainConfig) -> tuple[CxrNet, str]:
+    """The network to start from. Any unusable --init file raises DataError with one line."""
     model = CxrNet(HEADS, 256, cfg.head_activation)
     if cfg.init in ("", "scratch"):
         return model, "from scratch (random initialisation; no pretrained weights)"
     path = cfg.init
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise DataError(f"initial weights not found: {path}")
-    if path.endswith(".safetensors") and os.path.exists(os.path.splitext(path)[0] + ".json"):
+    try:
+        return _load_initial(model, cfg, path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile or broken file: one line, never a traceback
+        raise DataError(f"initial weights unusable ({os.path.basename(path)}): {one_line(exc)}") from None
+
+
+def _load_initial(model: CxrNet, cfg: TrainConfig, path: str) -> tuple[CxrNet, str]:
+    if path.endswith(".safetensors") and os.path.exists(sidecar_path(path)):
         try:
             loaded, meta = load_model(path)
-        except ModelFileError as exc:
+        except UserError as exc:  # ModelFileError: pickles refused, SHA-256 checked, shapes checked
             raise DataError(f"initial model unusable: {exc}") from None
         model.backbone.load_state_dict(loaded.backbone.state_dict())
         for h in HEADS:
             if meta.head_activation == cfg.head_activation:
                 model.heads[h].load_state_dict(loaded.heads[h].state_dict())
         return model, f"fine-tuned from model {os.path.basename(path)} (SHA-256 {meta.weights_sha256[:12]})"
-    # ImageNet ResNet50 weights (torchvision names), safetensors or a weights-only torch file
+    # ImageNet ResNet50 weights (torchvision names): safetensors, or a torch file read weights-only
+    # (tensors and plain containers; anything else is refused by torch's restricted loader)
+    with open(path, "rb") as f:
+        magic = f.read(8)
     if path.endswith(".safetensors"):
+        if magic.startswith((b"PK\x03\x04", b"\x80")):
+            raise DataError(f"{os.path.basename(path)} is a pickled file named .safetensors; it is refused "
+                            "(pickles can run code)")
         from safetensors.torch import load_file
 
         state = load_file(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
+            raise DataError(f"{os.path.basename(path)} is not a weights-only torch file (refused, never "
+                            f"unpickled: {one_line(exc)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{os.path.basename(path)} is not a torchvision ResNet50 state dict")
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+    try:
+        missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    except RuntimeError:  # shapes that do not fit
+        missing, unexpected = [], ["?"]
     if unexpected or [m for m in missing if not m.startswith("fc.")]:
         raise DataError(f"{os.path.basename(path)} is not a torchvision ResNet50 state dict")
     return model, f"backbone initialised from {os.path.basename(path)} (local ImageNet weights)"
@@ -320,9 +473,32 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((p[-2], tuple(p[:-2]), p[-1]))
 
 
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: str, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Atomic (the previous checkpoint stays whole until the new one is complete). A failed write is
+    OutputError with one line; torch's writer reports a full disk as a RuntimeError, so that case is
+    recognised by the free space left."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise OutputError(f"cannot write the checkpoint {path}: {one_line(exc)}") from None
+    except RuntimeError as exc:
+        try:
+            full = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < _tensor_bytes(payload)
+        except OSError:
+            full = False
+        reason = "No space left on device" if full else f"the write failed ({one_line(exc)})"
+        raise OutputError(f"cannot write the checkpoint {path}: {reason}") from None
 
 
 def load_checkpoint(path: str) -> dict:
@@ -381,14 +557,29 @@ def _head_summary(logits: np.ndarray, labels: np.ndarray, heads: tuple[str, ...]
     return res
 
 
+def report_writers(report_path: str, report_json: str, reports: dict, out: str) -> dict[str, Callable[[str], None]]:
+    """Writers for the report JSON and each head's ROC/calibration plot (for :func:`write_model_files`)."""
+    def write_text(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(report_json)
+
+    writers: dict[str, Callable[[str], None]] = {report_path: write_text}
+    for h, r in reports.items():
+        writers[os.path.splitext(out)[0] + f".{h}.png"] = (lambda tmp, h=h, r=r: save_report_plots(h, r, tmp))
+    return writers
+
+
 def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CANCELLED
           ) -> Generator[object, None, DoneEvent]:
     """Task: train a model. Yields Progress, ScanEvent, StepEvent and EpochEvent; returns DoneEvent."""
     cfg.validate()
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    check_output_folder(cfg.out)  # writable, before anything slow
     world, rank, local_rank = _dist_info()
     distributed = world > 1
-    choice = choose_device(cfg.device, cfg.precision)
+    try:
+        choice = choose_device(cfg.device, cfg.precision)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     device = choice.device
     if distributed:
         import torch.distributed as dist
@@ -402,6 +593,10 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    # the starting weights (a bad --init fails here) and room for the outputs, before any data work
+    model, init_note = initial_model(cfg)
+    if rank == 0:
+        check_output_folder(cfg.out, output_bytes_needed(model, cfg.optimizer, cfg.checkpoint_path))
 
     # data
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
@@ -429,7 +624,6 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     yield ScanEvent(scan.summary(), counts(train_s), counts(val_s), val_note, skipped, heads)
 
     # model, optimiser, schedule
-    model, init_note = initial_model(cfg)
     # channels_last: faster convolutions with cuDNN and with oneDNN bf16 on the CPU
     model = model.to(device).to(memory_format=torch.channels_last)
     if device.startswith("cuda"):
@@ -574,13 +768,9 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     meta.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     report_path = os.path.splitext(cfg.out)[0] + ".report.json"
     if is_main:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        save_model(model, meta, cfg.out, dtype=torch.float16)
-        write_bytes_atomic(report_path, json.dumps({"notice": "Research use only. Not for diagnostic use.",
-                                                    "split": "validation", "model": os.path.basename(cfg.out),
-                                                    "heads": reports, "history": history}, indent=2).encode())
-        for h, r in reports.items():
-            save_report_plots(h, r, os.path.splitext(cfg.out)[0] + f".{h}.png")
+        report = json.dumps({"notice": "Research use only. Not for diagnostic use.", "split": "validation",
+                             "model": os.path.basename(cfg.out), "heads": reports, "history": history}, indent=2)
+        write_model_files(model, meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
     if distributed:
         import torch.distributed as dist
 
@@ -588,6 +778,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     return DoneEvent(cfg.out, report_path, best_epoch, stopped_early, "\n\n".join(texts))
 
 
-__all__ = ["TrainConfig", "train", "ScanEvent", "StepEvent", "EpochEvent", "DoneEvent", "DataError", "Cancelled",
-           "masked_bce", "balanced_weights", "load_checkpoint", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "train", "ScanEvent", "StepEvent", "EpochEvent", "DoneEvent", "DataError", "OutputError",
+           "Cancelled", "masked_bce", "balanced_weights", "load_checkpoint", "check_output_folder",
+           "write_model_files", "one_line", "OPTIMIZERS"]
 

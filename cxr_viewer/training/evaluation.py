@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
-from typing import Generator
+from typing import Generator, Sequence
 
 import numpy as np
 
-from cxr_viewer.ai.inference import Scorer
+from cxr_viewer.ai.inference import Scorer, WorklistRow
 from cxr_viewer.ai.model import HEADS
-from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.common.errors import UserError
+from cxr_viewer.common.tasks import NEVER_CANCELLED, Cancelled, CancelToken, Progress
 from cxr_viewer.io.study import OpenError
 from cxr_viewer.training.data import DataError, Sample, choose_validation, scan_dataset
-from cxr_viewer.training.engine import CLASS_NAMES
+from cxr_viewer.training.engine import CLASS_NAMES, one_line
 from cxr_viewer.training.metrics import binary_report, format_report
 
 
@@ -35,6 +38,65 @@ class EvaluationResult:
         if per_image:
             doc["images"] = self.per_image
         return json.dumps(doc, indent=2)
+
+
+NON_FINITE = "the model gave no finite score for this image (NaN or infinity); it is not scored"
+
+
+def _checked(row: WorklistRow) -> WorklistRow:
+    """A row whose scores are all finite numbers in [0, 1] (or None), else an error row: no NaN or
+    infinity ever reaches a report, a table or JSON."""
+    if row.error:
+        return WorklistRow(row.path, {h: None for h in row.probabilities}, row.error)
+    for p in row.probabilities.values():
+        if p is not None and not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            return WorklistRow(row.path, {h: None for h in row.probabilities}, NON_FINITE)
+    return row
+
+
+def score_rows(scorer: Scorer, refs: Sequence, batch_size: int = 8, cancel: CancelToken = NEVER_CANCELLED
+               ) -> Generator[WorklistRow, None, int]:
+    """One row per input, scored or with its one-line reason: a batch never fails as a whole.
+
+    Runs :func:`score_many_task`; should it stop on a fault it did not turn into a per-file error,
+    the images not yet reported are scored one at a time, so only the file(s) at fault are listed as
+    failed. Non-finite scores become errors (:func:`_checked`). Cancelled propagates. Returns the
+    number of images scored.
+    """
+    from cxr_viewer.ai.inference import score_many_task
+
+    seen: Counter = Counter()
+    scored = 0
+    try:
+        for row in score_many_task(scorer, list(refs), batch_size=batch_size, cancel=cancel):
+            seen[row.path] += 1
+            row = _checked(row)
+            scored += not row.error
+            yield row
+        return scored
+    except Cancelled:
+        raise
+    except Exception:  # noqa: BLE001 - isolated below, file by file
+        pass
+    left = []
+    for ref in refs:
+        if seen[ref.path]:
+            seen[ref.path] -= 1
+        else:
+            left.append(ref)
+    for ref in left:
+        cancel.raise_if_cancelled()
+        try:
+            rows = list(score_many_task(scorer, [ref], batch_size=1, cancel=cancel))
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this file is listed with its reason, the batch goes on
+            rows = [WorklistRow(ref.path, {h: None for h in scorer.head_names}, f"cannot score: {one_line(exc)}")]
+        for row in rows:
+            row = _checked(row)
+            scored += not row.error
+            yield row
+    return scored
 
 
 def select_samples(data_dir: str, split: str, model_training: dict | None = None,
@@ -60,7 +122,6 @@ def select_samples(data_dir: str, split: str, model_training: dict | None = None
 def evaluate_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_size: int = 16,
                   bootstrap: int = 1000, cancel: CancelToken = NEVER_CANCELLED
                   ) -> Generator[Progress, None, EvaluationResult]:
-    from cxr_viewer.ai.inference import score_many_task
     from cxr_viewer.io.index import read_any
 
     if not samples:
@@ -71,15 +132,10 @@ def evaluate_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_
             refs.append(read_any(s.path)[0])
             labels[s.path] = s.labels
         except Exception as exc:  # noqa: BLE001 - listed, never fatal
-            skipped.append(OpenError(s.path, str(exc)))
+            skipped.append(OpenError(s.path, str(exc) if isinstance(exc, UserError) else one_line(exc)))
     rows = []
-    gen = score_many_task(scorer, refs, batch_size=batch_size, cancel=cancel)
     done = 0
-    while True:
-        try:
-            row = next(gen)
-        except StopIteration:
-            break
+    for row in score_rows(scorer, refs, batch_size=batch_size, cancel=cancel):
         done += 1
         if row.error:
             skipped.append(OpenError(row.path, row.error))

@@ -21,16 +21,25 @@ import numpy as np
 import torch
 
 from cxr_viewer.ai.inference import autocast, choose_device
-from cxr_viewer.ai.model import HEADS, HeadInfo, ModelFileError, load_model, save_model
-from cxr_viewer.common.fileio import write_bytes_atomic
+from cxr_viewer.ai.model import HEADS, HeadInfo, load_model
+from cxr_viewer.common.errors import UserError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.training.data import DataError, PreprocessCache, default_cache_dir, scan_dataset, validate_for_training
-from cxr_viewer.training.engine import CLASS_NAMES, Augment, DoneEvent, prepare_images
+from cxr_viewer.training.engine import (
+    CLASS_NAMES,
+    Augment,
+    DoneEvent,
+    check_output_folder,
+    one_line,
+    output_bytes_needed,
+    prepare_images,
+    report_writers,
+    write_model_files,
+)
 from cxr_viewer.training.metrics import (
     binary_report,
     fit_temperature,
     format_report,
-    save_report_plots,
     youden_threshold,
 )
 
@@ -103,11 +112,20 @@ def _fit_head(head: torch.nn.Module, feats: np.ndarray, y: np.ndarray, cfg: Head
 def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> Generator[object, None, DoneEvent]:
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if not str(cfg.out).endswith(".safetensors"):
+        raise DataError("the output model must be a .safetensors path")
+    check_output_folder(cfg.out)
     try:
         model, meta = load_model(cfg.base_model)
-    except (ModelFileError, FileNotFoundError) as exc:
+    except UserError as exc:  # ModelFileError: one line (pickles refused, SHA-256 checked)
         raise DataError(f"base model unusable: {exc}") from None
-    choice = choose_device(cfg.device, cfg.precision)
+    except Exception as exc:  # noqa: BLE001 - a file the loader did not foresee: still one line
+        raise DataError(f"base model unusable: {one_line(exc)}") from None
+    check_output_folder(cfg.out, output_bytes_needed(model, "sgd") // 4)  # no checkpoint here: weights + report
+    try:
+        choice = choose_device(cfg.device, cfg.precision)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     model = model.to(choice.device).to(memory_format=torch.channels_last)
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
     samples = [s for split in ("train", "val", "test") for s in scan.splits.get(split, [])]
@@ -170,14 +188,10 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
     if cfg.version:
         meta.version = cfg.version
     meta.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    save_model(model.cpu(), meta, cfg.out, dtype=torch.float16)
     report_path = os.path.splitext(cfg.out)[0] + ".heads.report.json"
-    write_bytes_atomic(report_path, json.dumps({"notice": "Research use only. Not for diagnostic use.",
-                                                "split": f"{cfg.folds}-fold cross-validation", "heads": reports},
-                                               indent=2).encode())
-    for h, r in reports.items():
-        save_report_plots(h, r, os.path.splitext(cfg.out)[0] + f".{h}.png")
+    report = json.dumps({"notice": "Research use only. Not for diagnostic use.",
+                         "split": f"{cfg.folds}-fold cross-validation", "heads": reports}, indent=2)
+    write_model_files(model.cpu(), meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
     return DoneEvent(cfg.out, report_path, -1, False, "\n\n".join(texts))
 
 
