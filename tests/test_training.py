@@ -340,7 +340,8 @@ def test_disk_full_during_the_run_is_one_line_and_leaves_no_half_files(tiny_root
 def test_bad_training_files_are_skipped_outputs_are_one_unit_with_one_mode(tiny_root, shared_data, tmp_path,
                                                                             monkeypatch):
     """Bad files in the class folders are skipped and listed; the outputs all get the umask's mode; a
-    failure while renaming the outputs into place leaves none of them (nor an older model's)."""
+    failure while renaming the outputs into place leaves none of the new ones and puts the older model
+    back exactly as it was."""
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root, symlinks=True)
     src = sorted((shared_data / "kermany" / "train" / "NORMAL").iterdir())[-1].read_bytes()
@@ -370,11 +371,12 @@ def test_bad_training_files_are_skipped_outputs_are_one_unit_with_one_mode(tiny_
     for name in written:
         assert (out.parent / name).stat().st_mode & 0o777 == 0o640, name  # 0666 & ~027, like a plain write
 
-    # the sidecar cannot be renamed into place (the disk fills up at the last moment)
+    # the new sidecar cannot be renamed into place (the disk fills up at the last moment)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name != "m.ckpt"}
     real_replace = os.replace
 
     def failing_replace(src, dst, *a, **k):
-        if str(dst) == str(out.with_suffix(".json")):
+        if str(dst) == str(out.with_suffix(".json")) and os.path.basename(src).startswith(".tmp-"):
             raise OSError(28, "No space left on device")
         return real_replace(src, dst, *a, **k)
 
@@ -382,6 +384,7 @@ def test_bad_training_files_are_skipped_outputs_are_one_unit_with_one_mode(tiny_
     with pytest.raises(Exception) as err:
         run_to_completion(train(cfg))
     assert type(err.value).__name__ == "OutputError"
-    assert str(err.value) == f"cannot write the model {out}: No space left on device; nothing was kept"
-    left = sorted(p.name for p in out.parent.iterdir())
-    assert left == ["m.ckpt"], left  # no weights without a sidecar, no report of a model that is not there
+    assert str(err.value) == (f"cannot write the model {out}: No space left on device; nothing new was kept; "
+                              "the previous model there is kept")
+    after = {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name != "m.ckpt"}
+    assert after == before  # the older model is back, byte for byte; no temporary or backup file is left

@@ -185,6 +185,7 @@ def write_model_files(model: nn.Module, meta: ModelMeta, out: str, extras: dict[
     stem = os.path.splitext(os.path.basename(out))[0]
     temps: list[str] = []
     moved: list[str] = []
+    backups: list[tuple[str, str]] = []  # (backup, final): what was there before, put back on failure
     try:
         fd, tmp_weights = tempfile.mkstemp(prefix=f".tmp-{stem}-", suffix=".safetensors", dir=folder)
         os.close(fd)
@@ -201,12 +202,23 @@ def write_model_files(model: nn.Module, meta: ModelMeta, out: str, extras: dict[
         for tmp in temps:
             os.chmod(tmp, mode)
         staged += [(tmp_weights, out), (sidecar_path(tmp_weights), sidecar_path(out))]
-        if os.path.exists(sidecar_path(out)):
-            os.unlink(sidecar_path(out))  # an older model here stops being a model before its weights change
+        # An older model at these names is moved aside first, its sidecar first (so it stops being a
+        # model before its weights change), and put back if anything below fails: nothing is lost.
+        for final in [sidecar_path(out)] + [f for _, f in staged if f != sidecar_path(out)]:
+            if os.path.lexists(final):
+                backup = f"{final}.bak-{os.getpid()}"
+                os.replace(final, backup)
+                backups.append((backup, final))
         for tmp, final in staged:
             os.replace(tmp, final)
             temps.remove(tmp)
             moved.append(final)
+        for backup, _final in backups:
+            try:
+                os.unlink(backup)
+            except OSError:
+                pass
+        backups.clear()
         try:  # the renames themselves survive a power cut
             dfd = os.open(folder, os.O_RDONLY)
             try:
@@ -221,8 +233,14 @@ def write_model_files(model: nn.Module, meta: ModelMeta, out: str, extras: dict[
                 os.unlink(path)
             except OSError:
                 pass
+        for backup, final in reversed(backups):  # the sidecar, moved aside first, comes back last
+            try:
+                os.replace(backup, final)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the model {out}: {one_line(exc)}; nothing was kept") from None
+            kept = "; the previous model there is kept" if backups else ""
+            raise OutputError(f"cannot write the model {out}: {one_line(exc)}; nothing new was kept{kept}") from None
         raise
 
 
