@@ -6,6 +6,10 @@ over space, weights the maps; the ReLU of the weighted sum, scaled to [0, 1], is
 Only the small heads need a backward pass, since the gradient is taken at the backbone's output.
 We use this small hook-free implementation rather than captum or pytorch-grad-cam (which pull in
 OpenCV, matplotlib and more) and test it against a hand-computed case.
+
+A score is a finite number or nothing: an image whose model input is not finite after
+preprocessing, or whose model output is not, raises :class:`UnscorableImageError` (listed like an
+unreadable file), and in a batch any failure of one file is that file's row, never the batch's end.
 """
 
 from __future__ import annotations
@@ -37,6 +41,40 @@ HEAD_MEANING = {
         "because a pneumonia that recurs in one lobe or does not clear can hide a tumour."
     ),
 }
+
+
+class UnscorableImageError(ImageOpenError):
+    """An image the model gives no number for (non-finite input or output); one line, like an unreadable file."""
+
+
+NONFINITE_INPUT = "the image has non-finite pixel values (NaN or infinity) or model input; it is not scored"
+NONFINITE_OUTPUT = "the model gave a non-finite output for this image; it is not scored"
+
+
+def check_model_input(x: np.ndarray) -> np.ndarray:
+    """``x`` if every value is finite; UnscorableImageError otherwise."""
+    if not np.isfinite(x).all():
+        raise UnscorableImageError(NONFINITE_INPUT)
+    return x
+
+
+def model_input(image: LoadedImage, scorer: Scorer) -> np.ndarray:
+    """The preprocessed input (3, S, S) of ``image``. A non-finite pixel is refused even where the
+    percentile clipping would hide it (an infinite pixel would become a plausible white one)."""
+    if not np.isfinite(image.values).all():
+        raise UnscorableImageError(NONFINITE_INPUT)
+    return check_model_input(preprocess_image(image, scorer.meta.preprocessing))
+
+
+def failure_reason(exc: BaseException, doing: str) -> str:
+    """One line for a file that failed in a way nobody planned for (the batch goes on)."""
+    if isinstance(exc, ImageOpenError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return f"out of memory while {doing}"
+    detail = " ".join(str(exc).split())
+    line = f"unexpected error while {doing}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 @dataclass(frozen=True)
@@ -181,23 +219,49 @@ class Scorer:
             t = t.pin_memory().to(self.choice.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last)
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S)."""
+    def _calibrate(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (B, n_heads), finite (B,)): a row whose logits are not all finite is no score
+        (sigmoid would turn an infinite logit into a plausible 1.0)."""
+        logits = logits.float().cpu()
+        finite = torch.isfinite(logits).all(dim=1).numpy()
+        return torch.sigmoid(logits / self._temperature).numpy(), finite
+
+    def batch_probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S), and which rows
+        are finite (B,); the others must be reported, never used."""
+        finite_in = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         with torch.inference_mode(), autocast(self.choice):
             logits = self.model(self._to_device(x))
-        return torch.sigmoid(logits.float().cpu() / self._temperature).numpy()
+        probs, finite = self._calibrate(logits)
+        return probs, finite & finite_in
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S).
+
+        UnscorableImageError if any input or output is not finite."""
+        check_model_input(x)
+        probs, finite = self.batch_probabilities(x)
+        if not finite.all():
+            raise UnscorableImageError(NONFINITE_OUTPUT)
+        return probs
 
     def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        check_model_input(x)
         with torch.no_grad(), autocast(self.choice):
             fmap = self.model.features(self._to_device(x))
         heads = self.model.head_logits
         with torch.no_grad():
             logits = heads(fmap.float())
+        probs, finite = self._calibrate(logits)
+        if not finite.all() or not bool(torch.isfinite(fmap).all()):
+            raise UnscorableImageError(NONFINITE_OUTPUT)
         cams = grad_cam(fmap, heads, len(self.head_names))
         size = self.meta.input_size
         cams = torch.nn.functional.interpolate(cams, size=(size, size), mode="bilinear", align_corners=False)
-        probs = torch.sigmoid(logits.float().cpu() / self._temperature).numpy()
-        return probs, cams.clamp(0, 1).float().cpu().numpy()
+        cams = cams.float().cpu()
+        if not bool(torch.isfinite(cams).all()):
+            raise UnscorableImageError("the model gave a non-finite heatmap for this image; it is not scored")
+        return probs, cams.clamp(0, 1).numpy()
 
     def head_scores(self, probs: np.ndarray) -> tuple[HeadScore, ...]:
         out = []
@@ -215,7 +279,7 @@ class Scorer:
 
     def score(self, image: LoadedImage, heatmaps: bool = True) -> ScoreResult:
         t0 = time.perf_counter()
-        x = preprocess_image(image, self.meta.preprocessing)[None]
+        x = model_input(image, self)[None]
         if heatmaps:
             probs, cams = self.probabilities_and_cams(x)
             maps = {h: cams[0, i] for i, h in enumerate(self.head_names) if h in self.trained}
@@ -242,19 +306,41 @@ class WorklistRow:
 
 
 def _prepare(ref: ImageRef, scorer: Scorer) -> tuple[ImageRef, np.ndarray | None, str]:
+    """(ref, model input, "") or (ref, None, one-line reason): any failure of one file is its own."""
     try:
         image = load_image(ref, 0)
-        return ref, preprocess_image(image, scorer.meta.preprocessing), ""
-    except ImageOpenError as exc:
-        return ref, None, str(exc)
-    except MemoryError:
-        return ref, None, "out of memory while decoding"
+        return ref, model_input(image, scorer), ""
+    except Exception as exc:  # noqa: BLE001 - MemoryError too: listed as this file's failure; the batch goes on
+        return ref, None, failure_reason(exc, "decoding")
+
+
+def _score_rows(scorer: Scorer, good: list[tuple[ImageRef, np.ndarray]]) -> Generator[WorklistRow, None, None]:
+    """One row per input: its probabilities, or why it has none. A batch the model fails on is
+    retried image by image, so that one image's failure is that image's row."""
+    try:
+        probs, finite = scorer.batch_probabilities(np.stack([x for _, x in good]))
+    except Exception as exc:  # noqa: BLE001 - e.g. out of (device) memory
+        if len(good) > 1:
+            for one in good:
+                yield from _score_rows(scorer, [one])
+            return
+        yield WorklistRow(good[0][0].path, {h: None for h in scorer.head_names}, failure_reason(exc, "scoring"))
+        return
+    for (ref, _), p, ok in zip(good, probs, finite):
+        if not ok:
+            yield WorklistRow(ref.path, {h: None for h in scorer.head_names}, NONFINITE_OUTPUT)
+            continue
+        yield WorklistRow(ref.path, {h: (float(p[i]) if h in scorer.trained else None)
+                                     for i, h in enumerate(scorer.head_names)})
 
 
 def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 8,
                     cancel: CancelToken = NEVER_CANCELLED) -> Generator[WorklistRow, None, int]:
     """Score many images; yields one row per image. Decoding runs ahead in a thread pool so that it
-    overlaps with the model's compute. Returns the number of images scored."""
+    overlaps with the model's compute. Returns the number of images scored.
+
+    A file that fails in any way (unreadable, non-finite pixels or output, an unexpected error) is
+    a row with ``error`` set and no probabilities; the others are still scored."""
     from concurrent.futures import ThreadPoolExecutor
 
     scored = 0
@@ -274,10 +360,8 @@ def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 
                 if x is None:
                     yield WorklistRow(ref.path, {h: None for h in scorer.head_names}, err)
             if good:
-                probs = scorer.probabilities(np.stack([x for _, x in good]))
-                for (ref, _), p in zip(good, probs):
-                    scored += 1
-                    yield WorklistRow(ref.path, {h: (float(p[i]) if h in scorer.trained else None)
-                                                 for i, h in enumerate(scorer.head_names)})
+                for row in _score_rows(scorer, good):
+                    scored += 0 if row.error else 1
+                    yield row
         cancel.raise_if_cancelled()
     return scored

@@ -24,6 +24,8 @@ from cxr_viewer.io.display import percentile_window
 
 @dataclass(frozen=True)
 class PreprocessSpec:
+    """The preprocessing parameters; a model file's are read and checked by ``ai.model.read_meta``."""
+
     input_size: int = 224
     low_percentile: float = 0.5
     high_percentile: float = 99.5
@@ -35,14 +37,6 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        spec = cls(**known)
-        if spec.resize != "squash" or spec.version != 1:
-            raise ValueError(f"unknown preprocessing (resize={spec.resize!r}, version={spec.version})")
-        return spec
 
 
 def normalise_intensity(values: np.ndarray, monochrome1: bool, padding: np.ndarray | None,

@@ -44,6 +44,9 @@ def load_scorer(command: str, model: str | None, device: str, precision: str = "
     except (ModelFileError, ValueError) as exc:  # unreadable/refused file, or a device not available here
         print(f"cxr-viewer {command}: cannot use model {model_path}: {exc}", file=sys.stderr)
         return None
+    except MemoryError:
+        print(f"cxr-viewer {command}: cannot use model {model_path}: out of memory while loading it", file=sys.stderr)
+        return None
 
 
 def run_with_bar(gen, on_event=None):
