@@ -1,5 +1,7 @@
 """Inference benchmark: batch-1 latency (open -> scores + heatmap) and folder throughput end to end
-(decode + preprocess + model) beside model-only throughput, same device and precision, as a ratio.
+(decode + preprocess + model) beside model-only throughput, same device and precision, as a ratio;
+and what the input checks (header, image check, feature distance) add to scoring, side by side
+with the same model without them.
 
     python bench/inference.py [--model models/default.safetensors] [--images 256] [--batch 16]
 
@@ -67,6 +69,29 @@ def throughput(scorer: Scorer, files: list[Path], batch: int) -> dict:
             "ratio": round(end_to_end / model_only, 3)}
 
 
+def checks_overhead(scorer: Scorer, files: list[Path], batch: int) -> dict:
+    """Scoring with the input checks vs the same model without them (children's images: every
+    head is scored either way, so the difference is the checks' cost alone)."""
+    from cxr_viewer.ai.gate import InputChecks
+
+    bare = Scorer(scorer.model, scorer.meta, scorer.choice, scorer.path, checks=InputChecks({}))
+    imgs = [open_image(str(f)) for f in files[:16]]
+    out = {}
+    for name, s in (("with_checks", scorer), ("without_checks", bare)):
+        s.score(imgs[0])
+        t0 = time.perf_counter()
+        for im in imgs:
+            s.score(im, heatmaps=True)
+        out[f"{name}_ms_per_image"] = round((time.perf_counter() - t0) / len(imgs) * 1000, 1)
+        refs = [read_any(str(f))[0] for f in files]
+        t0 = time.perf_counter()
+        n = len(list(score_many_task(s, refs, batch_size=batch)))
+        out[f"{name}_batch_img_s"] = round(n / (time.perf_counter() - t0), 1)
+    out["single_image_overhead"] = round(out["with_checks_ms_per_image"] / out["without_checks_ms_per_image"] - 1, 3)
+    out["batch_overhead"] = round(out["without_checks_batch_img_s"] / out["with_checks_batch_img_s"] - 1, 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=default_model_path())
@@ -90,7 +115,8 @@ def main() -> None:
         scorer.score(open_image(str(files[0])))  # warm-up
         run = {"device": choice.label,
                "latency_ms_open_to_scores_and_heatmap": latency(scorer, [files[0], *big, *dcm]),
-               **throughput(scorer, files, args.batch)}
+               **throughput(scorer, files, args.batch),
+               "input_checks": checks_overhead(scorer, files[:64], args.batch)}
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
     print(json.dumps(report, indent=2))

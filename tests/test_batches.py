@@ -44,7 +44,9 @@ def corpus_paths(corpus: td.BrokenCorpus) -> tuple[set[str], set[str]]:
 
 
 def test_predict_lists_every_file_of_a_hostile_folder(module_corpus, model_path, cli):
-    r = cli("predict", str(module_corpus.root), "--model", str(model_path), "--device", "cpu", "--json", timeout=300)
+    # --score-anyway: the good files here are adults' radiographs; this test is about bad files
+    r = cli("predict", str(module_corpus.root), "--model", str(model_path), "--device", "cpu", "--json",
+            "--score-anyway", timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]  # some failed, some scored
     doc = strict_json(r.stdout)
     results = doc["results"]
@@ -66,7 +68,8 @@ def test_predict_lists_every_file_of_a_hostile_folder(module_corpus, model_path,
         if x.get("error"):
             assert f"cxr-viewer predict: {x['path']}: {x['error']}" in r.stderr
 
-    r = cli("predict", str(module_corpus.root), "--model", str(model_path), "--device", "cpu", "--csv", timeout=300)
+    r = cli("predict", str(module_corpus.root), "--model", str(model_path), "--device", "cpu", "--csv",
+            "--score-anyway", timeout=300)
     assert r.returncode == 1
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert {row["path"] for row in rows} == set(listed) and len(rows) == len(listed)
@@ -85,8 +88,8 @@ def test_predict_exit_2_with_complete_output_when_nothing_can_be_scored(module_c
 def _faulty_score_many(real, die_at: str, nan_at: str):
     """score_many_task as if a layer below had a defect: the generator dies (an exception nobody
     turned into a per-file error) when it reaches ``die_at``, and ``nan_at`` gets a NaN score."""
-    def faulty(scorer, refs, batch_size=8, cancel=inference.NEVER_CANCELLED):
-        for row in real(scorer, refs, batch_size=batch_size, cancel=cancel):
+    def faulty(scorer, refs, batch_size=8, cancel=inference.NEVER_CANCELLED, score_anyway=False):
+        for row in real(scorer, refs, batch_size=batch_size, cancel=cancel, score_anyway=score_anyway):
             if row.path == die_at:
                 raise RuntimeError("decoder crashed\nwith a second line")
             if row.path == nan_at:
@@ -118,7 +121,12 @@ def test_predict_survives_a_fault_below_and_never_prints_nan(shared_data, tmp_pa
     assert results[nan_at]["error"] == NON_FINITE and results[nan_at]["pneumonia_probability"] is None
     scored = [p for p in refs if p not in (die_at, nan_at)]
     for p in scored:
-        assert not results[p].get("error") and 0.0 <= results[p]["pneumonia_probability"] <= 1.0
+        assert not results[p].get("error")
+        if p.endswith("nih.dcm"):  # an adult: set aside, with its reason, no number
+            assert results[p]["pneumonia_status"] == "outside_intended_use" and results[p]["pneumonia_reason"]
+            assert results[p]["pneumonia_probability"] is None
+        else:
+            assert results[p]["pneumonia_status"] == "scored" and 0.0 <= results[p]["pneumonia_probability"] <= 1.0
     assert "Traceback" not in err
 
 

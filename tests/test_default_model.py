@@ -60,11 +60,14 @@ def test_bundled_kermany_samples_score_consistently_with_their_labels(scorer):
     assert min(p for lab, p in scores.values() if lab == "PNEUMONIA") > max(p for lab, p in scores.values() if lab == "NORMAL")
 
 
-def test_bundled_dicoms_get_scores_and_heatmaps(scorer):
+def test_bundled_dicoms_are_adults_set_aside_and_scored_only_anyway(scorer):
     for f in sorted((SAMPLES / "dicom").glob("*.dcm")):
-        result = scorer.score(open_image(str(f)))
+        aside = scorer.score(open_image(str(f))).head("pneumonia")
+        assert aside.status == "outside_intended_use" and aside.probability is None
+        assert "adult radiograph (age" in aside.reason  # both samples carry an adult age in their header
+        result = scorer.score(open_image(str(f)), score_anyway=True)
         pneu = result.head("pneumonia")
-        assert pneu.available and 0.0 <= pneu.probability <= 1.0
+        assert pneu.available and 0.0 <= pneu.probability <= 1.0 and pneu.status == "scored_outside_intended_use"
         heat = result.heatmaps["pneumonia"]
         assert heat.shape == (224, 224) and heat.min() >= 0.0 and 0.9 < heat.max() <= 1.0  # upsampled from 7 x 7
 
@@ -83,4 +86,7 @@ def test_self_test_passes_and_writes_its_report(tmp_path, cli):
     report = json.loads(out.read_text())
     assert report["ok"] and report["model"]["sha256"] == read_meta(str(MODEL)).weights_sha256
     assert {e["kind"] for e in report["images"]} == {"dicom", "raster"}
-    assert all(e["ok"] and "pneumonia" in e["heatmaps"] for e in report["images"])
+    assert all(e["ok"] for e in report["images"])
+    for e in report["images"]:  # the children scored with a heatmap; the adults (DICOMs) set aside
+        scored = e["statuses"]["pneumonia"] == "scored"
+        assert scored == (e["kind"] == "raster") and ("pneumonia" in e["heatmaps"]) == scored

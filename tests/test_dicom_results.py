@@ -42,11 +42,12 @@ def scorer() -> Scorer:
 
 @pytest.fixture(scope="module")
 def scored(scorer):
-    """path -> (LoadedImage, ScoreResult, header) for both samples (scored once)."""
+    """path -> (LoadedImage, ScoreResult, header) for both samples (scored once). Both are adults,
+    outside the pneumonia head's intended use: scored anyway, so the numbers are there, marked."""
     out = {}
     for path in (RG1, NIH):
         image = open_image(str(path))
-        out[path.name] = (image, scorer.score(image), dr.read_source_header(path))
+        out[path.name] = (image, scorer.score(image, score_anyway=True), dr.read_source_header(path))
     return out
 
 
@@ -261,7 +262,7 @@ def test_secondary_capture(scored, tmp_path, name):
 def test_secondary_capture_keeps_known_pixel_spacing(scorer, shared_data):
     path = td.siim(shared_data)  # a real CR with PixelSpacing 0.168 mm
     image = open_image(str(path))
-    result = scorer.score(image)
+    result = scorer.score(image, score_anyway=True)
     src = dr.read_source_header(path)
     sc = dr.build_secondary_capture(src, overlay.annotated_rgb(image, result), result)
     assert [float(v) for v in sc.PixelSpacing] == [float(v) for v in src.PixelSpacing]
@@ -294,8 +295,8 @@ def test_result_lines(scored):
     _, result, _ = scored[RG1.name]
     lines = overlay.result_lines(result)
     p = result.head("pneumonia")
-    assert lines[0].startswith(f"Pneumonia: {p.probability:.2f} ({'positive' if p.positive else 'negative'} "
-                               f"at threshold {p.threshold:.2f}; sens ")
+    assert lines[0].startswith(f"Pneumonia: {p.probability:.2f} [OUTSIDE INTENDED USE] "
+                               f"({'positive' if p.positive else 'negative'} at threshold {p.threshold:.2f}; sens ")
     assert lines[1] == "Lung-cancer association: not available"
     assert lines[2] == "Heatmap: Pneumonia (Grad-CAM)"
     assert lines[3] == f"Model: {result.model_name} {result.model_version} sha256:{result.model_sha256[:12]}"
@@ -508,3 +509,31 @@ def test_conform_image_repairs_only_what_is_invalid_or_missing(shared_data):
         assert kw in nih and nih[kw].value in (None, "", []), kw
         assert kw in changed
     assert dr.vr_problems(nih) == []
+
+
+def _sr_texts(ds) -> list[str]:
+    out = []
+
+    def walk(items):
+        for item in items:
+            if getattr(item, "ValueType", "") == "TEXT":
+                out.append(str(item.TextValue))
+            walk(getattr(item, "ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return out
+
+
+def test_sr_says_outside_intended_use_with_and_without_a_number(scorer, scored):
+    """Set aside: no measurement, the reason as a comment. Scored anyway: the number, marked."""
+    image, anyway, src = scored[NIH.name]
+    texts = _sr_texts(dr.build_sr(src, anyway))
+    assert any(t.startswith("OUTSIDE INTENDED USE (scored anyway, outside this head's intended use: adult "
+                            "radiograph (age 81 in the header)") for t in texts), texts
+    aside = scorer.score(image)
+    assert aside.head("pneumonia").status == "outside_intended_use"
+    sr = dr.build_sr(src, aside)
+    texts = _sr_texts(sr)
+    assert ("Pneumonia: not scored, outside this head's intended use: adult radiograph (age 81 in the header); "
+            "this head was trained on children aged 1-5") in texts
+    assert not any("calibrated probability" in t for t in texts)

@@ -52,7 +52,7 @@ def exported(tmp_path_factory):
     shutil.copy(png, src / png.name)
     r = td.run_cli("export", str(src / RG1.name), "--sr", str(out / "sr.dcm"), "--sc", str(out / "sc.dcm"),
                    "--pdf", str(out / "report.pdf"), "--image", str(out / "copy.dcm"), "--device", "cpu",
-                   timeout=240)
+                   "--score-anyway", timeout=240)  # RG1 is an adult: outside the pneumonia head's intended use
     return out, r
 
 
@@ -80,7 +80,10 @@ def test_pdf_page_shows_header_image_scores_and_notice(exported):
     text = " ".join(texts[0].split())
     assert "Research use only. Not for diagnostic use." in text
     assert "CompressedSamples RG1" in text and "9RG1" in text  # header: patient name and ID
-    assert "Pneumonia" in text and "positive at probability >=" in text  # score with its operating point
+    assert "Pneumonia" in text and "threshold: probability" in text  # score with its operating point
+    assert "above threshold" in text or "below threshold" in text
+    assert "positive at probability" not in text  # "above threshold", never "positive": not a diagnosis
+    assert "OUTSIDE INTENDED USE: adult radiograph (age 64 from the birth and study dates)" in text
     assert "not available" in text  # the untrained lung-cancer head is never a score
     assert "SHA-256" in text and "validation AUROC" in text  # model and model-card summary
     page = render_pdf(out / "report.pdf", scale=1.5)[0]

@@ -249,7 +249,12 @@ def test_whole_workflow_query_open_score_send_back(qtbot, window, orthanc_restor
     assert [m.study_uid for m in dialog.matches] == [orthanc_samples["cr"].study_uid]
     with qtbot.waitSignal(window.scored, timeout=90000) as scored:
         dialog.retrieve_selected()
-    assert scored.args[0].head("pneumonia").available
+    # RG1 is an adult's radiograph: outside the pneumonia head's intended use, then scored anyway
+    assert scored.args[0].head("pneumonia").status == "outside_intended_use"
+    assert window.findings.score_anyway.isVisibleTo(window.findings)
+    with qtbot.waitSignal(window.scored, timeout=90000) as scored:
+        window.findings.score_anyway.click()
+    assert scored.args[0].head("pneumonia").status == "scored_outside_intended_use"
     before = set(orthanc.instances())
     with qtbot.waitSignal(window.exported, timeout=60000) as sent:
         window.send_results(web)

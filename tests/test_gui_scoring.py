@@ -43,10 +43,11 @@ def test_scores_arrive_from_the_worker_with_heatmap(qtbot, window, model_path):
     load(qtbot, window, model_path)
     assert window.model_summary.trained_heads == ("pneumonia",)
     assert "CPU" in window.device_label.text()
+    child = SAMPLES / "kermany" / "PNEUMONIA" / "person21_bacteria_73_fullres.jpeg"
     with qtbot.waitSignal(window.scored, timeout=60000) as b:
-        window.open_paths([str(SAMPLES / "dicom" / "RG1_J2KR.dcm")])
+        window.open_paths([str(child)])
     result = b.args[0]
-    assert result.path.endswith("RG1_J2KR.dcm")
+    assert result.path.endswith(child.name)
     pneu = window.findings.boxes["pneumonia"]
     assert "%" in pneu.score.text() and "threshold" in pneu.detail.text()
     assert "sensitivity 0.90" in pneu.detail.text()
@@ -60,7 +61,7 @@ def test_scores_arrive_from_the_worker_with_heatmap(qtbot, window, model_path):
     pneu.heatmap.setChecked(True)
     assert window.view.heatmap_visible()
     rect = window.view.heat_item.mapRectToParent(window.view.heat_item.boundingRect())
-    assert (rect.width(), rect.height()) == (1841, 1955)  # stretched over the whole image
+    assert (rect.width(), rect.height()) == (1882, 1608)  # stretched over the whole image
     window.findings.opacity.setValue(40)
     assert window.view.heat_item.opacity() == pytest.approx(0.4)
     qtbot.wait(200)
@@ -117,3 +118,58 @@ def test_gui_stays_responsive_while_scoring_a_folder_and_cancel_works(qtbot, win
     qtbot.waitUntil(lambda: window.worklist.start.isEnabled(), timeout=30000)
     assert "Cancelled" in window.worklist.info.text()
     assert window.worklist.table.rowCount() < 7 or not window.worklist_runner.busy
+
+
+def test_outside_intended_use_is_not_scored_until_asked_and_then_marked(qtbot, window, model_path):
+    """An adult's radiograph: the pneumonia head says why it does not score, no number, no heatmap;
+    "Score anyway" gives the number marked as outside the intended use; the worklist says so too."""
+    load(qtbot, window, model_path)
+    with qtbot.waitSignal(window.scored, timeout=60000) as b:
+        window.open_paths([str(SAMPLES / "dicom" / "NIH_DX_no_finding.dcm")])
+    pneu = window.findings.boxes["pneumonia"]
+    assert b.args[0].head("pneumonia").status == "outside_intended_use"
+    assert "Not scored" in pneu.score.text() and "Adult radiograph (age 81 in the header)" in pneu.detail.text()
+    assert "%" not in pneu.score.text() and not pneu.heatmap.isEnabled()
+    assert "Intended use: children aged 1-5" in pneu.use.text()
+    assert window.findings.score_anyway.isVisibleTo(window.findings)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    qtbot.screenshot(window).rename(SCREENSHOTS / "outside_intended_use_not_scored.png")
+    with qtbot.waitSignal(window.scored, timeout=60000) as b:
+        window.findings.score_anyway.click()
+    assert b.args[0].head("pneumonia").status == "scored_outside_intended_use"
+    assert "%" in pneu.score.text() and "outside intended use" in pneu.score.text() and "Scored anyway" in pneu.detail.text()
+    assert pneu.heatmap.isEnabled() and not window.findings.score_anyway.isVisibleTo(window.findings)
+    qtbot.screenshot(window).rename(SCREENSHOTS / "outside_intended_use_scored_anyway.png")
+    # the worklist: the adults "not scored" with the reason, the children scored
+    with qtbot.waitSignal(window.image_shown, timeout=30000):
+        window.open_paths([str(SAMPLES)])
+    with qtbot.waitSignal(window.worklist_runner.finished, timeout=120000):
+        window.score_all()
+    table = window.worklist.table
+    texts = {table.item(r, 0).text(): (table.item(r, 1).text(), table.item(r, 3).text()) for r in range(table.rowCount())}
+    assert texts["NIH_DX_no_finding.dcm"][0] == "not scored" and "adult radiograph" in texts["NIH_DX_no_finding.dcm"][1]
+    assert texts["IM-0115-0001.jpeg"][0].endswith("%")
+    qtbot.screenshot(window).rename(SCREENSHOTS / "worklist_with_intended_use.png")
+
+
+def test_a_failed_open_leaves_nothing_of_the_previous_image(qtbot, window, model_path, tmp_path):
+    load(qtbot, window, model_path)
+    with qtbot.waitSignal(window.scored, timeout=60000):
+        window.open_paths([str(SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg")])
+    assert "%" in window.findings.boxes["pneumonia"].score.text()
+    window.findings.boxes["pneumonia"].heatmap.setChecked(True)
+    assert window.view.heatmap_visible()
+    from cxr_viewer.io.index import read_any
+
+    bad = tmp_path / "later_cut.jpeg"  # indexed while whole, cut short before it is opened
+    whole = (SAMPLES / "kermany" / "NORMAL" / "IM-0117-0001.jpeg").read_bytes()
+    bad.write_bytes(whole)
+    ref = read_any(str(bad))[0]
+    bad.write_bytes(whole[: len(whole) // 4])
+    window.position_label.setText("x 1, y 1 px")
+    with qtbot.waitSignal(window.image_runner.failed, timeout=30000):
+        window.show_ref(ref)
+    assert window.view.image is None and not window.view.heatmap_visible()
+    assert window.last_score is None and window.position_label.text() == ""
+    for box in window.findings.boxes.values():
+        assert "%" not in box.score.text() and not box.heatmap.isEnabled()

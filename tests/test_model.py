@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pickle
@@ -160,8 +162,8 @@ def test_bf16_and_fp32_scores_agree_on_real_images(tmp_path):
     files = sorted(p for p in SAMPLES.rglob("*") if p.suffix in (".jpeg", ".dcm"))
     for f in files:
         img = open_image(str(f))
-        p16 = s16.score(img, heatmaps=False).head("pneumonia").probability
-        p32 = s32.score(img, heatmaps=False).head("pneumonia").probability
+        p16 = s16.score(img, heatmaps=False, score_anyway=True).head("pneumonia").probability
+        p32 = s32.score(img, heatmaps=False, score_anyway=True).head("pneumonia").probability
         assert abs(p16 - p32) < 0.02, (f.name, p16, p32)
 
 
@@ -182,10 +184,13 @@ def test_predict_exit_codes(model_path, tmp_path, cli):
     r = cli("predict", str(good), "--model", str(model_path), "--device", "cpu", "--csv")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("path,pneumonia_probability,pneumonia_label,lung_cancer_association_probability")
+    assert lines[0].startswith("path,pneumonia_status,pneumonia_probability,pneumonia_label,pneumonia_reason,"
+                               "lung_cancer_association_status,lung_cancer_association_probability")
     assert len(lines) == 3
-    row = lines[1].split(",")
-    assert 0.0 <= float(row[1]) <= 1.0 and row[2] in ("positive", "negative") and row[3] == "" and row[4] == ""
+    row = next(csv.DictReader(io.StringIO(r.stdout)))
+    assert row["pneumonia_status"] == "scored" and 0.0 <= float(row["pneumonia_probability"]) <= 1.0
+    assert row["pneumonia_label"] in ("positive", "negative") and row["pneumonia_reason"] == ""
+    assert row["lung_cancer_association_status"] == "not_available" and row["lung_cancer_association_probability"] == ""
 
     broken = tmp_path / "mixed"
     broken.mkdir()

@@ -504,14 +504,14 @@ def test_one_bad_file_of_any_kind_never_ends_the_batch(scorer, real_images, monk
 def test_a_batch_the_model_fails_on_is_scored_image_by_image(scorer, real_images, monkeypatch):
     refs = [open_image(str(p)).ref for p in real_images]
     poisoned = inference.preprocess_image(open_image(refs[3].path), scorer.meta.preprocessing)
-    real = scorer.batch_probabilities
+    real = scorer.batch_probabilities_and_distances
 
     def failing(x):
         if any(np.array_equal(row, poisoned) for row in x):
             raise RuntimeError("device lost")
         return real(x)
 
-    monkeypatch.setattr(scorer, "batch_probabilities", failing)
+    monkeypatch.setattr(scorer, "batch_probabilities_and_distances", failing)
     rows, scored = _drive(score_many_task(scorer, refs, batch_size=4))
     assert scored == 3
     assert [r.path for r in rows if r.error] == [refs[3].path]

@@ -185,7 +185,8 @@ def test_self_test_with_json_prints_one_summary_line(tmp_path):
     report = json.loads(out.read_text())  # the whole report is in the file
     assert report["ok"]
     assert lines[0].startswith("cxr-viewer self-test passed:") and str(out) in lines[0]
-    assert f"{len(report['images'])} samples scored on {report['device']}" in lines[0]
+    assert f"{len(report['images'])} samples checked (5 scored, 2 set aside as outside intended use) on " \
+           f"{report['device']}" in lines[0]
     # the same report with one check failed: FAILED, naming the check and its detail, still one line
     report["ok"] = False
     report["checks"][0].update(ok=False, detail="0 images\nin 0.01 s")

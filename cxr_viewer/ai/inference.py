@@ -23,6 +23,7 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
+from cxr_viewer.ai.gate import GateVerdict, InputChecks
 from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
 from cxr_viewer.ai.preprocess import preprocess_image
 from cxr_viewer.common.errors import ImageOpenError
@@ -49,6 +50,10 @@ class UnscorableImageError(ImageOpenError):
 
 NONFINITE_INPUT = "the image has non-finite pixel values (NaN or infinity) or model input; it is not scored"
 NONFINITE_OUTPUT = "the model gave a non-finite output for this image; it is not scored"
+
+
+OUTSIDE = "not scored, outside this head's intended use: "
+OUTSIDE_SCORED = "scored anyway, outside this head's intended use: "
 
 
 def check_model_input(x: np.ndarray) -> np.ndarray:
@@ -155,8 +160,14 @@ class HeadScore:
     threshold: float | None = None
     sensitivity: float | None = None
     specificity: float | None = None
-    reason: str = ""  # why unavailable
+    reason: str = ""  # why unavailable, or why outside the head's intended use
     meaning: str = ""
+    #: scored | outside_intended_use | not_available | scored_outside_intended_use
+    status: str = "scored"
+
+    @property
+    def outside_intended_use(self) -> bool:
+        return self.status in ("outside_intended_use", "scored_outside_intended_use")
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +181,7 @@ class ScoreResult:
     model_sha256: str = ""
     device: str = ""
     seconds: float = 0.0
+    gate: GateVerdict | None = None  # what the image check said (None without one)
 
     def head(self, name: str) -> HeadScore:
         return next(h for h in self.heads if h.head == name)
@@ -188,13 +200,18 @@ class ModelSummary:
     device: str
     input_size: int
     head_notes: dict = field(default_factory=dict)  # why a head is not available
+    intended_uses: dict = field(default_factory=dict)  # head -> one line: whom and what it was trained on
+    checks_note: str = ""  # what the input checks lack, if anything (no gate, no feature distance)
 
 
 class Scorer:
     """A loaded model on a device. Used from one worker thread at a time."""
 
-    def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = ""):
+    def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = "",
+                 checks: InputChecks | None = None):
         self.meta, self.choice, self.path = meta, choice, path
+        #: what is checked before a number is shown (header, image check, feature distance)
+        self.checks = checks if checks is not None else InputChecks.for_model(path, meta)
         # channels_last: faster convolutions with cuDNN and with oneDNN on the CPU
         self.model = model.to(choice.device).to(memory_format=torch.channels_last).eval()
         if choice.device.startswith("cuda"):
@@ -211,7 +228,9 @@ class Scorer:
     def summary(self) -> ModelSummary:
         return ModelSummary(self.path, self.meta.name, self.meta.version, self.meta.weights_sha256,
                             tuple(self.trained), tuple(self.head_names), self.choice.label, self.meta.input_size,
-                            {h: i.note for h, i in self.meta.heads.items() if not i.trained and i.note})
+                            {h: i.note for h, i in self.meta.heads.items() if not i.trained and i.note},
+                            {h: u.describe() for h, u in self.checks.uses.items()},
+                            "; ".join(filter(None, (self.checks.gate_problem, self.checks.distance_note))))
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))
@@ -229,11 +248,30 @@ class Scorer:
     def batch_probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S), and which rows
         are finite (B,); the others must be reported, never used."""
+        probs, finite, _ = self.batch_probabilities_and_distances(x)
+        return probs, finite
+
+    def batch_probabilities_and_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`batch_probabilities` and the feature distance of each row (None without that check)."""
         finite_in = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         with torch.inference_mode(), autocast(self.choice):
-            logits = self.model(self._to_device(x))
+            fmap = self.model.features(self._to_device(x))
+            logits = self.model.head_logits(fmap)
         probs, finite = self._calibrate(logits)
-        return probs, finite & finite_in
+        return probs, finite & finite_in, self._distances(fmap)
+
+    def _distances(self, fmap: torch.Tensor) -> np.ndarray | None:
+        if self.checks.distance is None:
+            return None
+        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap.float(), 1), 1).cpu().numpy()
+        return self.checks.distance.distance(pooled)
+
+    def pooled_features(self, x: np.ndarray) -> np.ndarray:
+        """The pooled penultimate features (B, 2048) of preprocessed inputs: what the feature
+        distance is fitted on."""
+        with torch.inference_mode(), autocast(self.choice):
+            fmap = self.model.features(self._to_device(check_model_input(x)))
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap.float(), 1), 1).cpu().numpy()
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (B, n_heads) for preprocessed inputs (B, 3, S, S).
@@ -246,6 +284,10 @@ class Scorer:
         return probs
 
     def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, cams, _ = self.probabilities_cams_distances(x)
+        return probs, cams
+
+    def probabilities_cams_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         check_model_input(x)
         with torch.no_grad(), autocast(self.choice):
             fmap = self.model.features(self._to_device(x))
@@ -261,39 +303,83 @@ class Scorer:
         cams = cams.float().cpu()
         if not bool(torch.isfinite(cams).all()):
             raise UnscorableImageError("the model gave a non-finite heatmap for this image; it is not scored")
-        return probs, cams.clamp(0, 1).numpy()
+        return probs, cams.clamp(0, 1).numpy(), self._distances(fmap)
 
-    def head_scores(self, probs: np.ndarray) -> tuple[HeadScore, ...]:
+    def head_scores(self, probs: np.ndarray | None, reasons: dict[str, str | None] | None = None,
+                    score_anyway: bool = False) -> tuple[HeadScore, ...]:
+        """One HeadScore per head. A head with a reason (outside its intended use) gets no number
+        unless ``score_anyway``; then the number is marked as scored outside intended use."""
+        reasons = reasons or {}
         out = []
         for i, h in enumerate(self.head_names):
             info = self.meta.heads[h]
             if not info.trained:
                 out.append(HeadScore(h, HEAD_TITLES[h], False, reason=unavailable_reason(h, info.note),
-                                     meaning=HEAD_MEANING[h]))
+                                     meaning=HEAD_MEANING[h], status="not_available"))
+                continue
+            reason = reasons.get(h)
+            if reason and reason == self.checks.gate_problem and not score_anyway:
+                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=info.threshold,
+                                     reason=f"not available: {reason}", meaning=HEAD_MEANING[h],
+                                     status="not_available"))
+                continue
+            if reason and (not score_anyway or probs is None):
+                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=info.threshold, reason=OUTSIDE + reason,
+                                     meaning=HEAD_MEANING[h], status="outside_intended_use"))
                 continue
             p = float(probs[i])
             op = info.operating_point or {}
             out.append(HeadScore(h, HEAD_TITLES[h], True, p, p >= info.threshold, info.threshold,
-                                 op.get("sensitivity"), op.get("specificity"), meaning=HEAD_MEANING[h]))
+                                 op.get("sensitivity"), op.get("specificity"), meaning=HEAD_MEANING[h],
+                                 reason=OUTSIDE_SCORED + reason if reason else "",
+                                 status="scored_outside_intended_use" if reason else "scored"))
         return tuple(out)
 
-    def score(self, image: LoadedImage, heatmaps: bool = True) -> ScoreResult:
+    def gate_verdicts(self, units: np.ndarray) -> list[GateVerdict | None]:
+        """The image check of (B, S, S) gate units; Nones without a gate."""
+        if self.checks.gate is None:
+            return [None] * len(units)
+        return self.checks.gate.classify_units(units)
+
+    def gate_unit(self, image: LoadedImage) -> np.ndarray | None:
+        gate = self.checks.gate
+        return None if gate is None else gate.unit(image.values, image.monochrome1, image.padding)
+
+    def score(self, image: LoadedImage, heatmaps: bool = True, score_anyway: bool = False) -> ScoreResult:
+        """Check the image against each head's intended use, then score the heads it may score
+        (all trained heads with ``score_anyway``, marked as such)."""
         t0 = time.perf_counter()
-        x = model_input(image, self)[None]
-        if heatmaps:
-            probs, cams = self.probabilities_and_cams(x)
-            maps = {h: cams[0, i] for i, h in enumerate(self.head_names) if h in self.trained}
-        else:
-            probs, maps = self.probabilities(x), {}
-        return ScoreResult(image.ref.path, image.frame, self.head_scores(probs[0]), maps, self.meta.name,
-                           self.meta.version, self.meta.weights_sha256, self.choice.label, time.perf_counter() - t0)
+        if not np.isfinite(image.values).all():
+            raise UnscorableImageError(NONFINITE_INPUT)
+        header = self.checks.header_reasons(image.ref.meta)
+        unit = self.gate_unit(image)
+        verdict = self.gate_verdicts(unit[None])[0] if unit is not None else None
+        reasons = self.checks.reasons(header, verdict, None)
+        probs, maps = None, {}
+        if score_anyway or any(reasons[h] is None for h in self.trained):
+            x = model_input(image, self)[None]
+            if heatmaps:
+                probs, cams, dist = self.probabilities_cams_distances(x)
+            else:
+                probs, finite, dist = self.batch_probabilities_and_distances(x)
+                if not finite.all():
+                    raise UnscorableImageError(NONFINITE_OUTPUT)
+            reasons = self.checks.reasons(header, verdict, None if dist is None else float(dist[0]))
+            if heatmaps:
+                maps = {h: cams[0, i] for i, h in enumerate(self.head_names)
+                        if h in self.trained and (score_anyway or reasons[h] is None)}
+            probs = probs[0]
+        return ScoreResult(image.ref.path, image.frame, self.head_scores(probs, reasons, score_anyway), maps,
+                           self.meta.name, self.meta.version, self.meta.weights_sha256, self.choice.label,
+                           time.perf_counter() - t0, verdict)
 
 
 def score_image_task(scorer: Scorer, image: LoadedImage, heatmaps: bool = True,
-                     cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, ScoreResult]:
+                     cancel: CancelToken = NEVER_CANCELLED, score_anyway: bool = False
+                     ) -> Generator[Progress, None, ScoreResult]:
     yield Progress("scoring", 0, 1, image.ref.path)
     cancel.raise_if_cancelled()
-    result = scorer.score(image, heatmaps)
+    result = scorer.score(image, heatmaps, score_anyway)
     yield Progress("scoring", 1, 1, image.ref.path)
     return result
 
@@ -301,41 +387,80 @@ def score_image_task(scorer: Scorer, image: LoadedImage, heatmaps: bool = True,
 @dataclass(frozen=True)
 class WorklistRow:
     path: str
-    probabilities: dict[str, float | None]
+    probabilities: dict[str, float | None]  # None: no number (not trained, outside intended use, failed)
+    error: str = ""
+    #: per head: scored | outside_intended_use | not_available | scored_outside_intended_use
+    statuses: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # per head, one line, when not simply scored
+
+
+@dataclass
+class _Prepared:
+    ref: ImageRef
+    x: np.ndarray | None = None
+    header: dict = field(default_factory=dict)
+    unit: np.ndarray | None = None
     error: str = ""
 
 
-def _prepare(ref: ImageRef, scorer: Scorer) -> tuple[ImageRef, np.ndarray | None, str]:
-    """(ref, model input, "") or (ref, None, one-line reason): any failure of one file is its own."""
+def _prepare(ref: ImageRef, scorer: Scorer) -> _Prepared:
+    """The model input, header reasons and gate input of one file, or its one-line failure:
+    any failure of one file is its own."""
     try:
         image = load_image(ref, 0)
-        return ref, model_input(image, scorer), ""
+        return _Prepared(ref, model_input(image, scorer), scorer.checks.header_reasons(image.ref.meta),
+                         scorer.gate_unit(image))
     except Exception as exc:  # noqa: BLE001 - MemoryError too: listed as this file's failure; the batch goes on
-        return ref, None, failure_reason(exc, "decoding")
+        return _Prepared(ref, error=failure_reason(exc, "decoding"))
 
 
-def _score_rows(scorer: Scorer, good: list[tuple[ImageRef, np.ndarray]]) -> Generator[WorklistRow, None, None]:
-    """One row per input: its probabilities, or why it has none. A batch the model fails on is
-    retried image by image, so that one image's failure is that image's row."""
+def _failed(scorer: Scorer, path: str, error: str) -> WorklistRow:
+    return WorklistRow(path, {h: None for h in scorer.head_names}, error)
+
+
+def _row(scorer: Scorer, path: str, probs: np.ndarray | None, reasons: dict, score_anyway: bool) -> WorklistRow:
+    scores = scorer.head_scores(probs, reasons, score_anyway)
+    return WorklistRow(path, {s.head: s.probability for s in scores}, "",
+                       {s.head: s.status for s in scores}, {s.head: s.reason for s in scores if s.reason})
+
+
+def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = False
+                ) -> Generator[WorklistRow, None, None]:
+    """One row per input: its probabilities (or why it has none) with each head's status. A batch
+    the model fails on is retried image by image, so that one image's failure is that image's row."""
     try:
-        probs, finite = scorer.batch_probabilities(np.stack([x for _, x in good]))
+        units = [g.unit for g in good]
+        verdicts = (scorer.gate_verdicts(np.stack(units)) if all(u is not None for u in units)
+                    else [None] * len(good))
+        pre = [scorer.checks.reasons(g.header, v, None) for g, v in zip(good, verdicts)]
+        need = [score_anyway or any(r[h] is None for h in scorer.trained) for r in pre]
+        todo = [i for i, n in enumerate(need) if n]
+        probs = finite = dists = None
+        if todo:
+            probs, finite, dists = scorer.batch_probabilities_and_distances(np.stack([good[i].x for i in todo]))
     except Exception as exc:  # noqa: BLE001 - e.g. out of (device) memory
         if len(good) > 1:
             for one in good:
-                yield from _score_rows(scorer, [one])
+                yield from _score_rows(scorer, [one], score_anyway)
             return
-        yield WorklistRow(good[0][0].path, {h: None for h in scorer.head_names}, failure_reason(exc, "scoring"))
+        yield _failed(scorer, good[0].ref.path, failure_reason(exc, "scoring"))
         return
-    for (ref, _), p, ok in zip(good, probs, finite):
-        if not ok:
-            yield WorklistRow(ref.path, {h: None for h in scorer.head_names}, NONFINITE_OUTPUT)
+    at = {i: k for k, i in enumerate(todo)}
+    for i, g in enumerate(good):
+        if i not in at:
+            yield _row(scorer, g.ref.path, None, pre[i], score_anyway)
             continue
-        yield WorklistRow(ref.path, {h: (float(p[i]) if h in scorer.trained else None)
-                                     for i, h in enumerate(scorer.head_names)})
+        k = at[i]
+        if not finite[k]:
+            yield _failed(scorer, g.ref.path, NONFINITE_OUTPUT)
+            continue
+        reasons = scorer.checks.reasons(g.header, verdicts[i], None if dists is None else float(dists[k]))
+        yield _row(scorer, g.ref.path, probs[k], reasons, score_anyway)
 
 
 def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 8,
-                    cancel: CancelToken = NEVER_CANCELLED) -> Generator[WorklistRow, None, int]:
+                    cancel: CancelToken = NEVER_CANCELLED, score_anyway: bool = False
+                    ) -> Generator[WorklistRow, None, int]:
     """Score many images; yields one row per image. Decoding runs ahead in a thread pool so that it
     overlaps with the model's compute. Returns the number of images scored.
 
@@ -355,12 +480,12 @@ def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 
             while next_i < len(refs) and len(pending) < batch_size * 2:
                 pending.append(pool.submit(_prepare, refs[next_i], scorer))
                 next_i += 1
-            good = [(ref, x) for ref, x, err in ready if x is not None]
-            for ref, x, err in ready:
-                if x is None:
-                    yield WorklistRow(ref.path, {h: None for h in scorer.head_names}, err)
+            good = [p for p in ready if p.x is not None]
+            for p in ready:
+                if p.x is None:
+                    yield _failed(scorer, p.ref.path, p.error)
             if good:
-                for row in _score_rows(scorer, good):
+                for row in _score_rows(scorer, good, score_anyway):
                     scored += 0 if row.error else 1
                     yield row
         cancel.raise_if_cancelled()

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +95,15 @@ class HeadInfo:
     operating_point: dict[str, float | None] = field(default_factory=dict)
     rule: str = ""  # how threshold and temperature were chosen
     note: str = ""
+    #: whom and what the head was trained on (``ai.intended_use.IntendedUse.to_dict``); empty: the
+    #: head's default (:data:`ai.intended_use.DEFAULT_USES`)
+    intended_use: dict = field(default_factory=dict)
+
+    def use(self, head: str):
+        """The head's :class:`~cxr_viewer.ai.intended_use.IntendedUse`."""
+        from cxr_viewer.ai.intended_use import DEFAULT_USES, IntendedUse
+
+        return IntendedUse.from_dict(self.intended_use) if self.intended_use else DEFAULT_USES[head]
 
 
 @dataclass
@@ -241,8 +251,19 @@ def _head_from_doc(doc: Any, head: str) -> HeadInfo:
         temperature=f.number("temperature", 1.0, *TEMPERATURE_RANGE),
         positive=f.string("positive"), negative=f.string("negative"),
         operating_point={k: None if op.doc[k] is None else op.number(k, 0.0, 0.0, 1.0) for k in op.doc},
-        rule=f.string("rule"), note=f.string("note"),
+        rule=f.string("rule"), note=f.string("note"), intended_use=_intended_use_from_doc(doc, head),
     )
+
+
+def _intended_use_from_doc(doc: dict, head: str) -> dict:
+    from cxr_viewer.ai.intended_use import IntendedUse, IntendedUseError
+
+    if doc.get("intended_use") in (None, {}):
+        return {}
+    try:
+        return IntendedUse.from_dict(doc["intended_use"]).to_dict()
+    except (IntendedUseError, TypeError) as exc:
+        raise ModelFileError(f"the model description is invalid: heads.{head}.intended_use: {exc}") from None
 
 
 def _preprocessing_from_doc(doc: Any) -> PreprocessSpec:
@@ -304,6 +325,11 @@ def _meta_from_doc(doc: Any) -> ModelMeta:
         weights_sha256=sha, weights_dtype=f.choice("weights_dtype", WEIGHT_DTYPES, "float32"),
         created=f.string("created"),
     )
+
+
+def models_dir() -> Path:
+    """The ``models/`` folder shipped beside the package (source tree, installed or frozen)."""
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def sidecar_path(weights_path: str) -> str:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Generator
 
 from cxr_viewer.ai.inference import ModelSummary, Scorer
-from cxr_viewer.ai.model import ModelFileError
+from cxr_viewer.ai.model import ModelFileError, models_dir
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 DEFAULT_MODEL_NAME = "default.safetensors"
-
-
-def models_dir() -> Path:
-    """The ``models/`` folder shipped beside the package (source tree, installed or frozen)."""
-    here = Path(__file__).resolve().parents[2] / "models"
-    return here
 
 
 def default_model_path() -> str | None:

@@ -211,8 +211,12 @@ def score_line(score) -> str:
     validation)", or "Lung-cancer association: not available"."""
     title = short_title(score.head)
     if not score.available or score.probability is None:
+        if getattr(score, "status", "") == "outside_intended_use":
+            return f"{title}: not scored (outside intended use)"
         return f"{title}: not available"
     text = f"{title}: {score.probability:.2f}"
+    if getattr(score, "status", "") == "scored_outside_intended_use":
+        text += " [OUTSIDE INTENDED USE]"
     if score.threshold is not None and score.positive is not None:
         detail = f"{'positive' if score.positive else 'negative'} at threshold {score.threshold:.2f}"
         if score.sensitivity is not None and score.specificity is not None:

@@ -75,7 +75,7 @@ def _export(args: argparse.Namespace) -> int:
     for ref in refs:
         try:
             image = load_image(ref, min(args.frame, ref.frames - 1))
-            result = scorer.score(image)
+            result = scorer.score(image, score_anyway=args.score_anyway)
             request = ExportRequest(*(_out_path(target, image, kind, many, deidentifier, used) for target, kind in
                                       ((args.sr, "sr"), (args.sc, "sc"), (args.image, "image"))), args.deidentify)
             page = report_page(image, result, scorer.meta, args.deidentify, deidentifier) if args.pdf else None
@@ -319,6 +319,8 @@ def add_parsers(sub) -> None:
     p_exp.add_argument("--frame", type=int, default=0, help="frame (0-based) of multi-frame images")
     p_exp.add_argument("--model", help="model .safetensors (default: models/default.safetensors)")
     p_exp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p_exp.add_argument("--score-anyway", action="store_true",
+                       help="also score images outside a head's intended use; every output marks those numbers")
     p_exp.set_defaults(func=_export)
     p_exp.epilog = "With several images, --sr/--sc/--image name folders. Exit: 0 done, 1 partly, 2 bad input."
 

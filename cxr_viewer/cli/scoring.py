@@ -31,11 +31,22 @@ def _predict(args: argparse.Namespace) -> int:
     refs = list(found.images())
     heads = {h: scorer.meta.heads[h] for h in scorer.head_names}
 
-    def record(path: str, probabilities: dict | None, error: str = "") -> dict:
-        """Every record has the same fields; a head without a trained score, or a failed file, has nulls."""
+    def record(path: str, row=None, error: str = "") -> dict:
+        """Every record has the same fields. Per head: ``status`` (scored | outside_intended_use |
+        not_available | scored_outside_intended_use; null for a file that failed), ``reason`` (one
+        line, null when simply scored) and ``probability`` (null unless scored)."""
         rec: dict = {"path": path}
         for h in HEADS:
-            p = None if error or probabilities is None or h not in heads else probabilities.get(h)
+            p = None if error or row is None or h not in heads else row.probabilities.get(h)
+            if error or row is None:
+                status = None
+            elif h not in heads:
+                status = "not_available"
+            else:
+                status = row.statuses.get(h, "scored" if p is not None else "not_available")
+            rec[f"{h}_status"] = status
+            rec[f"{h}_reason"] = (None if error or row is None else
+                                  row.reasons.get(h) or ("this model has no such head" if h not in heads else None))
             rec[f"{h}_probability"] = None if p is None else round(p, 6)
             rec[f"{h}_label"] = None if p is None else ("positive" if p >= heads[h].threshold else "negative")
         rec.update(model_sha256=scorer.meta.weights_sha256, device=scorer.choice.label)
@@ -46,7 +57,7 @@ def _predict(args: argparse.Namespace) -> int:
     records = [record(err.path, None, err.reason) for err in found.errors]
     bar = ProgressBar(len(refs), "scoring")
     by_path: dict[str, list] = {}
-    for row in score_rows(scorer, refs, batch_size=args.batch_size):
+    for row in score_rows(scorer, refs, batch_size=args.batch_size, score_anyway=args.score_anyway):
         by_path.setdefault(row.path, []).append(row)
         bar.step()
     for ref in refs:  # in the order found; an input the scorer never reported is listed, not dropped
@@ -55,10 +66,11 @@ def _predict(args: argparse.Namespace) -> int:
         if row is None:
             records.append(record(ref.path, None, "not scored (the scorer returned no result for it)"))
         else:
-            records.append(record(ref.path, row.probabilities, row.error))
+            records.append(record(ref.path, row, row.error))
     failed = [r for r in records if r.get("error")]
     if args.csv:
-        cols = ["path", *[f"{h}_{k}" for h in HEADS for k in ("probability", "label")], "model_sha256", "device", "error"]
+        cols = ["path", *[f"{h}_{k}" for h in HEADS for k in ("status", "probability", "label", "reason")],
+                "model_sha256", "device", "error"]
         writer = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for r in records:
@@ -84,6 +96,9 @@ def add_parsers(sub) -> None:
     p_pred.add_argument("--model", help="model .safetensors (default: models/default.safetensors)")
     p_pred.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p_pred.add_argument("--batch-size", type=int, default=8)
+    p_pred.add_argument("--score-anyway", action="store_true",
+                        help="also score images outside a head's intended use; their numbers are marked "
+                             "scored_outside_intended_use")
     fmt = p_pred.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="indented JSON on stdout (JSON is the default)")
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")

@@ -76,8 +76,14 @@ def run_self_test(device: str = "auto") -> dict:
             result = scorer.score(image, heatmaps=True)
             entry["score_ms"] = round(result.seconds * 1000, 1)
             entry["scores"] = {h.head: (round(h.probability, 4) if h.available else None) for h in result.heads}
+            entry["statuses"] = {h.head: h.status for h in result.heads}
             entry["heatmaps"] = {h: list(m.shape) for h, m in result.heatmaps.items()}
-            ok = all(0.0 <= (h.probability or 0.0) <= 1.0 for h in result.heads) and bool(result.heatmaps)
+            scored = [h for h in result.heads if h.status == "scored"]
+            aside = [h for h in result.heads if h.status == "outside_intended_use"]
+            # each trained head either scored (a probability and its heatmap) or set aside with a reason
+            ok = (all(0.0 <= h.probability <= 1.0 and h.head in result.heatmaps for h in scored)
+                  and all(h.reason and h.probability is None and h.head not in result.heatmaps for h in aside)
+                  and len(scored) + len(aside) == len(scorer.trained))
             if ref.kind == "dicom" and first_dicom is None:
                 first_dicom = (image, result)
         except Exception as exc:  # noqa: BLE001
@@ -85,7 +91,15 @@ def run_self_test(device: str = "auto") -> dict:
             ok = False
         entry["ok"] = ok
         report["images"].append(entry)
-    check("every sample scored with a heatmap", all(e["ok"] for e in report["images"]), f"{len(report['images'])} images")
+    check("every sample scored with a heatmap or set aside with a reason", all(e["ok"] for e in report["images"]),
+          f"{len(report['images'])} images")
+    kermany = {Path(r.path).name for r in refs if "kermany" in Path(r.path).parts}  # the children's samples
+    kids = [e for e in report["images"] if e["file"] in kermany]
+    adults = [e for e in report["images"] if e["kind"] == "dicom"]
+    check("input checks: the children's samples scored, the adults' set aside (pneumonia)",
+          bool(kids) and all(e.get("statuses", {}).get("pneumonia") == "scored" for e in kids)
+          and all(e.get("statuses", {}).get("pneumonia") == "outside_intended_use" for e in adults),
+          f"{len(kids)} children, {len(adults)} adults")
     if first_dicom is not None:
         _check_clinical(check, *first_dicom)
     report["ok"] = all(c["ok"] for c in report["checks"])
@@ -135,7 +149,9 @@ def summary_line(report: dict, json_out: str | None = None) -> str:
     model = report.get("model") or {}
     where = f"; report in {json_out}" if json_out else ""
     if report.get("ok"):
-        return (f"cxr-viewer self-test passed: {len(checks)} checks, {len(images)} samples scored on "
+        aside = sum(1 for e in images if "outside_intended_use" in e.get("statuses", {}).values())
+        return (f"cxr-viewer self-test passed: {len(checks)} checks, {len(images)} samples checked "
+                f"({len(images) - aside} scored, {aside} set aside as outside intended use) on "
                 f"{report.get('device', '?')}, model {str(model.get('sha256', ''))[:16]}{where}")
     reasons = "; ".join(f"{c['name']}: {' '.join(str(c['detail']).split())}" if c["detail"] else c["name"]
                         for c in failed)

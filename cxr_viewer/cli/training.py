@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         done = run_with_bar(train(cfg, resume=args.resume), on_event)
         write_log()
     except OutputError as exc:  # the disk filled up or went read-only during the run
-        resume = (f"; the checkpoint of the last finished epoch is kept: free space and resume with --resume"
+        resume = ("; the checkpoint of the last finished epoch is kept: free space and resume with --resume"
                   if os.path.exists(cfg.checkpoint_path) else "")
         print(f"\ncxr-viewer train: {exc}{resume}", file=sys.stderr)
         return EXIT_FAIL
@@ -163,7 +163,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
-        result = run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap))
+        result = run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap,
+                                            score_anyway=args.score_anyway))
     except FileNotFoundError as exc:
         print(f"cxr-viewer evaluate: not found: {exc.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -227,7 +228,59 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--version")
 
 
+def _train_input_check(args: argparse.Namespace) -> int:
+    """Train the image-based input check and, with --model, fit that model's feature distance."""
+    import json
+
+    from cxr_viewer.ai.gate import ood_path
+    from cxr_viewer.training.intended_use import GateConfig, fit_feature_distance, load_folders, train_gate
+
+    def progress(event) -> None:
+        print(f"{event.stage} {event.done}/{event.total} {event.text}".rstrip(), file=sys.stderr, flush=True)
+
+    def drive(gen):
+        while True:
+            try:
+                progress(next(gen))
+            except StopIteration as stop:
+                return stop.value
+
+    try:
+        data = drive(load_folders(args.children, args.adults, args.others))
+    except ValueError as exc:
+        print(f"cxr-viewer train-input-check: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for path, reason in data.skipped:
+        print(f"cxr-viewer train-input-check: skipped {path}: {reason}", file=sys.stderr)
+    cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed,
+                     hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
+                     hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
+    _gate, report = drive(train_gate(data, cfg, args.out))
+    print(json.dumps(report, indent=2))
+    if args.model:
+        scorer = load_scorer("train-input-check", args.model, "cpu")
+        if scorer is None:
+            return EXIT_BAD_INPUT
+        fd = drive(fit_feature_distance(scorer, data))
+        fd.save(ood_path(args.model))
+        print(json.dumps({"feature_distance": {"threshold": fd.threshold, **fd.fitted_on}}, indent=2))
+    return EXIT_OK
+
+
 def add_parsers(sub) -> None:
+    p_gate = sub.add_parser("train-input-check", help="train the image check of each head's intended use "
+                            "(child / adult / not a radiograph / negative) and fit a model's feature distance")
+    p_gate.add_argument("--children", nargs="+", required=True, help="folders of the paediatric training images")
+    p_gate.add_argument("--adults", nargs="+", required=True, help="folders of adult chest radiographs")
+    p_gate.add_argument("--others", nargs="*", default=[], help="folders of images that are not chest radiographs")
+    p_gate.add_argument("--out", required=True, help="output .safetensors (a .json description beside it)")
+    p_gate.add_argument("--model", help="also fit this scoring model's feature distance (NAME.ood.safetensors)")
+    p_gate.add_argument("--epochs", type=int, default=8)
+    p_gate.add_argument("--per-epoch", type=int, default=2560)
+    p_gate.add_argument("--seed", type=int, default=0)
+    p_gate.add_argument("--hold-out-adults", default="", help="adult folders left out of training, named by their last two parts (e.g. nih/images): a cross-source check")
+    p_gate.add_argument("--hold-out-others", default="", help="other folders (last two parts) or generated kinds (text, noise, gradient, shapes, section, photo) left out")
+    p_gate.set_defaults(func=_train_input_check)
     p_train = sub.add_parser("train", help="train or fine-tune a model (checkpoint each epoch, --resume)")
     _add_train_options(p_train)
     p_train.add_argument("--out", required=True, help="output model .safetensors (a .json description is written beside it)")
@@ -249,6 +302,8 @@ def add_parsers(sub) -> None:
     p_eval.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC interval")
     p_eval.add_argument("--json", action="store_true")
     p_eval.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON")
+    p_eval.add_argument("--score-anyway", action="store_true",
+                        help="measure on every image, also those outside a head's intended use (set aside by default)")
     p_eval.set_defaults(func=_evaluate)
     p_exp = sub.add_parser("experiment", help="the source paper's grid: optimizers x validation splits")
     _add_train_options(p_exp, grid=True)

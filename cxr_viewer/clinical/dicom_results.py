@@ -459,6 +459,8 @@ def _comment(text: str) -> hd.sr.TextContentItem:
 
 
 def unavailable_note(score: HeadScore) -> str:
+    if score.status == "outside_intended_use":
+        return f"{score.title}: {score.reason}"
     reason = score.reason or "not available"
     if not reason.lower().startswith("not available"):
         reason = f"not available: {reason}"
@@ -471,6 +473,8 @@ def _operating_point_note(score: HeadScore) -> str:
         text += f"; {'positive' if score.positive else 'negative'} at threshold {score.threshold:.4f}"
         if score.sensitivity is not None and score.specificity is not None:
             text += f" (sensitivity {score.sensitivity:.3f} / specificity {score.specificity:.3f} on validation)"
+    if score.status == "scored_outside_intended_use":
+        text = f"OUTSIDE INTENDED USE ({score.reason}). {text}"
     return text + ". Not a diagnosis. " + RESEARCH_NOTICE
 
 

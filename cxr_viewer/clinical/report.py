@@ -28,7 +28,7 @@ class ScoreLine:
     title: str
     available: bool
     value: str  # "0.873" or "not available"
-    label: str  # "positive" / "negative" / the reason it is not available
+    label: str  # "above threshold" / "below threshold" (never "positive": it reads as a diagnosis) / the reason
     operating_point: str = ""
     meaning: str = ""
 
@@ -102,12 +102,15 @@ def score_lines(result: ScoreResult) -> tuple[ScoreLine, ...]:
 
 def _score_line(hs: HeadScore) -> ScoreLine:
     if not hs.available or hs.probability is None:
-        return ScoreLine(hs.title, False, "not available", hs.reason or "not available", meaning=hs.meaning)
-    op = f"positive at probability >= {hs.threshold:.3f}" if hs.threshold is not None else ""
+        value = "not scored" if hs.status == "outside_intended_use" else "not available"
+        return ScoreLine(hs.title, False, value, hs.reason or "not available", meaning=hs.meaning)
+    op = f"threshold: probability {hs.threshold:.3f}" if hs.threshold is not None else ""
     if hs.sensitivity is not None and hs.specificity is not None:
         op += f" (validation sensitivity {_percent(hs.sensitivity)}, specificity {_percent(hs.specificity)})"
-    return ScoreLine(hs.title, True, f"{hs.probability:.3f}", "positive" if hs.positive else "negative", op,
-                     hs.meaning)
+    label = "above threshold" if hs.positive else "below threshold"
+    if hs.status == "scored_outside_intended_use":
+        label += "; OUTSIDE INTENDED USE: " + hs.reason.split(": ", 1)[-1]
+    return ScoreLine(hs.title, True, f"{hs.probability:.3f}", label, op, hs.meaning)
 
 
 def model_card_summary(meta: ModelMeta) -> tuple[str, ...]:

@@ -6,7 +6,17 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import QCheckBox, QFrame, QGroupBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult
@@ -43,12 +53,26 @@ class HeadBox(QFrame):
         self.meaning = QLabel(HEAD_MEANING[head], self)
         self.meaning.setWordWrap(True)
         self.meaning.setStyleSheet("color: #555;")
+        self.use = QLabel("", self)  # the head's intended use
+        self.use.setWordWrap(True)
+        self.use.setStyleSheet("color: #555;")
         self.heatmap = QCheckBox("Show heatmap", self)
         self.heatmap.setEnabled(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
-        for w in (self.title, self.score, self.detail, self.heatmap, self.meaning):
+        for w in (self.title, self.score, self.detail, self.heatmap, self.meaning, self.use):
             layout.addWidget(w)
+
+    def fit_text(self) -> None:
+        """Give each wrapped label the height its text needs at the box's width: in a dock's scroll
+        area Qt would otherwise squeeze a label that grew a line, and the lines overlap."""
+        width = max(self.contentsRect().width() - 12, 120)
+        for label in (self.score, self.detail, self.meaning, self.use):
+            label.setMinimumHeight(label.heightForWidth(width) if label.text() else 0)
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        self.fit_text()
 
     def show_unavailable(self, reason: str) -> None:
         self.score.setText(f"<i>{reason}</i>")
@@ -60,6 +84,7 @@ class HeadBox(QFrame):
 class FindingsPanel(QGroupBox):
     heatmap_requested = Signal(str)  # head name, or "" for none
     opacity_changed = Signal(float)
+    score_anyway_requested = Signal()  # score the shown image although it is outside a head's intended use
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("", parent)
@@ -68,6 +93,11 @@ class FindingsPanel(QGroupBox):
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
         self.boxes = {h: HeadBox(h, self) for h in HEADS}
+        self.score_anyway = QPushButton("Score anyway (outside intended use)", self)
+        self.score_anyway.setToolTip("Show the numbers for this image although the input checks found it outside "
+                                     "a head's intended use; they are marked as such everywhere")
+        self.score_anyway.setVisible(False)
+        self.score_anyway.clicked.connect(self.score_anyway_requested)
         self.opacity = QSlider(Qt.Orientation.Horizontal, self)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(70)
@@ -89,6 +119,7 @@ class FindingsPanel(QGroupBox):
         layout.addWidget(self.status)
         for box in self.boxes.values():
             layout.addWidget(box)
+        layout.addWidget(self.score_anyway)
         layout.addLayout(opacity_row)
         layout.addLayout(legend_row)
         for head, box in self.boxes.items():
@@ -111,12 +142,15 @@ class FindingsPanel(QGroupBox):
                 f"Model: {summary.name} v{summary.version} ({summary.sha256[:12]})<br>Device: {summary.device}"
                 + (f"<br><span style='color:#b00000'>Last load failed, kept this model: {error}</span>" if error else ""))
             for head, box in self.boxes.items():
+                use = summary.intended_uses.get(head, "")
+                box.use.setText(f"Intended use: {use}." if use else "")
                 if head not in summary.trained_heads:
                     box.show_unavailable(unavailable_reason(head, summary.head_notes.get(head, "")))
                 else:
                     box.score.setText("<i>waiting for an image</i>")
                     box.detail.setText("")
         self.result = None
+        self.score_anyway.setVisible(False)
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -127,21 +161,44 @@ class FindingsPanel(QGroupBox):
             box = self.boxes[hs.head]
             if not hs.available:
                 box.show_unavailable(hs.reason)
+                if hs.status == "outside_intended_use":
+                    why = hs.reason.split(": ", 1)[-1]
+                    box.score.setText("<span style='color:#8a5a00'><b>Not scored</b>: outside this head's "
+                                      "intended use</span>")
+                    box.detail.setText(why[:1].upper() + why[1:] + ".")
                 continue
             label = "above threshold" if hs.positive else "below threshold"
             colour = "#b00000" if hs.positive else "#006000"
-            box.score.setText(f"<span style='font-size:16pt'><b>{hs.probability * 100:.1f}%</b></span> "
-                              f"<span style='color:{colour}'>{label}</span>")
+            score = (f"<span style='font-size:16pt'><b>{hs.probability * 100:.1f}%</b></span> "
+                     f"<span style='color:{colour}'>{label}</span>")
             op = ""
             if hs.sensitivity is not None and hs.specificity is not None:
                 op = (f"; at this threshold the model had sensitivity {hs.sensitivity:.2f} and specificity "
                       f"{hs.specificity:.2f} on its validation data")
-            box.detail.setText(f"Calibrated probability; threshold {hs.threshold:.2f}{op}.")
+            detail = f"Calibrated probability; threshold {hs.threshold:.2f}{op}."
+            if hs.status == "scored_outside_intended_use":
+                score += " <span style='color:#8a5a00'><b>outside intended use</b></span>"
+                why = hs.reason.split(": ", 1)[-1]
+                detail = f"Scored anyway: {why}; this number was not earned on images like this one."
+            box.score.setText(score)
+            box.detail.setText(detail)
             box.heatmap.setEnabled(hs.head in result.heatmaps)
+        for box in self.boxes.values():
+            box.fit_text()
         self.set_status(f"Scored in {result.seconds * 1000:.0f} ms on {result.device}.")
+        self.score_anyway.setVisible(any(hs.status == "outside_intended_use" for hs in result.heads))
+
+    def show_no_image(self, text: str) -> None:
+        """No image on screen: no score, no heatmap control, for every head."""
+        self.result = None
+        self.score_anyway.setVisible(False)
+        for box in self.boxes.values():
+            box.show_unavailable(text)
+        self.set_status("")
 
     def clear_result(self, text: str = "") -> None:
         self.result = None
+        self.score_anyway.setVisible(False)
         for box in self.boxes.values():
             if box.heatmap.isEnabled():
                 box.score.setText("<i>scoring...</i>" if not text else f"<i>{text}</i>")

@@ -237,6 +237,7 @@ class MainWindow(QMainWindow):
         self.score_runner.failed.connect(lambda msg: self.findings.clear_result(f"scoring failed: {msg}"))
         self.findings.heatmap_requested.connect(self._show_heatmap)
         self.findings.opacity_changed.connect(self.view.set_heatmap_opacity)
+        self.findings.score_anyway_requested.connect(lambda: self._score_current(score_anyway=True))
         self.worklist.start_requested.connect(self.score_all)
         self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
         self.worklist.image_requested.connect(self._open_from_worklist)
@@ -340,7 +341,12 @@ class MainWindow(QMainWindow):
         self._score_current()
 
     def _on_image_failed(self, message: str) -> None:
+        # nothing of the previous image may stay beside the empty viewport: scores, heatmap, readout
         self.view.clear()
+        self.last_score = None
+        self.findings.show_no_image("no image shown (it could not be opened)")
+        self.position_label.setText("")
+        self.value_label.setText("")
         self.side.controls.set_image(None)
         self.side.metadata.set_image(None)
         self._task_failed("Cannot show this image", message)
@@ -384,9 +390,15 @@ class MainWindow(QMainWindow):
         dialog.show()
 
     def _on_model_loaded(self, summary: ModelSummary) -> None:
+        previous = self.model_summary
         self.model_summary = summary
         if summary.path != default_model_path():
             self.settings.set_model_path(summary.path)
+        if previous is not None and previous.sha256 != summary.sha256 and self.worklist.table.rowCount():
+            self.worklist.clear(f"Model changed to {summary.name} v{summary.version}: the worklist scores of the "
+                                "previous model were removed; score again.")
+        self.view.set_heatmap(None)
+        self.last_score = None
         self.findings.set_model(summary)
         self.findings.set_status("")
         self.device_label.setText(f"Model on {summary.device}")
@@ -394,18 +406,22 @@ class MainWindow(QMainWindow):
         self._score_current()
 
     def _on_model_failed(self, message: str) -> None:
-        # the previous model, if any, stays loaded
+        # the previous model, if any, stays loaded: its scores of the shown image are made again
+        self.view.set_heatmap(None)
+        self.last_score = None
         self.findings.set_model(self.models.summary(), error=message)
+        self.findings.set_status("")
         self._show_message(f"Model not loaded: {message}")
         self.model_changed.emit(self.models.summary())
+        self._score_current()
 
-    def _score_current(self) -> None:
+    def _score_current(self, score_anyway: bool = False) -> None:
         image = self.view.image
         scorer = self.models.scorer
         if image is None or scorer is None:
             return
         self.findings.clear_result("scoring...")
-        self.score_runner.submit(score_image_task, scorer, image)
+        self.score_runner.submit(score_image_task, scorer, image, True, score_anyway=score_anyway)
 
     def _on_scored(self, result: ScoreResult) -> None:
         image = self.view.image

@@ -43,7 +43,7 @@ def _html(page: ReportPage, index: int, count: int, when: str) -> tuple[str, str
     scores = []
     for s in page.scores:
         if s.available:
-            colour = "#b00000" if s.label == "positive" else "#1a5e1a"
+            colour = "#b00000" if s.label.startswith("above threshold") else "#1a5e1a"
             scores.append(
                 f"<p style='margin:0 0 8px 0'><b>{e(s.title)}</b><br>"
                 f"<span style='font-size:16pt'>{e(s.value)}</span> "

@@ -24,10 +24,19 @@ PATH_ROLE = Qt.ItemDataRole.UserRole + 2
 
 
 class _ScoreItem(QTableWidgetItem):
-    """Sorts by number; images without a score sort last."""
+    """Sorts by number; images without a score sort last. Outside the head's intended use: "not
+    scored" (or the number marked with an asterisk when scored anyway), the reason as tooltip."""
 
-    def __init__(self, value: float | None):
-        super().__init__("n/a" if value is None else f"{value * 100:.1f}%")
+    def __init__(self, value: float | None, status: str = "", reason: str = ""):
+        if status == "outside_intended_use":
+            text = "not scored"
+        elif value is None:
+            text = "n/a"
+        else:
+            text = f"{value * 100:.1f}%" + (" *" if status == "scored_outside_intended_use" else "")
+        super().__init__(text)
+        if reason:
+            self.setToolTip(reason)
         self.value = -1.0 if value is None else value
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
@@ -85,9 +94,21 @@ class Worklist(QWidget):
         name.setToolTip(row.path)
         self.table.setItem(r, 0, name)
         for i, head in enumerate(HEADS):
-            self.table.setItem(r, 1 + i, _ScoreItem(row.probabilities.get(head)))
-        self.table.setItem(r, 1 + len(HEADS), QTableWidgetItem(row.error))
+            self.table.setItem(r, 1 + i, _ScoreItem(row.probabilities.get(head), row.statuses.get(head, ""),
+                                                    row.reasons.get(head, "")))
+        outside = [f"{HEAD_TITLES[h].split(' (')[0]}: {row.reasons[h].split(': ', 1)[-1]}" for h in HEADS
+                   if row.statuses.get(h) in ("outside_intended_use", "scored_outside_intended_use")]
+        note = QTableWidgetItem(row.error or "; ".join(outside))
+        note.setToolTip(note.text())
+        self.table.setItem(r, 1 + len(HEADS), note)
         self.progress.setValue(self.table.rowCount())
+
+    def clear(self, text: str = "") -> None:
+        """No rows (they belonged to another model or another folder); ``text`` says why."""
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(0)
+        self.progress.setValue(0)
+        self.info.setText(text)
 
     def finish(self, text: str) -> None:
         self.start.setEnabled(True)

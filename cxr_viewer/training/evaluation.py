@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Generator, Sequence
 
 import numpy as np
@@ -27,14 +27,23 @@ class EvaluationResult:
     heads: dict  # head -> binary_report dict
     per_image: list  # dicts: path, labels, probabilities
     skipped: tuple[OpenError, ...]
+    #: head -> {reason: count}: images the input checks set aside (outside the head's intended use)
+    set_aside: dict = field(default_factory=dict)
 
     def text(self) -> str:
-        return "\n\n".join(format_report(h, r) for h, r in self.heads.items())
+        parts = [format_report(h, r) for h, r in self.heads.items()]
+        for h, reasons in self.set_aside.items():
+            n = sum(reasons.values())
+            lines = [f"{h}: {n} image(s) set aside as outside the head's intended use (not in the metrics):"]
+            lines += [f"  {count:5d}  {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])]
+            parts.append("\n".join(lines))
+        return "\n\n".join(parts)
 
     def to_json(self, per_image: bool = False) -> str:
         doc = {"notice": "Research use only. Not for diagnostic use.", "split": self.split,
                "heads": {h: {k: v for k, v in r.items() if k not in ("roc_curve",)} for h, r in self.heads.items()},
-               "skipped": [vars(e) for e in self.skipped]}
+               "skipped": [vars(e) for e in self.skipped],
+               "set_aside": {h: {"images": sum(r.values()), "reasons": r} for h, r in self.set_aside.items()}}
         if per_image:
             doc["images"] = self.per_image
         return json.dumps(doc, indent=2)
@@ -47,15 +56,15 @@ def _checked(row: WorklistRow) -> WorklistRow:
     """A row whose scores are all finite numbers in [0, 1] (or None), else an error row: no NaN or
     infinity ever reaches a report, a table or JSON."""
     if row.error:
-        return WorklistRow(row.path, {h: None for h in row.probabilities}, row.error)
+        return replace(row, probabilities={h: None for h in row.probabilities})
     for p in row.probabilities.values():
         if p is not None and not (math.isfinite(p) and 0.0 <= p <= 1.0):
             return WorklistRow(row.path, {h: None for h in row.probabilities}, NON_FINITE)
     return row
 
 
-def score_rows(scorer: Scorer, refs: Sequence, batch_size: int = 8, cancel: CancelToken = NEVER_CANCELLED
-               ) -> Generator[WorklistRow, None, int]:
+def score_rows(scorer: Scorer, refs: Sequence, batch_size: int = 8, cancel: CancelToken = NEVER_CANCELLED,
+               score_anyway: bool = False) -> Generator[WorklistRow, None, int]:
     """One row per input, scored or with its one-line reason: a batch never fails as a whole.
 
     Runs :func:`score_many_task`; should it stop on a fault it did not turn into a per-file error,
@@ -68,7 +77,8 @@ def score_rows(scorer: Scorer, refs: Sequence, batch_size: int = 8, cancel: Canc
     seen: Counter = Counter()
     scored = 0
     try:
-        for row in score_many_task(scorer, list(refs), batch_size=batch_size, cancel=cancel):
+        for row in score_many_task(scorer, list(refs), batch_size=batch_size, cancel=cancel,
+                                   score_anyway=score_anyway):
             seen[row.path] += 1
             row = _checked(row)
             scored += not row.error
@@ -87,7 +97,7 @@ def score_rows(scorer: Scorer, refs: Sequence, batch_size: int = 8, cancel: Canc
     for ref in left:
         cancel.raise_if_cancelled()
         try:
-            rows = list(score_many_task(scorer, [ref], batch_size=1, cancel=cancel))
+            rows = list(score_many_task(scorer, [ref], batch_size=1, cancel=cancel, score_anyway=score_anyway))
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - this file is listed with its reason, the batch goes on
@@ -120,8 +130,10 @@ def select_samples(data_dir: str, split: str, model_training: dict | None = None
 
 
 def evaluate_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_size: int = 16,
-                  bootstrap: int = 1000, cancel: CancelToken = NEVER_CANCELLED
+                  bootstrap: int = 1000, cancel: CancelToken = NEVER_CANCELLED, score_anyway: bool = False
                   ) -> Generator[Progress, None, EvaluationResult]:
+    """Metrics per trained head on the images its input checks let through (all of them with
+    ``score_anyway``); how many each check set aside, and why, is reported beside them."""
     from cxr_viewer.io.index import read_any
 
     if not samples:
@@ -135,7 +147,7 @@ def evaluate_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_
             skipped.append(OpenError(s.path, str(exc) if isinstance(exc, UserError) else one_line(exc)))
     rows = []
     done = 0
-    for row in score_rows(scorer, refs, batch_size=batch_size, cancel=cancel):
+    for row in score_rows(scorer, refs, batch_size=batch_size, cancel=cancel, score_anyway=score_anyway):
         done += 1
         if row.error:
             skipped.append(OpenError(row.path, row.error))
@@ -145,18 +157,31 @@ def evaluate_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_
             yield Progress("evaluating", done, len(refs), row.path)
     reports = {}
     per_image = []
+    set_aside: dict = {}
     for row in rows:
         per_image.append({"path": row.path, "labels": dict(zip(HEADS, labels[row.path])),
-                          "probabilities": row.probabilities})
+                          "probabilities": row.probabilities, "statuses": row.statuses, "reasons": row.reasons})
     for j, h in enumerate(HEADS):
         if h not in scorer.trained:
             continue
-        pairs = [(labels[r.path][j], r.probabilities[h]) for r in rows if labels[r.path][j] is not None]
+        for r in rows:
+            if labels[r.path][j] is not None and r.probabilities.get(h) is None:
+                why = reason_kind(r.reasons.get(h, ""))
+                set_aside.setdefault(h, Counter())[why] += 1
+        pairs = [(labels[r.path][j], r.probabilities[h]) for r in rows
+                 if labels[r.path][j] is not None and r.probabilities.get(h) is not None]
         if not pairs:
             continue
         y = np.array([a for a, _ in pairs])
         p = np.array([b for _, b in pairs])
         reports[h] = binary_report(y, p, scorer.meta.heads[h].threshold, CLASS_NAMES[h], bootstrap=bootstrap)
-    if not reports:
+    if not reports and not set_aside:
         raise DataError("none of the images has a label for a head this model has trained")
-    return EvaluationResult(split_note, reports, per_image, tuple(skipped))
+    return EvaluationResult(split_note, reports, per_image, tuple(skipped),
+                            {h: dict(c) for h, c in set_aside.items()})
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a set-aside reason, for counting: its words before the first parenthesis."""
+    text = reason.split(": ", 1)[1] if ": " in reason else reason
+    return (text.split("(")[0].split(";")[0].strip() or "outside intended use")

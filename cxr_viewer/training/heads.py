@@ -36,12 +36,7 @@ from cxr_viewer.training.engine import (
     report_writers,
     write_model_files,
 )
-from cxr_viewer.training.metrics import (
-    binary_report,
-    fit_temperature,
-    format_report,
-    youden_threshold,
-)
+from cxr_viewer.training.metrics import binary_report, fit_temperature, format_report, youden_threshold
 
 
 @dataclass

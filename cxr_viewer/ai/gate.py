@@ -1,0 +1,372 @@
+"""The image-based input check: is this a chest radiograph at all, a child's or an adult's, and
+does the scoring model's own feature space know images like it.
+
+Two parts, both loaded, hashed and checked like the scoring model (safetensors + JSON, SHA-256 of
+the bytes loaded, every value validated, never a pickle):
+
+- :class:`Gate` (``models/intended_use.safetensors``): a small ResNet18 on one grey channel that
+  classifies the preprocessed image (the one preprocessing function, with the gate's own spec)
+  as ``child`` (a chest radiograph like the paediatric training set), ``adult`` (an adult chest
+  radiograph), ``other`` (not a chest radiograph: photographs, documents, masks, CT/MR slices,
+  noise...) or ``inverted`` (a radiograph shown as a negative: bone dark). Trained by
+  ``training.intended_use`` on the real images in ``../shared/data`` and generated negatives.
+- :class:`FeatureDistance` (``NAME.ood.safetensors`` beside a model ``NAME.safetensors``): the
+  Mahalanobis distance of the model's pooled penultimate features in a PCA space fitted on that
+  model's training images, with a threshold chosen on validation images: it catches kinds of
+  input nobody listed. It belongs to one model (its SHA-256 is recorded) and is not used with
+  another.
+
+Qt-free. The verdicts are plain data (:class:`GateVerdict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_viewer.ai.model import (
+    MAX_DESCRIPTION_BYTES,
+    MAX_JSON_DEPTH,
+    ModelFileError,
+    _checked_weights,
+    _depth_exceeds,
+    _Fields,
+    _read_regular_file,
+    models_dir,
+    sidecar_path,
+)
+from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit, standardise
+from cxr_viewer.common.fileio import write_bytes_atomic
+
+GATE_FORMAT = "cxr_viewer.gate/1"
+OOD_FORMAT = "cxr_viewer.ood/1"
+GATE_CLASSES = ("child", "adult", "other", "inverted")
+GATE_FILE = "intended_use.safetensors"
+MAX_GATE_BYTES = 256 << 20
+_PICKLES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+class GateNet(nn.Module):
+    """torchvision's ResNet18 with a one-channel stem and four classes."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(num_classes=len(GATE_CLASSES))
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class GateMeta:
+    name: str
+    version: str
+    preprocessing: PreprocessSpec
+    #: the lowest probability of ``child`` / ``adult`` at which an image counts as that population
+    #: (chosen on validation so that nearly all validation images of the population pass)
+    child_min: float
+    adult_min: float
+    weights_sha256: str = ""
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": GATE_FORMAT, "architecture": "resnet18-1ch", "classes": list(GATE_CLASSES),
+                "name": self.name, "version": self.version, "preprocessing": self.preprocessing.to_dict(),
+                "child_min": self.child_min, "adult_min": self.adult_min, "weights_sha256": self.weights_sha256,
+                "weights_dtype": "float16", "training": self.training, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, doc) -> "GateMeta":
+        if not isinstance(doc, dict) or doc.get("format") != GATE_FORMAT:
+            raise ModelFileError(f"not a cxr_viewer input-check description (format expected {GATE_FORMAT!r})")
+        f = _Fields(doc, "")
+        if doc.get("classes") != list(GATE_CLASSES) or doc.get("architecture") != "resnet18-1ch":
+            raise f.invalid("classes", f"{list(GATE_CLASSES)} of a resnet18-1ch", doc.get("classes"))
+        p = f.obj("preprocessing")
+        spec = PreprocessSpec(
+            input_size=p.integer("input_size", 128, 32, 512),
+            low_percentile=p.number("low_percentile", 0.5, 0.0, 100.0),
+            high_percentile=p.number("high_percentile", 99.5, 0.0, 100.0),
+            resize=p.choice("resize", ("squash",), "squash"),
+            channels=p.integer("channels", 1, 1, 1),
+            mean=p.number("mean", 0.5, -1e6, 1e6),
+            std=p.number("std", 0.25, 1e-6, 1e6),
+            version=p.integer("version", 1, 1, 1),
+        )
+        if spec.low_percentile >= spec.high_percentile:
+            raise p.invalid("low_percentile", "below high_percentile", spec.low_percentile)
+        sha = f.string("weights_sha256")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise f.invalid("weights_sha256", "64 lowercase hexadecimal digits", sha)
+        f.choice("weights_dtype", ("float16",), "float16")
+        return cls(name=f.string("name"), version=f.string("version"), preprocessing=spec,
+                   child_min=f.number("child_min", 0.5, 0.0, 1.0, open_lo=True, open_hi=True),
+                   adult_min=f.number("adult_min", 0.5, 0.0, 1.0, open_lo=True, open_hi=True),
+                   weights_sha256=sha, training=dict(f.obj("training").doc), metrics=dict(f.obj("metrics").doc))
+
+
+def _read_description(path: str) -> dict:
+    side = sidecar_path(path)
+    name = os.path.basename(side)
+    try:
+        raw = _read_regular_file(side, MAX_DESCRIPTION_BYTES, f"the description {name}")
+        doc = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"the description {name} is missing beside {os.path.basename(path)}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except (RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFileError(f"cannot read {name}: {' '.join(str(exc).split()) or 'nests too deeply'}") from None
+    if _depth_exceeds(doc, MAX_JSON_DEPTH):
+        raise ModelFileError(f"cannot read {name}: it nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _read_tensors(path: str, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, read once; the SHA-256 checked is that of the bytes parsed."""
+    from safetensors.torch import load
+
+    try:
+        data = _read_regular_file(path, MAX_GATE_BYTES, "the input-check file")
+    except FileNotFoundError:
+        raise ModelFileError(f"input-check file not found: {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {os.path.basename(path)}: {exc.strerror or exc}") from None
+    if data.startswith(_PICKLES):
+        raise ModelFileError("this is a pickled file; it is refused (pickles can run code)")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelFileError(f"{os.path.basename(path)} does not match its description (SHA-256 {digest[:12]}... "
+                             f"expected {sha256[:12]}...)")
+    try:
+        return load(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a refused file
+        raise ModelFileError(f"not a readable safetensors file: {(str(exc).splitlines() or ['?'])[0]}") from None
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """What the image-based check says of one image: class probabilities and the label chosen."""
+
+    probabilities: dict[str, float]
+    label: str  # child | adult | other | inverted | unsure
+
+    def reason_for(self, population: str) -> str | None:
+        """Why a head for ``population`` ("children" / "adults") must not score this image, or None."""
+        p = self.probabilities
+        if self.label == "other":
+            return f"not a chest radiograph (image check: {p['other']:.0%} not a radiograph)"
+        if self.label == "inverted":
+            return ("the image looks like a negative (bone dark; image check "
+                    f"{p['inverted']:.0%}): check its PhotometricInterpretation")
+        wanted = "child" if population == "children" else "adult"
+        if self.label == wanted:
+            return None
+        if self.label == "unsure":
+            return (f"the image check cannot tell whether this is a {wanted}'s chest radiograph like the "
+                    f"training images ({wanted} {p[wanted]:.0%})")
+        return f"{self.label}'s radiograph by the image check ({p[self.label]:.0%}); this head was trained on {population}"
+
+
+class Gate:
+    """The loaded image check. Used from one worker thread at a time."""
+
+    def __init__(self, net: GateNet, meta: GateMeta, path: str):
+        self.net, self.meta, self.path = net.eval(), meta, path
+
+    @classmethod
+    def from_file(cls, path: str) -> "Gate":
+        if not os.path.lexists(path):
+            raise ModelFileError(f"input-check file not found: {path}")
+        meta = GateMeta.from_dict(_read_description(path))
+        state = _read_tensors(path, meta.weights_sha256)
+        net = GateNet()
+        net.load_state_dict(_checked_weights(state, net.state_dict(), "float16"))
+        return cls(net, meta, path)
+
+    def unit(self, values: np.ndarray, monochrome1: bool, padding: np.ndarray | None) -> np.ndarray:
+        """The gate's input before standardising: the one preprocessing function with the gate's spec."""
+        return preprocess_unit(values, monochrome1, padding, self.meta.preprocessing)
+
+    def classify_units(self, units: np.ndarray) -> list[GateVerdict]:
+        """Verdicts for (B, S, S) preprocessed units in [0, 1]."""
+        x = torch.from_numpy(standardise(units, self.meta.preprocessing))
+        with torch.inference_mode():
+            probs = torch.softmax(self.net(x).float(), dim=1).numpy()
+        out = []
+        for row in probs:
+            p = {c: float(v) for c, v in zip(GATE_CLASSES, row)}
+            best = max(p, key=p.get)
+            if best in ("other", "inverted"):
+                label = best
+            elif p["child"] >= self.meta.child_min:
+                label = "child"
+            elif p["adult"] >= self.meta.adult_min:
+                label = "adult"
+            else:
+                label = "unsure"
+            out.append(GateVerdict(p, label))
+        return out
+
+    def classify(self, values: np.ndarray, monochrome1: bool = False,
+                 padding: np.ndarray | None = None) -> GateVerdict:
+        return self.classify_units(self.unit(values, monochrome1, padding)[None])[0]
+
+    def save(self, path: str) -> None:
+        """Weights (float16) then the description, each atomically; the SHA-256 is of the bytes written."""
+        from safetensors.torch import save
+
+        data = save({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+                     for k, v in self.net.state_dict().items()}, metadata={"format": GATE_FORMAT})
+        self.meta.weights_sha256 = hashlib.sha256(data).hexdigest()
+        text = json.dumps(self.meta.to_dict(), indent=2)
+        GateMeta.from_dict(json.loads(text))
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(sidecar_path(path), text.encode())
+
+
+def ood_path(model_path: str) -> str:
+    root, _ = os.path.splitext(model_path)
+    return root + ".ood.safetensors"
+
+
+@dataclass
+class FeatureDistance:
+    """Mahalanobis distance of pooled features in a PCA space, fitted for one model."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (K, D) orthonormal rows
+    variances: np.ndarray  # (K,) > 0
+    residual_variance: float  # mean variance of what the K components leave out
+    threshold: float
+    model_sha256: str
+    fitted_on: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, model_sha256: str, components: int = 64,
+            fitted_on: dict | None = None) -> "FeatureDistance":
+        f = np.asarray(features, np.float64)
+        mean = f.mean(0)
+        z = f - mean
+        _, s, vt = np.linalg.svd(z, full_matrices=False)
+        var = s ** 2 / max(len(f) - 1, 1)
+        k = min(components, len(var) - 1)
+        resid = float(var[k:].mean()) if len(var) > k else float(var[-1])
+        return cls(mean.astype(np.float32), vt[:k].astype(np.float32), np.maximum(var[:k], 1e-12).astype(np.float32),
+                   max(resid, 1e-12), float("inf"), model_sha256, dict(fitted_on or {}))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(B,) distances: Mahalanobis in the K components plus the residual's norm over its variance."""
+        z = np.asarray(features, np.float32) - self.mean
+        proj = z @ self.components.T
+        inside = (proj ** 2 / self.variances).sum(1)
+        resid = np.maximum((z ** 2).sum(1) - (proj ** 2).sum(1), 0.0) / self.residual_variance
+        return np.sqrt((inside + resid) / (len(self.variances) + z.shape[1] - len(self.variances)))
+
+    def save(self, path: str) -> None:
+        from safetensors.numpy import save
+
+        data = save({"mean": self.mean, "components": self.components, "variances": self.variances})
+        doc = {"format": OOD_FORMAT, "model_sha256": self.model_sha256, "threshold": self.threshold,
+               "residual_variance": self.residual_variance, "components": int(len(self.variances)),
+               "features": int(self.mean.shape[0]), "weights_sha256": hashlib.sha256(data).hexdigest(),
+               "fitted_on": self.fitted_on}
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(sidecar_path(path), json.dumps(doc, indent=2).encode())
+
+    @classmethod
+    def from_file(cls, path: str) -> "FeatureDistance":
+        doc = _read_description(path)
+        if not isinstance(doc, dict) or doc.get("format") != OOD_FORMAT:
+            raise ModelFileError(f"not a cxr_viewer feature-distance description (format expected {OOD_FORMAT!r})")
+        f = _Fields(doc, "")
+        k = f.integer("components", 64, 1, 2048)
+        d = f.integer("features", 2048, 2, 8192)
+        sha = f.string("model_sha256")
+        if len(sha) != 64:
+            raise f.invalid("model_sha256", "64 hexadecimal digits", sha)
+        threshold = f.number("threshold", 1.0, 0.0, 1e6, open_lo=True)
+        resid = f.number("residual_variance", 1.0, 0.0, 1e12, open_lo=True)
+        t = _read_tensors(path, f.string("weights_sha256"))
+        shapes = {"mean": (d,), "components": (k, d), "variances": (k,)}
+        for name, shape in shapes.items():
+            if name not in t or tuple(t[name].shape) != shape or not bool(torch.isfinite(t[name]).all()):
+                raise ModelFileError(f"{os.path.basename(path)}: {name} must be a finite array of shape {shape}")
+        if bool((t["variances"] <= 0).any()):
+            raise ModelFileError(f"{os.path.basename(path)}: variances must be positive")
+        return cls(t["mean"].numpy(), t["components"].numpy(), t["variances"].numpy(), resid, threshold, sha,
+                   dict(f.obj("fitted_on").doc))
+
+
+def default_gate_path() -> str:
+    """$CXR_VIEWER_GATE if set, else ``models/intended_use.safetensors``."""
+    return os.environ.get("CXR_VIEWER_GATE") or str(models_dir() / GATE_FILE)
+
+
+@dataclass
+class InputChecks:
+    """Everything checked before a head's number is shown: the header against each head's intended
+    use, the image check (:class:`Gate`) and the model's feature distance. Loaded with a model."""
+
+    uses: dict  # head -> IntendedUse
+    gate: Gate | None = None
+    gate_problem: str = ""  # why there is no gate: then no head is scored
+    distance: FeatureDistance | None = None
+    distance_note: str = ""  # why there is no feature distance for this model (it is then not used)
+    distance_heads: tuple[str, ...] = ()
+
+    @classmethod
+    def for_model(cls, model_path: str, meta) -> "InputChecks":
+        checks = cls({h: info.use(h) for h, info in meta.heads.items()})
+        try:
+            checks.gate = Gate.from_file(default_gate_path())
+        except ModelFileError as exc:
+            checks.gate_problem = f"the input check cannot be used ({exc})"
+        path = ood_path(model_path) if model_path else ""
+        if path and os.path.exists(path):
+            try:
+                fd = FeatureDistance.from_file(path)
+            except ModelFileError as exc:
+                checks.distance_note = f"feature-distance check not used: {exc}"
+            else:
+                if fd.model_sha256 != meta.weights_sha256:
+                    checks.distance_note = "feature-distance check not used: it was fitted for another model"
+                else:
+                    checks.distance = fd
+                    checks.distance_heads = tuple(h for h, u in checks.uses.items() if u.population == "children")
+        else:
+            checks.distance_note = "no feature-distance check was fitted for this model"
+        return checks
+
+    def header_reasons(self, image_meta) -> dict[str, str | None]:
+        from cxr_viewer.ai.intended_use import header_reason
+
+        return {h: header_reason(image_meta, use) for h, use in self.uses.items()}
+
+    def reasons(self, header: dict[str, str | None], verdict: GateVerdict | None,
+                distance: float | None) -> dict[str, str | None]:
+        """Per head: the first reason it must not score this image, or None."""
+        out = {}
+        for h, use in self.uses.items():
+            reason = header.get(h)
+            if reason is None and self.gate is None:
+                reason = self.gate_problem or "the input check is not loaded"
+            if reason is None and verdict is not None:
+                reason = verdict.reason_for(use.population)
+            if (reason is None and distance is not None and self.distance is not None and h in self.distance_heads
+                    and distance > self.distance.threshold):
+                reason = (f"unlike the images this model was trained on (feature distance {distance:.2f}, "
+                          f"limit {self.distance.threshold:.2f})")
+            out[h] = reason
+        return out
