@@ -39,7 +39,7 @@ def small(dlg: TrainingDialog, tmp_path: Path, **kw):
     cfg = dlg.config()
     cfg.input_size, cfg.batch_size, cfg.epochs, cfg.max_steps_per_epoch = 48, 4, 2, 3
     cfg.num_workers, cfg.precision, cfg.device, cfg.bootstrap, cfg.val_split = 0, "fp32", "cpu", 20, 0.25
-    cfg.cache_dir, cfg.warmup_steps = str(tmp_path / "cache"), 1
+    cfg.cache_dir, cfg.warmup_steps, cfg.min_val_per_class = str(tmp_path / "cache"), 1, 1
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -78,6 +78,24 @@ def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):
     with qtbot.waitSignal(dialog.model_ready, timeout=5000) as b:
         dialog.use.click()
     assert b.args[0].endswith("m.safetensors") and Path(b.args[0]).exists()
+
+
+def test_the_data_s_test_split_is_evaluated_after_training(qtbot, shared_data, tmp_path):
+    """A folder with test/: the new model is measured on it, beside the validation report."""
+    configure_pyqtgraph()
+    root = tiny_kaggle_root(shared_data, tmp_path / "data", per_class=10, with_test=True)
+    dlg = TrainingDialog()
+    qtbot.addWidget(dlg)
+    dlg.folder.setText(str(root))
+    dlg.out.setText(str(tmp_path / "models" / "m.safetensors"))
+    try:
+        with qtbot.waitSignal(dlg.eval_runner.finished, timeout=300000):
+            dlg.start_training(config=small(dlg, tmp_path, epochs=1))
+        report = dlg.report.toPlainText()
+        assert "Validation split report" in report and "Test split report (the test/ split" in report
+        assert report.index("Test split report") > report.index("Validation split report")
+    finally:
+        dlg.shutdown()
 
 
 def test_cancel_stops_and_keeps_checkpoint(qtbot, dialog, tmp_path):

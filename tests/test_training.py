@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_config(root: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data_dir=str(root), out=str(out), epochs=2, batch_size=4, input_size=48, max_steps_per_epoch=2,
                 num_workers=0, precision="fp32", device="cpu", cache_dir=str(out.parent / "cache"), bootstrap=20,
-                val_split=0.25, early_stopping=0, warmup_steps=1)
+                val_split=0.25, early_stopping=0, warmup_steps=1, min_val_per_class=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -197,7 +197,7 @@ def test_two_cpu_processes_under_torchrun(tiny_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
            "cxr_viewer", "train", str(tiny_root), "--out", str(out), "--epochs", "1", "--batch-size", "4",
            "--input-size", "32", "--max-steps-per-epoch", "2", "--precision", "fp32", "--device", "cpu",
-           "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"), "--val-split", "0.25"]
+           "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"), "--val-split", "0.25", "--min-val-per-class", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -210,7 +210,7 @@ def test_experiment_grid_prints_the_comparison_table(tiny_root, tmp_path, cli):
     r = cli("experiment", str(tiny_root), "--optimizers", "sgd,adagrad", "--val-split", "0.25", "--epochs", "1",
             "--batch-size", "4", "--input-size", "32", "--max-steps-per-epoch", "1", "--precision", "fp32",
             "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"),
-            "--out-dir", str(tmp_path / "exp"), timeout=600)
+            "--out-dir", str(tmp_path / "exp"), "--min-val-per-class", "1", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     table = r.stdout
     assert "| sgd | 25% | pneumonia |" in table and "| adagrad | 25% | pneumonia |" in table
@@ -230,7 +230,8 @@ def _train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 TINY_ARGS = ("--epochs", "1", "--batch-size", "4", "--input-size", "32", "--max-steps-per-epoch", "1",
-             "--precision", "fp32", "--device", "cpu", "--num-workers", "0", "--val-split", "0.25")
+             "--precision", "fp32", "--device", "cpu", "--num-workers", "0", "--val-split", "0.25",
+             "--min-val-per-class", "1")
 
 
 class _Evil:
@@ -388,3 +389,25 @@ def test_bad_training_files_are_skipped_outputs_are_one_unit_with_one_mode(tiny_
                               "the previous model there is kept")
     after = {p.name: p.read_bytes() for p in out.parent.iterdir() if p.name != "m.ckpt"}
     assert after == before  # the older model is back, byte for byte; no temporary or backup file is left
+
+
+def test_too_few_validation_images_give_no_threshold_and_no_score(tiny_root, tmp_path):
+    """3 validation images per class cannot choose a threshold or calibrate: the head is saved as not
+    available, saying how many are needed, and the model gets its own name and version."""
+    out = tmp_path / "few" / "m.safetensors"
+    cfg = tiny_config(tiny_root, out, epochs=1, max_steps_per_epoch=1, input_size=32, min_val_per_class=20)
+    done = run_to_completion(train(cfg))
+    meta = read_meta(done.model_path)
+    info = meta.heads["pneumonia"]
+    assert not info.trained
+    assert "at least 20 per class are needed to calibrate and choose a threshold" in info.note
+    import re
+
+    assert re.search(r"validation had \d NORMAL and \d PNEUMONIA images", info.note), info.note
+    assert meta.name.startswith("m (trained ") and meta.version and meta.version != "1"
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.io.image import open_image
+
+    kid = sorted((tiny_root / "train" / "NORMAL").iterdir())[0]
+    hs = Scorer.from_file(str(out), "cpu").score(open_image(str(kid))).head("pneumonia")
+    assert not hs.available and hs.probability is None and "at least 20 per class" in hs.reason

@@ -19,7 +19,7 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "num_workers",
-                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule"):
+                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -224,8 +224,11 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--threshold-rule", help="youden (default) or sensitivity:TARGET, e.g. sensitivity:0.97; "
                                            "with --resume of a finished run, re-finalises with the new rule")
-    p.add_argument("--name")
-    p.add_argument("--version")
+    p.add_argument("--min-val-per-class", type=int,
+                   help="fewest validation images per class to calibrate and choose a threshold (default 20); "
+                        "below it the head is saved as not available")
+    p.add_argument("--name", help="the model's name (default: the output file's name and the date)")
+    p.add_argument("--version", help="the model's version (default: the date and time of the run)")
 
 
 def _train_input_check(args: argparse.Namespace) -> int:

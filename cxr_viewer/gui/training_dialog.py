@@ -72,6 +72,7 @@ class TrainingDialog(QDialog):
         self.current_model = current_model
         self.runner = TaskRunner(self, "training")
         self.scan_runner = TaskRunner(self, "scan")
+        self.eval_runner = TaskRunner(self, "test evaluation")
         self.finished_run: DoneEvent | None = None
         self._steps: list[tuple[float, float]] = []
         self._epochs: list[EpochEvent] = []
@@ -236,6 +237,8 @@ class TrainingDialog(QDialog):
         self.runner.failed.connect(self._on_failed)
         self.runner.cancelled.connect(self._on_cancelled)
         self.scan_runner.finished.connect(self._on_scanned)
+        self.eval_runner.finished.connect(self._on_test_evaluated)
+        self.eval_runner.failed.connect(lambda m: self.report.appendPlainText(f"\nTest split: not evaluated: {m}"))
         self.scan_runner.failed.connect(lambda m: self.scan_text.setPlainText(f"Cannot use this folder: {m}"))
         self.init.activated.connect(self._on_init_chosen)
 
@@ -373,6 +376,20 @@ class TrainingDialog(QDialog):
         if png:
             self.report_image.setPixmap(QPixmap(png))
         self.tabs.setCurrentIndex(1)
+        data_dir = self.folder.text().strip()
+        if data_dir and os.path.isdir(os.path.join(data_dir, "test")):
+            from cxr_viewer.training.evaluation import evaluate_test_split_task
+
+            self.report.appendPlainText("\nTest split: evaluating the new model on test/ ...")
+            self.eval_runner.submit(evaluate_test_split_task, done.model_path, data_dir, self.device.currentText())
+
+    def _on_test_evaluated(self, result) -> None:
+        """The data's own test/ split, beside the validation report (never used to choose anything)."""
+        self.report.appendPlainText(f"\nTest split report ({result.split}; not used for any choice)\n\n"
+                                    f"{result.text() or 'no head could be measured'}")
+        if result.skipped:
+            self.report.appendPlainText(f"{len(result.skipped)} test image(s) skipped: "
+                                        + "; ".join(f"{os.path.basename(e.path)}: {e.reason}" for e in result.skipped[:5]))
 
     def _on_failed(self, message: str) -> None:
         self._finish(f"Training stopped: {message}")
@@ -384,6 +401,7 @@ class TrainingDialog(QDialog):
         self._timer.stop()
         self.runner.shutdown(60000)
         self.scan_runner.shutdown()
+        self.eval_runner.shutdown(60000)
 
     # Closing a dialog ends in done(), which emits finished: stop the workers there. (Overriding
     # closeEvent and calling QDialog.closeEvent from Python crashed PySide6 6.12 at teardown.)

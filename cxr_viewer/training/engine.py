@@ -84,8 +84,11 @@ class TrainConfig:
     checkpoint: str | None = None  # default: OUT with .ckpt
     bootstrap: int = 1000
     threshold_rule: str = "youden"  # or "sensitivity:0.97"
-    name: str = "cxr_viewer ResNet50"
-    version: str = "1"
+    #: fewer validation images than this in either class of a head: no calibration, no threshold,
+    #: the head is not available (a threshold of 1.000 "chosen" on 3 images is not an operating point)
+    min_val_per_class: int = 20
+    name: str = ""  # default: the output file's name, "(trained DATE)"
+    version: str = ""  # default: the date and time of the run
 
     @property
     def checkpoint_path(self) -> str:
@@ -752,7 +755,10 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     assert best_state is not None
     model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in best_state.items()})
     val_logits, _ = _evaluate(model, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
-    meta = ModelMeta(name=cfg.name, version=cfg.version, head_activation=cfg.head_activation, preprocessing=spec)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.out))[0]} (trained {now:%Y-%m-%d})"
+    meta = ModelMeta(name=name, version=cfg.version or f"{now:%Y%m%d.%H%M%S}", head_activation=cfg.head_activation,
+                     preprocessing=spec)
     reports, texts = {}, []
     for j, h in enumerate(HEADS):
         if h not in heads:
@@ -761,6 +767,14 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             continue
         m = val_y[:, j] >= 0
         y, z = val_y[m, j], val_logits[m, j]
+        n_neg, n_pos = int((y == 0).sum()), int((y == 1).sum())
+        if min(n_neg, n_pos) < cfg.min_val_per_class:
+            note = (f"validation had {n_neg} {CLASS_NAMES[h][0]} and {n_pos} {CLASS_NAMES[h][1]} images; at least "
+                    f"{cfg.min_val_per_class} per class are needed to calibrate and choose a threshold, so this head "
+                    "is not available (train on more images or a larger validation split)")
+            meta.heads[h] = HeadInfo(trained=False, negative=CLASS_NAMES[h][0], positive=CLASS_NAMES[h][1], note=note)
+            texts.append(f"{h}: not available: {note}")
+            continue
         temperature = fit_temperature(z, y)
         p = 1 / (1 + np.exp(-z / temperature))
         threshold, rule_text = choose_threshold(y, p, cfg.threshold_rule)
@@ -783,7 +797,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     }
     meta.metrics = {"validation": {h: {k: v for k, v in r.items() if k not in ("roc_curve", "calibration_curve")}
                                    for h, r in reports.items()}}
-    meta.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta.created = now.isoformat(timespec="seconds")
     report_path = os.path.splitext(cfg.out)[0] + ".report.json"
     if is_main:
         report = json.dumps({"notice": "Research use only. Not for diagnostic use.", "split": "validation",

@@ -185,3 +185,14 @@ def reason_kind(reason: str) -> str:
     """The kind of a set-aside reason, for counting: its words before the first parenthesis."""
     text = reason.split(": ", 1)[1] if ": " in reason else reason
     return (text.split("(")[0].split(";")[0].strip() or "outside intended use")
+
+
+def evaluate_test_split_task(model_path: str, data_dir: str, device: str = "auto",
+                             cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, EvaluationResult]:
+    """A freshly trained model on the data's own ``test/`` split (the training dialog runs this
+    when the folder has one): load it, score the test images through the input checks, report."""
+    yield Progress("evaluating", 0, 1, "loading the model")
+    scorer = Scorer.from_file(model_path, device)
+    samples, note = select_samples(data_dir, "test", scorer.meta.training)
+    result = yield from evaluate_task(scorer, samples, note, bootstrap=200, cancel=cancel)
+    return result
