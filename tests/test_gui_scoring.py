@@ -173,3 +173,25 @@ def test_a_failed_open_leaves_nothing_of_the_previous_image(qtbot, window, model
     assert window.last_score is None and window.position_label.text() == ""
     for box in window.findings.boxes.values():
         assert "%" not in box.score.text() and not box.heatmap.isEnabled()
+
+
+def test_another_model_clears_the_old_worklist_and_a_failed_load_rescores(qtbot, window, model_path, tmp_path):
+    load(qtbot, window, model_path)
+    with qtbot.waitSignal(window.image_shown, timeout=30000):
+        window.open_paths([str(SAMPLES / "kermany" / "NORMAL")])
+    with qtbot.waitSignal(window.worklist_runner.finished, timeout=120000):
+        window.score_all()
+    assert window.worklist.table.rowCount() == 2
+    other = make_test_model(tmp_path / "other.safetensors", seed=1)
+    load(qtbot, window, other)
+    assert window.worklist.table.rowCount() == 0  # no row of the previous model's scores stays unmarked
+    assert "Model changed" in window.worklist.info.text()
+    # a load that fails keeps the model and scores the shown image again (no stale heatmap or status)
+    qtbot.waitUntil(lambda: window.last_score is not None, timeout=60000)
+    window.findings.boxes["pneumonia"].heatmap.setChecked(True)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04garbage")
+    with qtbot.waitSignal(window.scored, timeout=60000):
+        window.load_model(str(bad))
+    assert "Loading model" not in window.findings.status.text()
+    assert window.last_score is not None and window.last_score.model_sha256 == window.model_summary.sha256
