@@ -25,7 +25,7 @@ import torch
 
 from cxr_viewer.ai.gate import GateVerdict, InputChecks
 from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
-from cxr_viewer.ai.preprocess import preprocess_image
+from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_image, resize_square, standardise
 from cxr_viewer.common.errors import ImageOpenError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import LoadedImage, load_image
@@ -66,9 +66,24 @@ def check_model_input(x: np.ndarray) -> np.ndarray:
 def model_input(image: LoadedImage, scorer: Scorer) -> np.ndarray:
     """The preprocessed input (3, S, S) of ``image``. A non-finite pixel is refused even where the
     percentile clipping would hide it (an infinite pixel would become a plausible white one)."""
+    return model_and_gate_inputs(image, scorer)[0]
+
+
+def model_and_gate_inputs(image: LoadedImage, scorer: Scorer) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's input and the image check's unit of one image, from one intensity normalisation
+    when both specs normalise alike (the one preprocessing function, steps 1-2 done once)."""
     if not np.isfinite(image.values).all():
         raise UnscorableImageError(NONFINITE_INPUT)
-    return check_model_input(preprocess_image(image, scorer.meta.preprocessing))
+    spec = scorer.meta.preprocessing
+    gate = scorer.checks.gate
+    same = gate is not None and (gate.meta.preprocessing.low_percentile, gate.meta.preprocessing.high_percentile) \
+        == (spec.low_percentile, spec.high_percentile)
+    if not same:
+        unit = None if gate is None else gate.unit(image.values, image.monochrome1, image.padding)
+        return check_model_input(preprocess_image(image, spec)), unit
+    norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
+    x = standardise(resize_square(norm, spec.input_size), spec)
+    return check_model_input(x), resize_square(norm, gate.meta.preprocessing.input_size)
 
 
 def failure_reason(exc: BaseException, doing: str) -> str:
@@ -341,10 +356,6 @@ class Scorer:
             return [None] * len(units)
         return self.checks.gate.classify_units(units)
 
-    def gate_unit(self, image: LoadedImage) -> np.ndarray | None:
-        gate = self.checks.gate
-        return None if gate is None else gate.unit(image.values, image.monochrome1, image.padding)
-
     def score(self, image: LoadedImage, heatmaps: bool = True, score_anyway: bool = False) -> ScoreResult:
         """Check the image against each head's intended use, then score the heads it may score
         (all trained heads with ``score_anyway``, marked as such)."""
@@ -352,12 +363,12 @@ class Scorer:
         if not np.isfinite(image.values).all():
             raise UnscorableImageError(NONFINITE_INPUT)
         header = self.checks.header_reasons(image.ref.meta)
-        unit = self.gate_unit(image)
+        x, unit = model_and_gate_inputs(image, self)
+        x = x[None]
         verdict = self.gate_verdicts(unit[None])[0] if unit is not None else None
         reasons = self.checks.reasons(header, verdict, None)
         probs, maps = None, {}
-        if score_anyway or any(reasons[h] is None for h in self.trained):
-            x = model_input(image, self)[None]
+        if score_anyway or any(reasons.get(h) is None for h in self.trained):
             if heatmaps:
                 probs, cams, dist = self.probabilities_cams_distances(x)
             else:
@@ -367,7 +378,7 @@ class Scorer:
             reasons = self.checks.reasons(header, verdict, None if dist is None else float(dist[0]))
             if heatmaps:
                 maps = {h: cams[0, i] for i, h in enumerate(self.head_names)
-                        if h in self.trained and (score_anyway or reasons[h] is None)}
+                        if h in self.trained and (score_anyway or reasons.get(h) is None)}
             probs = probs[0]
         return ScoreResult(image.ref.path, image.frame, self.head_scores(probs, reasons, score_anyway), maps,
                            self.meta.name, self.meta.version, self.meta.weights_sha256, self.choice.label,
@@ -408,8 +419,8 @@ def _prepare(ref: ImageRef, scorer: Scorer) -> _Prepared:
     any failure of one file is its own."""
     try:
         image = load_image(ref, 0)
-        return _Prepared(ref, model_input(image, scorer), scorer.checks.header_reasons(image.ref.meta),
-                         scorer.gate_unit(image))
+        x, unit = model_and_gate_inputs(image, scorer)
+        return _Prepared(ref, x, scorer.checks.header_reasons(image.ref.meta), unit)
     except Exception as exc:  # noqa: BLE001 - MemoryError too: listed as this file's failure; the batch goes on
         return _Prepared(ref, error=failure_reason(exc, "decoding"))
 
@@ -433,7 +444,7 @@ def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = Fals
         verdicts = (scorer.gate_verdicts(np.stack(units)) if all(u is not None for u in units)
                     else [None] * len(good))
         pre = [scorer.checks.reasons(g.header, v, None) for g, v in zip(good, verdicts)]
-        need = [score_anyway or any(r[h] is None for h in scorer.trained) for r in pre]
+        need = [score_anyway or any(r.get(h) is None for h in scorer.trained) for r in pre]
         todo = [i for i, n in enumerate(need) if n]
         probs = finite = dists = None
         if todo:
