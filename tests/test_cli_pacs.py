@@ -101,7 +101,7 @@ def test_exit_codes_and_messages(config, orthanc_restored, tmp_path):
 
 
 def test_send_and_retrieve_exit_codes_for_mixed_inputs(config, orthanc_restored, orthanc_samples, tmp_path):
-    jpeg = sorted((td.REPO_ROOT / "resources" / "samples" / "kermany" / "NORMAL").iterdir())[0]
+    jpeg = sorted((td.REPO_ROOT / "resources" / "samples" / "children_kermany" / "NORMAL").iterdir())[0]
     r = pacs("send", "--node", "pacs", str(jpeg), env=config)
     assert r.returncode == 2 and "not a DICOM file" in r.stderr  # nothing was sent: bad input, not the PACS
     r = pacs("retrieve", "--node", "pacs", orthanc_samples["cr"].study_uid, "1.2.3.999", env=config)

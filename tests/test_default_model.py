@@ -53,7 +53,7 @@ def test_bundled_kermany_samples_score_consistently_with_their_labels(scorer):
     threshold = scorer.meta.heads["pneumonia"].threshold
     scores = {}
     for label in ("NORMAL", "PNEUMONIA"):
-        for f in sorted((SAMPLES / "kermany" / label).iterdir()):
+        for f in sorted((SAMPLES / "children_kermany" / label).iterdir()):
             scores[f.name] = (label, scorer.score(open_image(str(f)), heatmaps=False).head("pneumonia").probability)
     for name, (label, p) in scores.items():
         assert (p >= threshold) == (label == "PNEUMONIA"), (name, label, p, threshold)

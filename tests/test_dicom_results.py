@@ -27,7 +27,7 @@ from cxr_viewer.io.image import open_image
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
 RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
 NIH = SAMPLES / "dicom" / "NIH_DX_no_finding.dcm"
-KERMANY_JPEG = SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg"
+KERMANY_JPEG = SAMPLES / "children_kermany" / "NORMAL" / "IM-0115-0001.jpeg"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 PROBABILITY = ("122157", "DCM")
 PNEUMONIA = ("233604007", "SCT")

@@ -17,7 +17,7 @@ import pytest
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
 RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
 NIH = SAMPLES / "dicom" / "NIH_DX_no_finding.dcm"
-PNG_DIR = SAMPLES / "kermany" / "PNEUMONIA"
+PNG_DIR = SAMPLES / "children_kermany" / "PNEUMONIA"
 SHOTS = td.REPO_ROOT / "out" / "screenshots"
 
 

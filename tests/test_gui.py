@@ -121,7 +121,7 @@ def test_middle_drag_pans_and_keys_zoom(qtbot, window):
 
 
 def test_invert_key_inverts_the_picture(qtbot, window):
-    open_and_wait(qtbot, window, [SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg"])
+    open_and_wait(qtbot, window, [SAMPLES / "children_kermany" / "NORMAL" / "IM-0115-0001.jpeg"])
     before = window.view.rendered().copy()
     qtbot.keyClick(window, Qt.Key.Key_I)
     assert window.view.user_invert and window.act_invert.isChecked()
@@ -171,7 +171,7 @@ def test_multiframe_frame_selector(qtbot, window, tmp_path):
     import cxr_testdata as td
     from PIL import Image
 
-    jpegs = sorted((SAMPLES / "kermany").glob("*/*-0001.jpeg")) + sorted((SAMPLES / "kermany").glob("*/person1000*.jpeg"))
+    jpegs = sorted((SAMPLES / "children_kermany").glob("*/*-0001.jpeg")) + sorted((SAMPLES / "children_kermany").glob("*/person1000*.jpeg"))
     frames = np.stack([np.asarray(Image.open(p).convert("L")) for p in jpegs[:3]])
     path = td.write_image(tmp_path / "mf.dcm", frames, frames=3)
     image = open_and_wait(qtbot, window, [path])
@@ -202,11 +202,11 @@ def test_broken_files_are_listed_and_app_keeps_working(qtbot, window, broken_cor
             window.show_ref(ref)
         assert b.args[0] and "\n" not in b.args[0]
         assert "Cannot show this image" in window.last_message
-    open_and_wait(qtbot, window, [SAMPLES / "kermany"])
+    open_and_wait(qtbot, window, [SAMPLES / "children_kermany"])
 
 
 def test_recent_studies_and_drop(qtbot, window):
-    target = SAMPLES / "kermany" / "NORMAL"
+    target = SAMPLES / "children_kermany" / "NORMAL"
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(target))])
     with qtbot.waitSignal(window.image_shown, timeout=20000):
@@ -223,7 +223,7 @@ def test_newest_request_wins(qtbot, window):
     """Two quick opens: only the second one's result is shown."""
     window.open_paths([str(SAMPLES / "dicom")])
     with qtbot.waitSignal(window.image_shown, timeout=20000) as b:
-        window.open_paths([str(SAMPLES / "kermany" / "NORMAL")])
+        window.open_paths([str(SAMPLES / "children_kermany" / "NORMAL")])
     assert "NORMAL" in b.args[0].ref.path
     qtbot.wait(300)
     assert all("NORMAL" in r.path for r in window.browser.refs())

@@ -299,7 +299,7 @@ def test_export_all_opened_images_one_pdf_page_each(qtbot, window, tmp_path, mon
     src.mkdir()
     for p in (td.REPO_ROOT / "resources" / "samples" / "dicom").glob("*.dcm"):
         shutil.copy(p, src / p.name)
-    png = sorted((td.REPO_ROOT / "resources" / "samples" / "kermany" / "NORMAL").iterdir())[0]
+    png = sorted((td.REPO_ROOT / "resources" / "samples" / "children_kermany" / "NORMAL").iterdir())[0]
     shutil.copy(png, src / png.name)
     with qtbot.waitSignal(window.model_changed, timeout=60000):
         window.load_model(str(default_model_path()))

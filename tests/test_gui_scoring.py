@@ -30,7 +30,7 @@ def load(qtbot, win, path):
 
 def test_no_model_says_so_and_viewer_works(qtbot, window):
     with qtbot.waitSignal(window.image_shown, timeout=30000):
-        window.open_paths([str(SAMPLES / "kermany" / "NORMAL")])
+        window.open_paths([str(SAMPLES / "children_kermany" / "NORMAL")])
     text = window.findings.model_label.text()
     assert "No model loaded" in text and "Train" in text
     for box in window.findings.boxes.values():
@@ -43,7 +43,7 @@ def test_scores_arrive_from_the_worker_with_heatmap(qtbot, window, model_path):
     load(qtbot, window, model_path)
     assert window.model_summary.trained_heads == ("pneumonia",)
     assert "CPU" in window.device_label.text()
-    child = SAMPLES / "kermany" / "PNEUMONIA" / "person21_bacteria_73_fullres.jpeg"
+    child = SAMPLES / "children_kermany" / "PNEUMONIA" / "person21_bacteria_73_fullres.jpeg"
     with qtbot.waitSignal(window.scored, timeout=60000) as b:
         window.open_paths([str(child)])
     result = b.args[0]
@@ -155,14 +155,14 @@ def test_outside_intended_use_is_not_scored_until_asked_and_then_marked(qtbot, w
 def test_a_failed_open_leaves_nothing_of_the_previous_image(qtbot, window, model_path, tmp_path):
     load(qtbot, window, model_path)
     with qtbot.waitSignal(window.scored, timeout=60000):
-        window.open_paths([str(SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg")])
+        window.open_paths([str(SAMPLES / "children_kermany" / "NORMAL" / "IM-0115-0001.jpeg")])
     assert "%" in window.findings.boxes["pneumonia"].score.text()
     window.findings.boxes["pneumonia"].heatmap.setChecked(True)
     assert window.view.heatmap_visible()
     from cxr_viewer.io.index import read_any
 
     bad = tmp_path / "later_cut.jpeg"  # indexed while whole, cut short before it is opened
-    whole = (SAMPLES / "kermany" / "NORMAL" / "IM-0117-0001.jpeg").read_bytes()
+    whole = (SAMPLES / "children_kermany" / "NORMAL" / "IM-0117-0001.jpeg").read_bytes()
     bad.write_bytes(whole)
     ref = read_any(str(bad))[0]
     bad.write_bytes(whole[: len(whole) // 4])
@@ -178,7 +178,7 @@ def test_a_failed_open_leaves_nothing_of_the_previous_image(qtbot, window, model
 def test_another_model_clears_the_old_worklist_and_a_failed_load_rescores(qtbot, window, model_path, tmp_path):
     load(qtbot, window, model_path)
     with qtbot.waitSignal(window.image_shown, timeout=30000):
-        window.open_paths([str(SAMPLES / "kermany" / "NORMAL")])
+        window.open_paths([str(SAMPLES / "children_kermany" / "NORMAL")])
     with qtbot.waitSignal(window.worklist_runner.finished, timeout=120000):
         window.score_all()
     assert window.worklist.table.rowCount() == 2

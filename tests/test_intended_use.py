@@ -24,7 +24,7 @@ from cxr_viewer.ai.model_store import default_model_path
 from cxr_viewer.io.image import open_image
 
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
-KIDS = sorted((SAMPLES / "kermany").rglob("*.jpeg"))
+KIDS = sorted((SAMPLES / "children_kermany").rglob("*.jpeg"))
 NIH_DX = SAMPLES / "dicom" / "NIH_DX_no_finding.dcm"
 RG1 = SAMPLES / "dicom" / "RG1_J2KR.dcm"
 
@@ -238,3 +238,13 @@ def test_evaluate_reports_what_the_checks_set_aside(tmp_path, shared_data, score
     assert "set aside as outside the head's intended use" in result.text()
     everything = run_to_completion(evaluate_task(scorer, samples, "mixed", bootstrap=50, score_anyway=True))
     assert everything.heads["pneumonia"]["n"] == len(samples) and not everything.set_aside
+
+
+def test_the_first_sample_a_new_user_sees_is_inside_the_intended_use(scorer):
+    """The quick start opens resources/samples: its first image (depth-first, in name order, as the
+    study browser shows it first) is a child's radiograph, and the pneumonia head scores it."""
+    from cxr_viewer.io.index import index
+
+    first = next(index([str(SAMPLES)]).images())
+    assert "children_kermany" in Path(first.path).parts
+    assert scorer.score(open_image(first.path), heatmaps=False).head("pneumonia").status == "scored"

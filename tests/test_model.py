@@ -101,7 +101,7 @@ def test_missing_or_malformed_description(model_path, tmp_path):
 
 def test_untrained_head_is_never_a_score(model_path):
     scorer = Scorer.from_file(str(model_path), "cpu")
-    result = scorer.score(open_image(str(SAMPLES / "kermany" / "NORMAL" / "IM-0115-0001.jpeg")))
+    result = scorer.score(open_image(str(SAMPLES / "children_kermany" / "NORMAL" / "IM-0115-0001.jpeg")))
     lung = result.head("lung_cancer_association")
     assert not lung.available and lung.probability is None
     assert lung.reason == "not available: this model has no trained lung-cancer association head"
@@ -145,7 +145,7 @@ def test_one_preprocessing_for_dicom_and_png(tmp_path):
     import cxr_testdata as td
     from PIL import Image
 
-    png = SAMPLES / "kermany" / "NORMAL" / "IM-0117-0001.jpeg"
+    png = SAMPLES / "children_kermany" / "NORMAL" / "IM-0117-0001.jpeg"
     pixels = np.asarray(Image.open(png).convert("L"))
     dcm = td.write_image(tmp_path / "same.dcm", pixels)
     a = preprocess_image(open_image(str(png)))
@@ -180,7 +180,7 @@ def test_device_choice():
 
 
 def test_predict_exit_codes(model_path, tmp_path, cli):
-    good = SAMPLES / "kermany" / "NORMAL"
+    good = SAMPLES / "children_kermany" / "NORMAL"
     r = cli("predict", str(good), "--model", str(model_path), "--device", "cpu", "--csv")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()

@@ -227,6 +227,8 @@ class Scorer:
         self.meta, self.choice, self.path = meta, choice, path
         #: what is checked before a number is shown (header, image check, feature distance)
         self.checks = checks if checks is not None else InputChecks.for_model(path, meta)
+        if self.checks.gate is not None:
+            self.checks.gate.bf16 = cpu_supports_bf16()  # the gate runs on the CPU
         # channels_last: faster convolutions with cuDNN and with oneDNN on the CPU
         self.model = model.to(choice.device).to(memory_format=torch.channels_last).eval()
         if choice.device.startswith("cuda"):

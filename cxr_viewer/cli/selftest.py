@@ -93,7 +93,7 @@ def run_self_test(device: str = "auto") -> dict:
         report["images"].append(entry)
     check("every sample scored with a heatmap or set aside with a reason", all(e["ok"] for e in report["images"]),
           f"{len(report['images'])} images")
-    kermany = {Path(r.path).name for r in refs if "kermany" in Path(r.path).parts}  # the children's samples
+    kermany = {Path(r.path).name for r in refs if "children_kermany" in Path(r.path).parts}  # the children's samples
     kids = [e for e in report["images"] if e["file"] in kermany]
     adults = [e for e in report["images"] if e["kind"] == "dicom"]
     check("input checks: the children's samples scored, the adults' set aside (pneumonia)",

@@ -255,7 +255,7 @@ def _train_input_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for path, reason in data.skipped:
         print(f"cxr-viewer train-input-check: skipped {path}: {reason}", file=sys.stderr)
-    cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed,
+    cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
                      hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
                      hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
     _gate, report = drive(train_gate(data, cfg, args.out))
@@ -281,6 +281,7 @@ def add_parsers(sub) -> None:
     p_gate.add_argument("--epochs", type=int, default=8)
     p_gate.add_argument("--per-epoch", type=int, default=2560)
     p_gate.add_argument("--seed", type=int, default=0)
+    p_gate.add_argument("--input-size", type=int, default=128, help="the check's square input in px (default 128)")
     p_gate.add_argument("--hold-out-adults", default="", help="adult folders left out of training, named by their last two parts (e.g. nih/images): a cross-source check")
     p_gate.add_argument("--hold-out-others", default="", help="other folders (last two parts) or generated kinds (text, noise, gradient, shapes, section, photo) left out")
     p_gate.set_defaults(func=_train_input_check)

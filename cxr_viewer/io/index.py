@@ -88,11 +88,15 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
         except OSError as exc:
             errors.append(OpenError(folder, f"cannot open folder: {exc.strerror}"))
             return
+        before = len(pending)
         for entry in entries:
             cancel.raise_if_cancelled()
             visit(entry.path, from_folder=True)
             if len(files) % 200 == 0:
                 yield Progress("listing", len(files), 0, folder)
+        # depth first, in name order, as a file manager's tree lists them: this folder's subfolders
+        # come before the folders that were waiting beside it
+        pending[:] = pending[before:] + pending[:before]
 
     def visit(p: str, from_folder: bool):
         try:

@@ -289,6 +289,7 @@ class GateConfig:
     version: str = "1"
     hold_out_adults: tuple[str, ...] = ()  # sources left out of training (cross-source validation)
     hold_out_others: tuple[str, ...] = ()  # other folders / generated kinds left out
+    input_size: int = GATE_SPEC.input_size  # the gate's square input, px
 
 
 def _split(data: GateData, cfg: GateConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +319,8 @@ def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.2)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
-    size = GATE_SPEC.input_size
+    spec = PreprocessSpec(input_size=cfg.input_size, channels=1)
+    size = spec.input_size
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         xs, ys = [], []
@@ -334,7 +336,7 @@ def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
                 unit = data.units[pool[int(r.integers(len(pool)))]]
             xs.append(augment(unit, r, size))
             ys.append(c)
-        x = torch.from_numpy((np.stack(xs)[:, None] - GATE_SPEC.mean) / GATE_SPEC.std)
+        x = torch.from_numpy((np.stack(xs)[:, None] - spec.mean) / spec.std)
         y = torch.from_numpy(np.array(ys))
         net.train()
         total = 0.0
@@ -351,7 +353,7 @@ def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
         yield GateProgress("epoch", epoch + 1, cfg.epochs,
                            f"loss {total / steps_per_epoch:.3f}, {time.perf_counter() - t0:.0f} s")
     net.eval()
-    meta = GateMeta(cfg.name, cfg.version, GATE_SPEC, child_min=0.5, adult_min=0.5,
+    meta = GateMeta(cfg.name, cfg.version, spec, child_min=0.5, adult_min=0.5,
                     training={"epochs": cfg.epochs, "images_per_epoch": steps_per_epoch * cfg.batch_size,
                               "seed": cfg.seed, "counts": {k: int(len(v)) for k, v in pools.items()},
                               "generated_negatives": gen_kinds, "held_out": list(cfg.hold_out_adults)
