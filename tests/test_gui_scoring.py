@@ -149,6 +149,8 @@ def test_outside_intended_use_is_not_scored_until_asked_and_then_marked(qtbot, w
     texts = {table.item(r, 0).text(): (table.item(r, 1).text(), table.item(r, 3).text()) for r in range(table.rowCount())}
     assert texts["NIH_DX_no_finding.dcm"][0] == "not scored" and "adult radiograph" in texts["NIH_DX_no_finding.dcm"][1]
     assert texts["IM-0115-0001.jpeg"][0].endswith("%")
+    assert window.worklist.info.text() == ("5 image(s) scored, 2 set aside as outside intended use; "
+                                           "sorted by pneumonia score.")
     qtbot.screenshot(window).rename(SCREENSHOTS / "worklist_with_intended_use.png")
 
 

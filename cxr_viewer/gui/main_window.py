@@ -247,7 +247,10 @@ class MainWindow(QMainWindow):
         self.export_runner.cancelled.connect(lambda: self._show_message("Export cancelled."))
         self.export_runner.busy_changed.connect(self._update_busy)
         self.worklist_runner.progress.connect(self._on_worklist_row)
-        self.worklist_runner.finished.connect(lambda n: self.worklist.finish(f"{n} image(s) scored; sorted by pneumonia score."))
+        self.worklist_runner.finished.connect(lambda n: self.worklist.finish(
+            f"{n - self.worklist.set_aside} image(s) scored"
+            + (f", {self.worklist.set_aside} set aside as outside intended use" if self.worklist.set_aside else "")
+            + "; sorted by pneumonia score."))
         self.worklist_runner.failed.connect(lambda msg: self.worklist.finish(f"Stopped: {msg}"))
         self.worklist_runner.cancelled.connect(lambda: self.worklist.finish("Cancelled; the rows so far are kept."))
 

@@ -75,11 +75,13 @@ class Worklist(QWidget):
         self.cancel.clicked.connect(self.cancel_requested)
         self.table.cellClicked.connect(self._on_clicked)
         self._total = 0
+        self.set_aside = 0
 
     def begin(self, total: int) -> None:
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
         self._total = total
+        self.set_aside = 0  # rows with no number for any trained head: outside its intended use
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.start.setEnabled(False)
@@ -98,6 +100,8 @@ class Worklist(QWidget):
                                                     row.reasons.get(head, "")))
         outside = [f"{HEAD_TITLES[h].split(' (')[0]}: {row.reasons[h].split(': ', 1)[-1]}" for h in HEADS
                    if row.statuses.get(h) in ("outside_intended_use", "scored_outside_intended_use")]
+        statuses = set(row.statuses.values()) - {"not_available"}
+        self.set_aside += bool(statuses) and statuses <= {"outside_intended_use"}
         note = QTableWidgetItem(row.error or "; ".join(outside))
         note.setToolTip(note.text())
         self.table.setItem(r, 1 + len(HEADS), note)
