@@ -132,7 +132,7 @@ def test_a_doctored_gate_file_is_refused(tmp_path):
     data = bytearray((tmp_path / "g.safetensors").read_bytes())
     data[-10] ^= 0xFF
     (tmp_path / "g.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ModelFileError, match="does not match its description"):
+    with pytest.raises(ModelFileError, match="do not match their description"):
         Gate.from_file(str(tmp_path / "g.safetensors"))
 
 

@@ -31,15 +31,14 @@ import torch
 from torch import nn
 
 from cxr_viewer.ai.model import (
-    MAX_DESCRIPTION_BYTES,
-    MAX_JSON_DEPTH,
     ModelFileError,
     _checked_weights,
-    _depth_exceeds,
     _Fields,
-    _read_regular_file,
     models_dir,
+    read_description,
+    read_weights_bytes,
     sidecar_path,
+    verified_tensors,
 )
 from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit, standardise
 from cxr_viewer.common.fileio import write_bytes_atomic
@@ -49,7 +48,6 @@ OOD_FORMAT = "cxr_viewer.ood/1"
 GATE_CLASSES = ("child", "adult", "other", "inverted")
 GATE_FILE = "intended_use.safetensors"
 MAX_GATE_BYTES = 256 << 20
-_PICKLES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 class GateNet(nn.Module):
@@ -117,42 +115,12 @@ class GateMeta:
 
 
 def _read_description(path: str) -> dict:
-    side = sidecar_path(path)
-    name = os.path.basename(side)
-    try:
-        raw = _read_regular_file(side, MAX_DESCRIPTION_BYTES, f"the description {name}")
-        doc = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(f"the description {name} is missing beside {os.path.basename(path)}") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {name}: {exc.strerror or exc}") from None
-    except (RecursionError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"cannot read {name}: {' '.join(str(exc).split()) or 'nests too deeply'}") from None
-    if _depth_exceeds(doc, MAX_JSON_DEPTH):
-        raise ModelFileError(f"cannot read {name}: it nests deeper than {MAX_JSON_DEPTH} levels")
-    return doc
+    return read_description(path, "the input-check description")
 
 
 def _read_tensors(path: str, sha256: str) -> dict[str, torch.Tensor]:
     """The tensors of ``path``, read once; the SHA-256 checked is that of the bytes parsed."""
-    from safetensors.torch import load
-
-    try:
-        data = _read_regular_file(path, MAX_GATE_BYTES, "the input-check file")
-    except FileNotFoundError:
-        raise ModelFileError(f"input-check file not found: {path}") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {os.path.basename(path)}: {exc.strerror or exc}") from None
-    if data.startswith(_PICKLES):
-        raise ModelFileError("this is a pickled file; it is refused (pickles can run code)")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise ModelFileError(f"{os.path.basename(path)} does not match its description (SHA-256 {digest[:12]}... "
-                             f"expected {sha256[:12]}...)")
-    try:
-        return load(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a refused file
-        raise ModelFileError(f"not a readable safetensors file: {(str(exc).splitlines() or ['?'])[0]}") from None
+    return verified_tensors(read_weights_bytes(path, MAX_GATE_BYTES, "the input-check file"), sha256)
 
 
 @dataclass(frozen=True)

@@ -400,24 +400,61 @@ _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x
 
 def read_meta(path: str) -> ModelMeta:
     """The checked description beside the weights file ``path``; ModelFileError with one line otherwise."""
+    return ModelMeta.from_dict(read_description(path))
+
+
+def read_description(path: str, what: str = "the model description") -> Any:
+    """The JSON document beside the weights file ``path`` (NAME.json), read within the size and
+    nesting limits, not yet checked field by field; ModelFileError with one line otherwise."""
     side = sidecar_path(path)
     name = os.path.basename(side)
     try:
-        raw = _read_regular_file(side, MAX_DESCRIPTION_BYTES, f"the model description {name}")
+        raw = _read_regular_file(side, MAX_DESCRIPTION_BYTES, f"{what} {name}")
     except FileNotFoundError:
-        raise ModelFileError(f"the model description {name} is missing beside the weights") from None
+        raise ModelFileError(f"{what} {name} is missing beside the weights") from None
     except OSError as exc:
-        raise ModelFileError(f"cannot read the model description {name}: {exc.strerror or exc}") from None
+        raise ModelFileError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise ModelFileError(f"cannot read the model description {name}: it nests too deeply") from None
+        raise ModelFileError(f"cannot read {what} {name}: it nests too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, an integer of too many digits
         reason = " ".join(str(exc).split())
-        raise ModelFileError(f"cannot read the model description {name}: {reason}") from None
+        raise ModelFileError(f"cannot read {what} {name}: {reason}") from None
     if _depth_exceeds(doc, MAX_JSON_DEPTH):
-        raise ModelFileError(f"cannot read the model description {name}: it nests deeper than {MAX_JSON_DEPTH} levels")
-    return ModelMeta.from_dict(doc)
+        raise ModelFileError(f"cannot read {what} {name}: it nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def read_weights_bytes(path: str, limit: int = MAX_WEIGHTS_BYTES, what: str = "the model file") -> bytes:
+    """All bytes of a weights file, read once; a missing, unreadable or pickled file is a one-line
+    ModelFileError (a pickle is never opened as one)."""
+    try:
+        data = _read_regular_file(path, limit, what)
+    except FileNotFoundError:
+        raise ModelFileError(f"{what.removeprefix('the ')} not found: {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {os.path.basename(path)}: {exc.strerror or exc}") from None
+    if data.startswith(_PICKLE_MAGICS):
+        raise ModelFileError("this is a pickled PyTorch file; it is refused (pickles can run code). "
+                             "cxr_viewer loads .safetensors weights with a .json description")
+    return data
+
+
+def verified_tensors(data: bytes, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors ``data`` once their SHA-256 is the described one: the hash checked
+    is that of the very bytes parsed."""
+    from safetensors.torch import load
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelFileError(f"weights do not match their description (SHA-256 {digest[:12]}... expected "
+                             f"{sha256[:12]}...): the file is truncated, modified or not this model's")
+    try:
+        return load(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of the bytes is a refused file
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"not a readable safetensors file: {reason}") from None
 
 
 def _checked_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
@@ -454,28 +491,9 @@ def load_model(path: str) -> tuple[CxrNet, ModelMeta]:
 
     The weights are read once into memory: the SHA-256 checked is that of the bytes parsed.
     """
-    from safetensors.torch import load
-
-    name = os.path.basename(path)
-    try:
-        data = _read_regular_file(path, MAX_WEIGHTS_BYTES, "the model file")
-    except FileNotFoundError:
-        raise ModelFileError(f"model file not found: {path}") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {name}: {exc.strerror or exc}") from None
-    if data.startswith(_PICKLE_MAGICS):
-        raise ModelFileError("this is a pickled PyTorch file; it is refused (pickles can run code). "
-                             "cxr_viewer loads .safetensors weights with a .json description")
+    data = read_weights_bytes(path)
     meta = read_meta(path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta.weights_sha256:
-        raise ModelFileError(f"weights do not match their description (SHA-256 {digest[:12]}... expected "
-                             f"{meta.weights_sha256[:12]}...): the file is truncated, modified or not this model's")
-    try:
-        state = load(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure of the bytes is a refused file
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(f"not a readable safetensors file: {reason}") from None
+    state = verified_tensors(data, meta.weights_sha256)
     del data
     model = build_model(meta)
     expected = model.state_dict()
