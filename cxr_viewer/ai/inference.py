@@ -300,10 +300,6 @@ class Scorer:
             raise UnscorableImageError(NONFINITE_OUTPUT)
         return probs
 
-    def probabilities_and_cams(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, cams, _ = self.probabilities_cams_distances(x)
-        return probs, cams
-
     def probabilities_cams_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         check_model_input(x)
         with torch.no_grad(), autocast(self.choice):

@@ -238,18 +238,12 @@ def _train_input_check(args: argparse.Namespace) -> int:
     from cxr_viewer.ai.gate import ood_path
     from cxr_viewer.training.intended_use import GateConfig, fit_feature_distance, load_folders, train_gate
 
-    def progress(event) -> None:
-        print(f"{event.stage} {event.done}/{event.total} {event.text}".rstrip(), file=sys.stderr, flush=True)
-
-    def drive(gen):
-        while True:
-            try:
-                progress(next(gen))
-            except StopIteration as stop:
-                return stop.value
+    def epoch_line(event) -> None:  # the bar shows decoding; each finished epoch gets its own line
+        if event.stage == "epoch":
+            print(f"epoch {event.done}/{event.total}: {event.detail}", file=sys.stderr, flush=True)
 
     try:
-        data = drive(load_folders(args.children, args.adults, args.others))
+        data = run_with_bar(load_folders(args.children, args.adults, args.others))
     except ValueError as exc:
         print(f"cxr-viewer train-input-check: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -258,13 +252,13 @@ def _train_input_check(args: argparse.Namespace) -> int:
     cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
                      hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
                      hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
-    _gate, report = drive(train_gate(data, cfg, args.out))
+    _gate, report = run_with_bar(train_gate(data, cfg, args.out), epoch_line)
     print(json.dumps(report, indent=2))
     if args.model:
         scorer = load_scorer("train-input-check", args.model, "cpu")
         if scorer is None:
             return EXIT_BAD_INPUT
-        fd = drive(fit_feature_distance(scorer, data))
+        fd = run_with_bar(fit_feature_distance(scorer, data))
         fd.save(ood_path(args.model))
         print(json.dumps({"feature_distance": {"threshold": fd.threshold, **fd.fitted_on}}, indent=2))
     return EXIT_OK

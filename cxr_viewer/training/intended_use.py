@@ -16,7 +16,7 @@ gamma, contrast, blur, resolution, JPEG, collimation). The thresholds on ``child
 are chosen on validation images only. ``fit_feature_distance`` fits the scoring model's
 out-of-distribution check on its training images and sets its threshold on validation ones.
 
-Qt-free; long work is a generator that yields :class:`GateProgress` and checks cancellation.
+Qt-free; long work is a generator that yields :class:`~cxr_viewer.common.tasks.Progress` and checks cancellation.
 """
 
 from __future__ import annotations
@@ -34,20 +34,12 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from cxr_viewer.ai.gate import GATE_CLASSES, FeatureDistance, Gate, GateMeta, GateNet
 from cxr_viewer.ai.preprocess import PreprocessSpec
-from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken
+from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import open_image
 
 GATE_SPEC = PreprocessSpec(input_size=128, channels=1)
 CACHE_SIZE = 160  # images are cached a little larger than the input, for crops
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
-
-
-@dataclass(frozen=True)
-class GateProgress:
-    stage: str  # "decoding" | "epoch" | "validation"
-    done: int
-    total: int
-    text: str = ""
 
 
 @dataclass
@@ -90,7 +82,7 @@ def _unit(values, monochrome1=False, padding=None) -> np.ndarray:
 
 
 def load_folders(children: Sequence[str], adults: Sequence[str], others: Sequence[str],
-                 cancel: CancelToken = NEVER_CANCELLED) -> Generator[GateProgress, None, GateData]:
+                 cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, GateData]:
     """Decode and preprocess every image of the folders once (unreadable files are listed)."""
     items = [(p, "child", source_name(f), kermany_group(p)) for f in children for p in _files(f)]
     items += [(p, "adult", source_name(f), p) for f in adults for p in _files(f)]
@@ -105,7 +97,8 @@ def load_folders(children: Sequence[str], adults: Sequence[str], others: Sequenc
         except Exception as exc:  # noqa: BLE001 - one unreadable file is listed, not fatal
             skipped.append((path, " ".join(str(exc).split())[:200]))
         if i % 200 == 0:
-            yield GateProgress("decoding", i, len(items), path)
+            yield Progress("decoding", i, len(items), path)
+    yield Progress("decoding", len(items), len(items))
     if not keep:
         raise ValueError("no readable images in the given folders")
     return GateData(np.stack(units), np.array([k[0] for k in keep]), np.array([k[1] for k in keep]),
@@ -303,7 +296,7 @@ def _split(data: GateData, cfg: GateConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
-               cancel: CancelToken = NEVER_CANCELLED) -> Generator[GateProgress, None, tuple[Gate, dict]]:
+               cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[Gate, dict]]:
     """Train the gate; returns it (saved to ``out`` when given) and its validation report."""
     torch.manual_seed(cfg.seed)
     r = np.random.default_rng(cfg.seed)
@@ -350,7 +343,7 @@ def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
             opt.step()
             sched.step()
             total += float(loss)
-        yield GateProgress("epoch", epoch + 1, cfg.epochs,
+        yield Progress("epoch", epoch + 1, cfg.epochs,
                            f"loss {total / steps_per_epoch:.3f}, {time.perf_counter() - t0:.0f} s")
     net.eval()
     meta = GateMeta(cfg.name, cfg.version, spec, child_min=0.5, adult_min=0.5,
@@ -359,7 +352,7 @@ def train_gate(data: GateData, cfg: GateConfig, out: str | None = None,
                               "generated_negatives": gen_kinds, "held_out": list(cfg.hold_out_adults)
                               + list(cfg.hold_out_others)})
     gate = Gate(net, meta, out or "")
-    yield GateProgress("validation", 0, 1)
+    yield Progress("validation", 0, 1)
     report = validate_gate(gate, data, val, cfg)
     meta.child_min = report["child_min"]
     meta.metrics = report
@@ -415,7 +408,7 @@ def validate_gate(gate: Gate, data: GateData, val: np.ndarray, cfg: GateConfig) 
 
 
 def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99,
-                         cancel: CancelToken = NEVER_CANCELLED) -> Generator[GateProgress, None, FeatureDistance]:
+                         cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, FeatureDistance]:
     """Fit the scoring model's feature distance on the children's training part; its threshold lets
     ``val_pass`` of the validation children through."""
     from cxr_viewer.ai.preprocess import preprocess_image
@@ -435,9 +428,9 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99,
             feats.append(scorer.pooled_features(x))
         return np.concatenate(feats)
 
-    yield GateProgress("features", 0, 2)
+    yield Progress("features", 0, 2)
     ftrain = features(kids_train)
-    yield GateProgress("features", 1, 2)
+    yield Progress("features", 1, 2)
     fval = features(kids_val)
     fd = FeatureDistance.fit(ftrain, scorer.meta.weights_sha256,
                              fitted_on={"children_train": int(len(kids_train)), "children_validation": int(len(kids_val))})
@@ -446,5 +439,5 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99,
     for source in sorted(set(data.sources[data.kinds != "child"])):
         idx = np.where((data.sources == source) & (data.kinds != "child"))[0]
         fd.fitted_on[f"refused_{source}"] = round(float((fd.distance(features(idx)) > fd.threshold).mean()), 4)
-    yield GateProgress("features", 2, 2)
+    yield Progress("features", 2, 2)
     return fd
