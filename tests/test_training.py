@@ -411,3 +411,45 @@ def test_too_few_validation_images_give_no_threshold_and_no_score(tiny_root, tmp
     kid = sorted((tiny_root / "train" / "NORMAL").iterdir())[0]
     hs = Scorer.from_file(str(out), "cpu").score(open_image(str(kid))).head("pneumonia")
     assert not hs.available and hs.probability is None and "at least 20 per class" in hs.reason
+
+
+def test_strong_augmentation_ema_and_shifted_selection_choose_on_the_shifted_copies(tiny_root, tmp_path, cli):
+    """--select-on shifted: every epoch is judged on the validation images' shifted copies, the
+    threshold and temperature are fitted on them pooled with the split, the card reports per shift;
+    `evaluate --shifted` measures any model the same way."""
+    cfg = tiny_config(tiny_root, tmp_path / "m.safetensors", augment_strength="strong", select_on="shifted",
+                      ema=0.9, threshold_rule="sensitivity:0.9")
+    done = run_to_completion(train(cfg))
+    meta = read_meta(done.model_path)
+    hist = meta.training["history"]
+    assert all("val_shifted" in h for h in hist)
+    head = meta.heads["pneumonia"]
+    assert "shifted copies" in head.rule
+    shifted = meta.metrics["validation"]["pneumonia"]["shifted_validation"]
+    from cxr_viewer.training.shift import SHIFTS
+
+    assert set(shifted) - {"all"} <= set(SHIFTS) and shifted["all"]["n"] == 3 * meta.metrics["validation"]["pneumonia"]["n"]
+    ck = load_checkpoint(cfg.checkpoint_path)
+    assert ck["ema"] is not None  # resumable with its average
+    r = cli("evaluate", str(tiny_root), "--model", done.model_path, "--split", "validation", "--shifted", "--json",
+            "--device", "cpu", "--precision", "fp32", timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["heads"]["pneumonia"]
+    assert doc["shifted"]["all"]["n"] == len(SHIFTS) * doc["validation"]["n"]
+    assert doc["threshold"] == pytest.approx(head.threshold)
+    with pytest.raises(DataError, match="select-on"):
+        tiny_config(tiny_root, tmp_path / "x.safetensors", select_on="test").validate()
+
+
+def test_shifts_change_the_image_and_keep_the_pipeline_range():
+    from cxr_viewer.training.shift import SHIFTS, shifted
+
+    spec = PreprocessSpec(input_size=64)
+    yy, xx = np.mgrid[0:64, 0:64]
+    unit = ((np.sin(xx / 5.0) + np.cos(yy / 7.0)) / 4 + 0.5).astype(np.float32)
+    for name in SHIFTS:
+        out = shifted(unit, name, spec, seed=1)
+        assert out.shape == (64, 64) and out.dtype == np.float32
+        assert 0.0 <= out.min() and out.max() <= 1.0 and np.isfinite(out).all()
+        assert np.abs(out - unit).mean() > 1e-3, name
+        assert np.array_equal(out, shifted(unit, name, spec, seed=1))  # reproducible

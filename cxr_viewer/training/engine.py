@@ -71,6 +71,16 @@ class TrainConfig:
     input_size: int = 224
     balance: bool = True
     augment: bool = True
+    #: "standard": small affine, gamma, contrast, brightness; "strong": also wider zoom and shift,
+    #: processing curves, blur, edge enhancement, noise and collimation, each followed by the
+    #: pipeline's own percentile normalisation (what a new hospital's raw image goes through)
+    augment_strength: str = "standard"
+    #: what chooses the epoch, the calibration and the threshold: "validation" (the carved-out split)
+    #: or "shifted" (the same images changed the way other hospitals' images differ, training.shift,
+    #: pooled with the split as it is)
+    select_on: str = "validation"
+    #: exponential moving average of the weights (0: off), evaluated and saved instead of the raw weights
+    ema: float = 0.0
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -97,6 +107,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.augment_strength not in ("standard", "strong"):
+            raise DataError("augment strength must be standard or strong")
+        if self.select_on not in ("validation", "shifted"):
+            raise DataError("select-on must be validation or shifted")
+        if not 0.0 <= self.ema < 1.0:
+            raise DataError("ema must be in [0, 1)")
         if self.schedule not in ("cosine", "constant"):
             raise DataError("schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -335,15 +351,22 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 class Augment:
     """Radiograph augmentation on a (1, S, S) [0, 1] tensor: small rotation, shift and zoom;
-    brightness, contrast and gamma. No flips: left-right anatomy (heart side, markers) matters."""
+    brightness, contrast and gamma. No flips: left-right anatomy (heart side, markers) matters.
+    ``strength="strong"``: see :class:`TrainConfig`."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, strength: str = "standard"):
         from torchvision.transforms import v2
 
-        self.affine = v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.9, 1.12))
+        self.strong = strength == "strong"
+        if self.strong:
+            self.affine = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.75, 1.25))
+        else:
+            self.affine = v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.9, 1.12))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine(x)
+        if self.strong:
+            return self._strong(x)
         gamma = math.exp(random.uniform(math.log(0.75), math.log(1.33)))
         x = x.clamp(0, 1) ** gamma
         contrast = random.uniform(0.75, 1.3)
@@ -351,12 +374,41 @@ class Augment:
         return ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
 
 
+    @staticmethod
+    def _strong(x: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
+        x = x.clamp(0, 1) ** math.exp(random.uniform(math.log(0.5), math.log(2.0)))
+        r = random.random()
+        if r < 0.2:  # a steeper processing curve
+            x = torch.sigmoid(random.uniform(4, 10) * (x - 0.5))
+        elif r < 0.4:  # a flatter one
+            x = 0.5 + 0.5 * torch.tanh(random.uniform(1.0, 2.0) * (x - 0.5))
+        r = random.random()
+        k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+        kk = (k[:, None] * k[None, :]).view(1, 1, 5, 5)
+        if r < 0.4:
+            blurred = F.conv2d(F.pad(x[None], (2, 2, 2, 2), mode="replicate"), kk)[0]
+            x = blurred if r < 0.2 else x + random.uniform(0.5, 1.5) * (x - blurred)  # blur or edge enhancement
+        if random.random() < 0.3:
+            x = x + torch.randn_like(x) * random.uniform(0.01, 0.05)
+        if random.random() < 0.15:  # collimator bands
+            w = x.shape[-1]
+            b = int(w * random.uniform(0.03, 0.12))
+            x[..., :b] = 1.0
+            x[..., w - b:] = 1.0
+        # the pipeline's own normalisation: 0.5 and 99.5 percentiles to 0 and 1
+        lo, hi = torch.quantile(x.flatten()[::4], torch.tensor([0.005, 0.995])).tolist()
+        return ((x - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
+
+
 class ArrayDataset(torch.utils.data.Dataset):
     """Preprocessed images held in memory (uint16, [0, 1] scaled), labels with -1 for unlabelled."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool,
+                 strength: str = "standard"):
         self.images, self.labels, self.spec = images, labels, spec
-        self.augment = Augment(spec.input_size) if augment else None
+        self.augment = Augment(spec.input_size, strength) if augment else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -643,6 +695,14 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         return {k: int(v) for k, v in sorted(__import__("collections").Counter(s.source for s in samples).items())}
 
     yield ScanEvent(scan.summary(), counts(train_s), counts(val_s), val_note, skipped, heads)
+    shift_x = shift_y = None
+    shift_kinds: list[str] = []
+    if cfg.select_on == "shifted":
+        from cxr_viewer.training.shift import shifted_set
+
+        units, src, shift_kinds = yield from shifted_set(val_x.astype(np.float32) / 65535.0, spec, per_image=3,
+                                                         seed=cfg.seed, cancel=cancel)
+        shift_x, shift_y = np.rint(units * 65535.0).astype(np.uint16), val_y[src]
 
     # model, optimiser, schedule
     # channels_last: faster convolutions with cuDNN and with oneDNN bf16 on the CPU
@@ -653,6 +713,11 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.startswith("cuda") else None)
     optimizer = make_optimizer(cfg, model.parameters())
+    ema_model = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema_model = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     n_train = len(train_s)
     per_rank = math.ceil(n_train / world)
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
@@ -683,8 +748,11 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         start_epoch, best_epoch, best_score = int(ck["epoch"]) + 1, int(ck["best_epoch"]), float(ck["best_score"])
         history = json.loads(ck["history"])
         best_state = ck.get("best_model")
+        if ema_model is not None and ck.get("ema") is not None:
+            ema_model.load_state_dict(ck["ema"])
         _set_rng_state(ck["rng"])
-    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment)
+    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment, cfg.augment_strength)
+    judged = model if ema_model is None else ema_model.module
     stopped_early = False
     t_run = time.perf_counter()
     epochs_done = 0
@@ -717,6 +785,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
                 loss.backward()
                 optimizer.step()
             scheduler.step()
+            if ema_model is not None:
+                ema_model.update_parameters(model)
             seen += len(x)
             loss_value = float(loss.detach())
             loss_sum += loss_value * len(x)
@@ -724,15 +794,20 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             yield StepEvent(epoch, step + 1, steps_per_epoch, loss_value, float(scheduler.get_last_lr()[0]),
                             seen * world / max(time.perf_counter() - t0, 1e-9))
         train_time = time.perf_counter() - t0
-        val_logits, val_loss = _evaluate(model, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+        val_logits, val_loss = _evaluate(judged, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
         summary = _head_summary(val_logits, val_y, heads)
-        score = float(np.mean([summary[h]["auroc"] or 0.0 for h in heads]))
+        judge = summary
+        entry = {"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "val_loss": val_loss, "val": summary}
+        if shift_x is not None:
+            shift_logits, _ = _evaluate(judged, shift_x, shift_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+            judge = entry["val_shifted"] = _head_summary(shift_logits, shift_y, heads)
+        score = float(np.mean([judge[h]["auroc"] or 0.0 for h in heads]))
         if score > best_score:
             best_score, best_epoch = score, epoch
-            best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu").clone() for k, v in judged.state_dict().items()}
         main = summary.get("pneumonia") or summary[heads[0]]
-        history.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "val_loss": val_loss,
-                        "val": summary, "images_per_s": seen * world / max(train_time, 1e-9)})
+        entry["images_per_s"] = seen * world / max(train_time, 1e-9)
+        history.append(entry)
         epochs_done += 1
         elapsed = time.perf_counter() - t_run
         remaining = (cfg.epochs - epoch - 1) * elapsed / epochs_done
@@ -742,6 +817,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "best_epoch": best_epoch, "best_score": best_score, "best_model": best_state,
                 "history": json.dumps(history), "rng": _rng_state(), "config": json.dumps(asdict(cfg)),
+                "ema": ema_model.state_dict() if ema_model is not None else None,
             })
         yield EpochEvent(epoch, cfg.epochs, loss_sum / max(loss_n, 1), val_loss, main["accuracy"], main["auroc"],
                          main["sensitivity"], main["specificity"], {h: summary[h]["auroc"] for h in heads},
@@ -755,6 +831,11 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     assert best_state is not None
     model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in best_state.items()})
     val_logits, _ = _evaluate(model, val_x, val_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+    fit_logits, fit_y = val_logits, val_y  # what calibration and the threshold are chosen on
+    shift_logits = None
+    if shift_x is not None:
+        shift_logits, _ = _evaluate(model, shift_x, shift_y, spec, device, choice, max(cfg.batch_size, 32), cancel)
+        fit_logits, fit_y = np.concatenate([val_logits, shift_logits]), np.concatenate([val_y, shift_y])
     now = _dt.datetime.now(_dt.timezone.utc)
     name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.out))[0]} (trained {now:%Y-%m-%d})"
     meta = ModelMeta(name=name, version=cfg.version or f"{now:%Y%m%d.%H%M%S}", head_activation=cfg.head_activation,
@@ -768,6 +849,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         m = val_y[:, j] >= 0
         y, z = val_y[m, j], val_logits[m, j]
         n_neg, n_pos = int((y == 0).sum()), int((y == 1).sum())
+        fm = fit_y[:, j] >= 0
+        fy, fz = fit_y[fm, j], fit_logits[fm, j]
         if min(n_neg, n_pos) < cfg.min_val_per_class:
             note = (f"validation had {n_neg} {CLASS_NAMES[h][0]} and {n_pos} {CLASS_NAMES[h][1]} images; at least "
                     f"{cfg.min_val_per_class} per class are needed to calibrate and choose a threshold, so this head "
@@ -775,18 +858,27 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             meta.heads[h] = HeadInfo(trained=False, negative=CLASS_NAMES[h][0], positive=CLASS_NAMES[h][1], note=note)
             texts.append(f"{h}: not available: {note}")
             continue
-        temperature = fit_temperature(z, y)
+        temperature = fit_temperature(fz, fy)
         p = 1 / (1 + np.exp(-z / temperature))
-        threshold, rule_text = choose_threshold(y, p, cfg.threshold_rule)
+        threshold, rule_text = choose_threshold(fy, 1 / (1 + np.exp(-fz / temperature)), cfg.threshold_rule)
         rep = binary_report(y, p, threshold, CLASS_NAMES[h], bootstrap=cfg.bootstrap, seed=cfg.seed)
+        if shift_logits is not None:
+            from cxr_viewer.training.shift import shift_report
+
+            sm = shift_y[:, j] >= 0
+            rep["shifted_validation"] = shift_report(
+                shift_y[sm, j], 1 / (1 + np.exp(-shift_logits[sm, j] / temperature)),
+                [k for k, ok in zip(shift_kinds, sm) if ok], threshold)
         reports[h] = rep
         texts.append(format_report(h, rep))
         meta.heads[h] = HeadInfo(
             trained=True, threshold=threshold, temperature=temperature, negative=CLASS_NAMES[h][0],
             positive=CLASS_NAMES[h][1],
             operating_point={"sensitivity": rep["sensitivity"], "specificity": rep["specificity"]},
-            rule=f"temperature: NLL-optimal on the validation split; threshold: {rule_text} on the calibrated "
-                 "validation probabilities",
+            rule=(f"temperature: NLL-optimal on the validation split; threshold: {rule_text} on the calibrated "
+                  "validation probabilities") if shift_logits is None else
+                 (f"temperature: NLL-optimal on the validation split and its shifted copies; threshold: {rule_text} "
+                  "on their calibrated probabilities; epoch chosen on the shifted copies' AUROC"),
         )
     meta.training = {
         "data_dir": os.path.abspath(cfg.data_dir), "labels_csv": cfg.labels_csv, "validation": val_note,

@@ -196,3 +196,51 @@ def evaluate_test_split_task(model_path: str, data_dir: str, device: str = "auto
     samples, note = select_samples(data_dir, "test", scorer.meta.training)
     result = yield from evaluate_task(scorer, samples, note, bootstrap=200, cancel=cancel)
     return result
+
+
+def evaluate_shifted_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_size: int = 32,
+                          cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, dict]:
+    """The model's heads on ``samples`` as they are and under every shift of ``training.shift``
+    (each applied before the one preprocessing function normalises the image), at the model's own
+    thresholds. The heads alone are measured: the input checks are not applied."""
+    from cxr_viewer.ai.preprocess import standardise
+    from cxr_viewer.training.data import PreprocessCache, default_cache_dir
+    from cxr_viewer.training.engine import prepare_images
+    from cxr_viewer.training.shift import shift_report, shifted_set
+
+    spec = scorer.meta.preprocessing
+    stored, kept, bad = yield from prepare_images(samples, PreprocessCache(default_cache_dir(), spec), cancel,
+                                                  "reading images")
+    if not kept:
+        raise DataError("no readable labelled images to evaluate")
+    units = stored.astype(np.float32) / 65535.0
+    sh, src, kinds = yield from shifted_set(units, spec, cancel=cancel)
+
+    def probs(u: np.ndarray, stage: str) -> np.ndarray:
+        out = []
+        for i in range(0, len(u), batch_size):
+            cancel.raise_if_cancelled()
+            p, _finite = scorer.batch_probabilities(standardise(u[i:i + batch_size], spec))
+            out.append(p)
+            yield Progress(stage, min(i + batch_size, len(u)), len(u))
+        return np.concatenate(out)
+
+    p_plain = yield from probs(units, "scoring validation images")
+    p_shift = yield from probs(sh, "scoring shifted images")
+    heads = {}
+    for j, h in enumerate(HEADS):
+        if h not in scorer.trained:
+            continue
+        k = scorer.head_names.index(h)
+        y = np.array([s.labels[j] if s.labels[j] is not None else -1 for s in kept])
+        m, ms = y >= 0, y[src] >= 0
+        if len(np.unique(y[m])) < 2:
+            continue
+        thr = scorer.meta.heads[h].threshold
+        heads[h] = {"threshold": thr,
+                    "validation": shift_report(y[m], p_plain[m, k], ["none"] * int(m.sum()), thr)["all"],
+                    "shifted": shift_report(y[src][ms], p_shift[ms, k], [kk for kk, ok in zip(kinds, ms) if ok], thr)}
+    if not heads:
+        raise DataError("none of the images has both classes for a head this model has trained")
+    return {"notice": "Research use only. Not for diagnostic use.", "split": split_note, "images": len(kept),
+            "shifted_images": int(len(sh)), "skipped": [vars(e) for e in bad], "heads": heads}
