@@ -19,7 +19,8 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "num_workers",
-                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class"):
+                "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
+                "augment_strength", "select_on", "ema"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -156,13 +157,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cxr_viewer.common.errors import UserError
-    from cxr_viewer.training.evaluation import evaluate_task, select_samples
+    from cxr_viewer.training.evaluation import evaluate_shifted_task, evaluate_task, select_samples
 
     scorer = load_scorer("evaluate", args.model, args.device, args.precision)
     if scorer is None:
         return EXIT_BAD_INPUT
     try:
         samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
+        if args.shifted:
+            return _print_shifted(scorer, run_with_bar(evaluate_shifted_task(scorer, samples, note)), args.json)
         result = run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap,
                                             score_anyway=args.score_anyway))
     except FileNotFoundError as exc:
@@ -180,6 +183,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     for e in result.skipped:
         print(f"skipped {e.path}: {e.reason}", file=sys.stderr)
     return EXIT_FAIL if result.skipped else EXIT_OK
+
+
+def _print_shifted(scorer, doc: dict, as_json: bool) -> int:
+    import json
+
+    from cxr_viewer.training.shift import format_shift_report
+
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{RESEARCH_NOTICE}\nModel {scorer.meta.name} v{scorer.meta.version} ({scorer.meta.weights_sha256[:12]}) "
+              f"on {doc['split']}: {doc['images']} images, {doc['shifted_images']} shifted copies\n")
+        for h, r in doc["heads"].items():
+            rows = {"as they are": r["validation"], **{f"shifted: {k}": v for k, v in r["shifted"].items()}}
+            print(format_shift_report(rows, f"{h} at the model's threshold {r['threshold']:.3f}") + "\n")
+    for e in doc["skipped"]:
+        print(f"skipped {e['path']}: {e['reason']}", file=sys.stderr)
+    return EXIT_FAIL if doc["skipped"] else EXIT_OK
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -209,6 +230,13 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--input-size", type=int)
     p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--augment-strength", choices=("standard", "strong"),
+                   help="strong: also processing curves, blur, edge enhancement, noise, collimation, wider zoom "
+                        "(default standard)")
+    p.add_argument("--select-on", choices=("validation", "shifted"),
+                   help="choose the epoch, calibration and threshold on the validation split (default) or on it "
+                        "pooled with its shifted copies (images changed the way other hospitals' differ)")
+    p.add_argument("--ema", type=float, help="exponential moving average of the weights, e.g. 0.995 (default 0: off)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--init", help="scratch (default), a cxr_viewer model .safetensors, or local ImageNet ResNet50 weights")
@@ -264,7 +292,38 @@ def _train_input_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_anatomy(args: argparse.Namespace) -> int:
+    """Cross-validate the anatomy model on JSRT + SCR masks, then train it on every image."""
+    import json
+
+    from cxr_viewer.common.fileio import write_bytes_atomic
+    from cxr_viewer.training.anatomy import AnatomyConfig, train_anatomy
+
+    def epoch_line(event) -> None:
+        if event.stage != "reading" and event.done == event.total and event.total:
+            print(f"{event.stage}: {event.detail}", file=sys.stderr, flush=True)
+
+    cfg = AnatomyConfig(epochs=args.epochs, folds=args.folds, seed=args.seed)
+    try:
+        report = run_with_bar(train_anatomy(args.data, args.out, cfg, cross_validation=args.folds > 1), epoch_line)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"cxr-viewer train-anatomy: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = json.dumps(report, indent=2)
+    write_bytes_atomic(os.path.splitext(args.out)[0] + ".report.json", text.encode())
+    print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))
+    return EXIT_OK
+
+
 def add_parsers(sub) -> None:
+    p_anat = sub.add_parser("train-anatomy", help="train the lung and heart segmentation model (SCR masks of JSRT), "
+                            "with patient-grouped cross-validation of Dice and the cardiothoracic ratio")
+    p_anat.add_argument("--data", required=True, help="folder with images/ and masks/{right_lung,left_lung,heart}/")
+    p_anat.add_argument("--out", required=True, help="output .safetensors (a .json description and .report.json beside it)")
+    p_anat.add_argument("--epochs", type=int, default=50)
+    p_anat.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: no cross-validation)")
+    p_anat.add_argument("--seed", type=int, default=0)
+    p_anat.set_defaults(func=_train_anatomy)
     p_gate = sub.add_parser("train-input-check", help="train the image check of each head's intended use "
                             "(child / adult / not a radiograph / negative) and fit a model's feature distance")
     p_gate.add_argument("--children", nargs="+", required=True, help="folders of the paediatric training images")
@@ -302,6 +361,9 @@ def add_parsers(sub) -> None:
     p_eval.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON")
     p_eval.add_argument("--score-anyway", action="store_true",
                         help="measure on every image, also those outside a head's intended use (set aside by default)")
+    p_eval.add_argument("--shifted", action="store_true",
+                        help="also measure the heads on every image changed the way other hospitals' images differ "
+                             "(exposure, processing curve, sharpness, noise, JPEG, cropping, collimation, rotation)")
     p_eval.set_defaults(func=_evaluate)
     p_exp = sub.add_parser("experiment", help="the source paper's grid: optimizers x validation splits")
     _add_train_options(p_exp, grid=True)
