@@ -22,6 +22,7 @@ from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult
 from cxr_viewer.ai.model import HEAD_TITLES, HEADS, unavailable_reason
 from cxr_viewer.ai.overlay import HEATMAP_COLORMAP, heatmap_alpha
+from cxr_viewer.gui.anatomy_panel import AnatomyBox
 
 
 def heatmap_lut() -> np.ndarray:
@@ -103,6 +104,7 @@ class FindingsPanel(QGroupBox):
         self.opacity.setValue(70)
         self.legend = QLabel(self)
         self.legend.setPixmap(legend_pixmap())
+        self.anatomy = AnatomyBox(self)
         self.notice = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
         self.notice.setStyleSheet("color: #b00000;")
         legend_row = QHBoxLayout()
@@ -122,6 +124,7 @@ class FindingsPanel(QGroupBox):
         layout.addWidget(self.score_anyway)
         layout.addLayout(opacity_row)
         layout.addLayout(legend_row)
+        layout.addWidget(self.anatomy)
         for head, box in self.boxes.items():
             box.heatmap.toggled.connect(lambda on, h=head: self._on_heatmap_toggled(h, on))
         self.opacity.valueChanged.connect(lambda v: self.opacity_changed.emit(v / 100.0))

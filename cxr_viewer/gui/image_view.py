@@ -3,6 +3,11 @@
 Mouse: left-drag = window/level (horizontal: width, vertical: centre) or pan in pan mode;
 middle-drag = pan; right-drag and wheel = zoom. ImageItem gets float32 C-contiguous data with
 ``levels`` and a 256-entry uint8 LUT (its fast path); MONOCHROME1 and invert flip the LUT.
+
+Overlays, all in image pixel coordinates: the AI heatmap (an ImageItem stretched over the image),
+the anatomy outlines (line segments computed by the core, drawn as pairs with a cosmetic pen: a
+thin line at any zoom, over a dark halo) and the two CTR lines (horizontal line ROIs whose ends
+the user drags; the ratio is recomputed by the core's ``CtrMeasurement.with_lines``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+from cxr_viewer.ai.anatomy import STRUCTURES, CtrMeasurement
+from cxr_viewer.ai.anatomy_tasks import AnatomyResult
 from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
 from cxr_viewer.io.image import LoadedImage
 
@@ -32,11 +39,39 @@ class _ViewBox(pg.ViewBox):
         super().mouseDragEvent(ev, axis)
 
 
+#: outline colours: cold hues, apart from the heatmap's inferno (black, purple, red, orange, yellow)
+ANATOMY_COLOURS = {"right_lung": "#00e5ff", "left_lung": "#4dff88", "heart": "#ff5cf4"}
+ANATOMY_TITLES = {"right_lung": "right lung", "left_lung": "left lung", "heart": "heart"}
+#: the CTR lines: the heart's width in the heart's colour, the thorax's in white
+CTR_COLOURS = {"heart": ANATOMY_COLOURS["heart"], "thorax": "#ffffff"}
+
+
+def ctr_text(ctr: CtrMeasurement) -> str:
+    return f"CTR {ctr.ratio:.2f}" + (" (corrected)" if ctr.corrected else "")
+
+
+class _WidthLine(pg.LineSegmentROI):
+    """A horizontal measuring line: its ends move sideways only (a width is a horizontal extent);
+    dragging the line itself moves it to another row."""
+
+    def movePoint(self, handle, pos, modifiers=None, finish=True, coords="parent"):
+        p = self.mapSceneToParent(pos) if coords == "scene" else pg.Point(pos)
+        index = self.indexOfHandle(handle)
+        y = self.mapToParent(self.handles[index]["item"].pos()).y()
+        super().movePoint(handle, QPointF(p.x(), y), modifiers, finish, coords="parent")
+
+    def ends(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The two ends in image pixel coordinates, left first."""
+        pts = sorted((float(q.x()), float(q.y())) for q in (self.mapToParent(h.pos()) for h in self.getHandles()))
+        return pts[0], pts[1]
+
+
 class ImageView(QWidget):
     """Shows one LoadedImage; emits the VOI it shows and the pixel under the mouse."""
 
     voi_changed = Signal(object, bool)  # Voi, inverted-on-screen
     pixel_hovered = Signal(int, int)  # row, col; -1, -1 when outside
+    ctr_edited = Signal(object)  # CtrMeasurement (corrected) after the user moved a CTR line
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -51,6 +86,26 @@ class ImageView(QWidget):
         self.heat_item.setOpacity(0.7)
         self.heat_item.setVisible(False)
         self.viewbox.addItem(self.heat_item)
+        self.outline_items: dict[str, tuple[pg.PlotCurveItem, pg.PlotCurveItem]] = {}
+        for name in STRUCTURES:
+            halo = pg.PlotCurveItem(pen=pg.mkPen((0, 0, 0, 150), width=4), connect="pairs", antialias=True)
+            line = pg.PlotCurveItem(pen=pg.mkPen(ANATOMY_COLOURS[name], width=2), connect="pairs", antialias=True)
+            for z, item in ((20, halo), (21, line)):
+                item.setZValue(z)
+                item.setVisible(False)
+                self.viewbox.addItem(item)
+            self.outline_items[name] = (halo, line)
+        self.ctr_lines: dict[str, _WidthLine] = {}
+        self.ctr_label = pg.TextItem("", color="#ffffff", fill=pg.mkBrush(0, 0, 0, 170), anchor=(0, 1))
+        font = self.ctr_label.textItem.font()
+        font.setPointSize(12)
+        font.setBold(True)
+        self.ctr_label.setFont(font)
+        self.ctr_label.setZValue(40)
+        self.ctr_label.setVisible(False)
+        self.viewbox.addItem(self.ctr_label)
+        self.anatomy: AnatomyResult | None = None
+        self.ctr: CtrMeasurement | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics)
@@ -72,6 +127,7 @@ class ImageView(QWidget):
         same_size = self.image is not None and self.image.shape == image.shape
         if self.image is None or self.image.ref.path != image.ref.path or self.image.frame != image.frame:
             self.set_heatmap(None)  # a heatmap belongs to one image
+            self.set_anatomy(None)  # and so do outlines and CTR lines
         self.image = image
         self._mapping = None
         self.set_voi(voi if voi is not None else image.default_voi())
@@ -84,6 +140,7 @@ class ImageView(QWidget):
         self._mapping = None
         self.item.clear()
         self.set_heatmap(None)
+        self.set_anatomy(None)
 
     def set_heatmap(self, heat: np.ndarray | None, lut: np.ndarray | None = None) -> None:
         """Overlay a [0, 1] heatmap (any resolution), stretched over the whole image."""
@@ -102,6 +159,65 @@ class ImageView(QWidget):
 
     def heatmap_visible(self) -> bool:
         return self.heat_item.isVisible() and self.heat_item.image is not None
+
+    # --- anatomy: outlines and CTR lines ---------------------------------------------------
+    def set_anatomy(self, result: AnatomyResult | None) -> None:
+        """Draw the outlines and the model's CTR lines of ``result`` (None: remove them)."""
+        self.anatomy = result if self.image is not None else None
+        for name, (halo, line) in self.outline_items.items():
+            seg = self.anatomy.outlines.get(name) if self.anatomy is not None else None
+            if seg is None or not len(seg):
+                halo.setVisible(False)
+                line.setVisible(False)
+                halo.setData([], [])
+                line.setData([], [])
+                continue
+            x, y = np.ascontiguousarray(seg[:, :, 0].ravel()), np.ascontiguousarray(seg[:, :, 1].ravel())
+            for item in (halo, line):
+                item.setData(x, y, connect="pairs")
+                item.setVisible(True)
+        self.set_ctr(self.anatomy.ctr if self.anatomy is not None else None)
+
+    def set_ctr(self, ctr: CtrMeasurement | None) -> None:
+        """Place the two CTR lines (new line items: what the user dragged before is gone)."""
+        for roi in self.ctr_lines.values():
+            self.viewbox.removeItem(roi)
+        self.ctr_lines = {}
+        self.ctr = ctr if self.anatomy is not None else None
+        if self.ctr is None:
+            self.ctr_label.setVisible(False)
+            return
+        for name, ends in (("thorax", self.ctr.thorax), ("heart", self.ctr.heart)):
+            colour = CTR_COLOURS[name]
+            roi = _WidthLine(positions=[tuple(ends[0]), tuple(ends[1])], pen=pg.mkPen(colour, width=3),
+                             hoverPen=pg.mkPen("#ffff80", width=3), handlePen=pg.mkPen(colour, width=2),
+                             handleHoverPen=pg.mkPen("#ffff80", width=2))
+            roi.setZValue(30)
+            roi.setToolTip(f"{name} width: drag an end sideways to correct it, or the line to another row")
+            roi.sigRegionChanged.connect(self._on_ctr_dragged)
+            self.viewbox.addItem(roi)
+            self.ctr_lines[name] = roi
+        self._place_ctr_label()
+
+    def anatomy_visible(self) -> bool:
+        return any(line.isVisible() for _halo, line in self.outline_items.values())
+
+    def _on_ctr_dragged(self, _roi=None) -> None:
+        if self.ctr is None or len(self.ctr_lines) != 2:
+            return
+        self.ctr = self.ctr.with_lines(heart=self.ctr_lines["heart"].ends(), thorax=self.ctr_lines["thorax"].ends())
+        self._place_ctr_label()
+        self.ctr_edited.emit(self.ctr)
+
+    def _place_ctr_label(self) -> None:
+        """Centred above the heart line (below it when the line is at the image's top)."""
+        (x0, y0), (x1, _y1) = self.ctr.heart
+        gap = 0.01 * (self.image.shape[0] if self.image is not None else 100)
+        above = y0 - gap > 0.05 * (self.image.shape[0] if self.image is not None else 0)
+        self.ctr_label.setAnchor((0.5, 1.0) if above else (0.5, 0.0))
+        self.ctr_label.setText(ctr_text(self.ctr))
+        self.ctr_label.setPos((x0 + x1) / 2, y0 - gap if above else y0 + gap)
+        self.ctr_label.setVisible(True)
 
     def set_voi(self, voi: Voi) -> None:
         if self.image is None:

@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (
 )
 
 from cxr_viewer import RESEARCH_NOTICE, __version__
+from cxr_viewer.ai.anatomy import CtrMeasurement, default_anatomy_path
+from cxr_viewer.ai.anatomy_tasks import AnatomyHolder, AnatomyModelSummary, AnatomyResult, segment_image_task
 from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task
 from cxr_viewer.ai.model_store import ModelHolder, default_model_path
 from cxr_viewer.common.tasks import Progress
@@ -44,6 +46,8 @@ class MainWindow(QMainWindow):
     model_changed = Signal(object)  # ModelSummary or None
     scored = Signal(object)  # ScoreResult shown in the findings panel
     exported = Signal(object)  # paths written (export) or a SendResult (send to PACS)
+    anatomy_model_changed = Signal(object)  # AnatomyModelSummary, or None when loading it failed
+    anatomy_shown = Signal(object)  # AnatomyResult drawn on the shown image
 
     def __init__(self, settings: Settings | None = None, parent: QWidget | None = None,
                  load_default_model: bool = True):
@@ -69,6 +73,7 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.findings)
+        self.findings_scroll = scroll
         findings_dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, findings_dock)
         right = QDockWidget("Image", self)
@@ -84,6 +89,10 @@ class MainWindow(QMainWindow):
         self.models = ModelHolder()
         self.model_summary: ModelSummary | None = None
         self.last_score: ScoreResult | None = None
+        self.anatomy_models = AnatomyHolder()
+        self.anatomy_summary: AnatomyModelSummary | None = None
+        self.anatomy_result: AnatomyResult | None = None  # of the shown image, while Anatomy is on
+        self.anatomy_error = ""  # why the last load of the anatomy model failed
 
         self.index_runner = TaskRunner(self, "index")
         self.image_runner = TaskRunner(self, "image")
@@ -92,8 +101,11 @@ class MainWindow(QMainWindow):
         self.score_runner = TaskRunner(self, "score")
         self.worklist_runner = TaskRunner(self, "worklist")
         self.export_runner = TaskRunner(self, "export")
+        self.anatomy_model_runner = TaskRunner(self, "anatomy model")
+        self.anatomy_runner = TaskRunner(self, "anatomy")
         self.runners = (self.index_runner, self.image_runner, self.thumb_runner, self.model_runner,
-                        self.score_runner, self.worklist_runner, self.export_runner)
+                        self.score_runner, self.worklist_runner, self.export_runner, self.anatomy_model_runner,
+                        self.anatomy_runner)
         self.pacs_dialog = None
         self._passwords = None
         self.study_index = StudyIndex()
@@ -107,6 +119,7 @@ class MainWindow(QMainWindow):
             path = self.settings.model_path() or default_model_path()
             if path:
                 self.load_model(path)
+            self.load_anatomy_model()
         self._show_message("Open a DICOM or PNG/JPEG study: File > Open (Ctrl+O), Open Folder (Ctrl+Shift+O), or drop files here.")
 
     # --- construction ------------------------------------------------------------------
@@ -155,6 +168,11 @@ class MainWindow(QMainWindow):
         self.act_reset = a("&Reset View", self.reset_view, "R", "Default window, no invert, fit")
         self.act_invert = a("&Invert", self._on_invert_action, "I", checkable=True)
         self.act_auto = a("&Auto Window", self.auto_window, "A", "Window to the 0.5-99.5 percentiles")
+        self.act_anatomy = a("A&natomy", self.set_anatomy_visible, "Shift+A",
+                             "Outline the lungs and heart and measure the cardiothoracic ratio (anatomy model)",
+                             checkable=True)
+        self.act_reset_ctr = a("Reset &CTR", self.reset_ctr, None, "Put the CTR lines back where the model drew them")
+        self.act_reset_ctr.setEnabled(False)
         self.act_next = a("Next Image", lambda: self.browser.step(1), "PgDown")
         self.act_prev = a("Previous Image", lambda: self.browser.step(-1), "PgUp")
         self.act_next_frame = a("Next Frame", lambda: self.step_frame(1), "Right")
@@ -194,8 +212,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
         for act in (self.act_fit, self.act_1to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
-                    self.act_invert, self.act_auto, None, self.act_mode_window, self.act_mode_pan, None,
-                    self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
+                    self.act_invert, self.act_auto, None, self.act_anatomy, self.act_reset_ctr, None,
+                    self.act_mode_window, self.act_mode_pan, None, self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
         model_menu = menu.addMenu("&Model")
         for act in (self.act_load_model, self.act_default_model, self.act_train, None, *self.device_actions.values(),
@@ -207,7 +225,7 @@ class MainWindow(QMainWindow):
         tools = QToolBar("Main", self)
         tools.setObjectName("main_toolbar")
         for act in (self.act_open, self.act_open_folder, None, self.act_fit, self.act_1to1, self.act_reset,
-                    None, self.act_auto, self.act_invert, None, self.act_mode_window, self.act_mode_pan,
+                    None, self.act_auto, self.act_invert, self.act_anatomy, None, self.act_mode_window, self.act_mode_pan,
                     None, self.act_prev, self.act_next, None, self.act_pacs, self.act_export):
             tools.addSeparator() if act is None else tools.addAction(act)
         self.addToolBar(tools)
@@ -238,6 +256,11 @@ class MainWindow(QMainWindow):
         self.findings.heatmap_requested.connect(self._show_heatmap)
         self.findings.opacity_changed.connect(self.view.set_heatmap_opacity)
         self.findings.score_anyway_requested.connect(lambda: self._score_current(score_anyway=True))
+        self.anatomy_model_runner.finished.connect(self._on_anatomy_model_loaded)
+        self.anatomy_model_runner.failed.connect(self._on_anatomy_model_failed)
+        self.anatomy_runner.finished.connect(self._on_anatomy)
+        self.anatomy_runner.failed.connect(self._on_anatomy_failed)
+        self.view.ctr_edited.connect(self._on_ctr_edited)
         self.worklist.start_requested.connect(self.score_all)
         self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
         self.worklist.image_requested.connect(self._open_from_worklist)
@@ -320,6 +343,7 @@ class MainWindow(QMainWindow):
             self.thumb_runner.submit(thumbnails_task, refs)
         else:
             self.view.clear()
+            self._clear_anatomy("No image shown." if self.act_anatomy.isChecked() else "")
             self.side.controls.set_image(None)
             self.side.metadata.set_image(None)
 
@@ -342,11 +366,13 @@ class MainWindow(QMainWindow):
         self._show_message(f"{os.path.basename(image.ref.path)}{frames}")
         self.image_shown.emit(image)
         self._score_current()
+        self._segment_current()
 
     def _on_image_failed(self, message: str) -> None:
         # nothing of the previous image may stay beside the empty viewport: scores, heatmap, readout
         self.view.clear()
         self.last_score = None
+        self._clear_anatomy("No image shown." if self.act_anatomy.isChecked() else "")
         self.findings.show_no_image("no image shown (it could not be opened)")
         self.position_label.setText("")
         self.value_label.setText("")
@@ -467,6 +493,109 @@ class MainWindow(QMainWindow):
         ref = next((r for r in self.browser.refs() if r.path == path), None)
         if ref is not None:
             self.browser.select(ref)
+
+    # --- anatomy: lung and heart outlines, cardiothoracic ratio -------------------------------
+    def load_anatomy_model(self, path: str | None = None) -> None:
+        """Load the anatomy model in a worker (once; again only after a failure)."""
+        if self.anatomy_model_runner.busy:
+            return
+        path = path or default_anatomy_path()
+        self.findings.anatomy.show_status(f"Loading the anatomy model {os.path.basename(path)}...")
+        self.anatomy_model_runner.submit(self.anatomy_models.load_task, path)
+
+    def set_anatomy_visible(self, on: bool) -> None:
+        self.act_anatomy.setChecked(on)
+        if not on:
+            self._clear_anatomy()
+            return
+        if self.anatomy_models.model is None:
+            self.load_anatomy_model()  # then segments the shown image
+        else:
+            self._segment_current()
+
+    def _clear_anatomy(self, status: str = "") -> None:
+        self.anatomy_runner.cancel()
+        self.anatomy_result = None
+        self.view.set_anatomy(None)
+        self.act_reset_ctr.setEnabled(False)
+        if self.anatomy_model_runner.busy:
+            return  # the panel says "Loading..." until the model is there or not
+        if status:
+            self.findings.anatomy.show_status(status)
+        elif self.anatomy_models.model is None and self.anatomy_error:
+            self.findings.anatomy.show_unavailable(self.anatomy_error)
+        else:
+            self.findings.anatomy.show_off()
+
+    def _on_anatomy_model_loaded(self, summary: AnatomyModelSummary) -> None:
+        self.anatomy_summary = summary
+        self.anatomy_error = ""
+        self.findings.anatomy.set_model(summary)
+        self.act_anatomy.setToolTip(f"Anatomy (Shift+A): {summary.title}")
+        self.anatomy_model_changed.emit(summary)
+        if self.act_anatomy.isChecked():
+            self._segment_current()
+        else:
+            self.findings.anatomy.show_off()
+
+    def _on_anatomy_model_failed(self, message: str) -> None:
+        # no outline without a model: the action goes off and says why; turning it on tries again
+        self.anatomy_error = message
+        if self.act_anatomy.isChecked():  # asked for now (at start-up only the panel says it)
+            self._show_message(f"Anatomy model not available: {message}")
+        self.act_anatomy.setChecked(False)
+        self.act_anatomy.setToolTip(f"Anatomy model not available: {message}")
+        self.anatomy_result = None
+        self.view.set_anatomy(None)
+        self.act_reset_ctr.setEnabled(False)
+        self.findings.anatomy.show_unavailable(message)
+        self.anatomy_model_changed.emit(None)
+
+    def _segment_current(self) -> None:
+        image, result = self.view.image, self.anatomy_result
+        if result is not None and self.view.anatomy is result:
+            return  # already drawn on this image (the same frame shown again)
+        self.anatomy_result = None
+        self.act_reset_ctr.setEnabled(False)
+        model = self.anatomy_models.model
+        if not self.act_anatomy.isChecked() or image is None or model is None:
+            return  # off, nothing shown, or the model is loading (it segments when loaded)
+        self.findings.anatomy.show_status("Outlining the lungs and heart...")
+        self.anatomy_runner.submit(segment_image_task, model, image)
+
+    def _on_anatomy(self, result: AnatomyResult) -> None:
+        image = self.view.image
+        if (not self.act_anatomy.isChecked() or image is None
+                or (result.path, result.frame, result.shape) != (image.ref.path, image.frame, tuple(image.shape))):
+            return  # outlines of an image no longer shown
+        self.anatomy_result = result
+        self.view.set_anatomy(result)
+        self.act_reset_ctr.setEnabled(result.ctr is not None)
+        self.findings.anatomy.show_result(result, result.ctr, image.ref.meta.spacing)
+        QTimer.singleShot(0, self._scroll_to_anatomy)  # once the panel has laid out its new text
+        self.anatomy_shown.emit(result)
+
+    def _scroll_to_anatomy(self) -> None:
+        box = self.findings.anatomy
+        self.findings_scroll.ensureWidgetVisible(box.notice, 0, 4)
+        self.findings_scroll.ensureWidgetVisible(box.title, 0, 4)
+
+    def _on_anatomy_failed(self, message: str) -> None:
+        self.anatomy_result = None
+        self.view.set_anatomy(None)
+        self.findings.anatomy.show_status(f"Outlining failed: {message}")
+
+    def _on_ctr_edited(self, ctr: CtrMeasurement) -> None:
+        image = self.view.image
+        self.findings.anatomy.show_ctr(ctr, image.ref.meta.spacing if image is not None else None)
+
+    def reset_ctr(self) -> None:
+        """The model's CTR lines again (the user's corrections dropped)."""
+        result, image = self.anatomy_result, self.view.image
+        if result is None or image is None:
+            return
+        self.view.set_ctr(result.ctr)
+        self.findings.anatomy.show_ctr(result.ctr, image.ref.meta.spacing)
 
     # --- clinical integration: PACS, exports ------------------------------------------------
     def _password_book(self):
@@ -648,7 +777,7 @@ class MainWindow(QMainWindow):
         QMessageBox.information(self, "Mouse and keys", (
             "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
-            "F fit, 1 one-to-one, R reset, I invert, A auto window, 2-9 presets,\n"
+            "F fit, 1 one-to-one, R reset, I invert, A auto window, Shift+A anatomy, 2-9 presets,\n"
             "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n\n"
             + RESEARCH_NOTICE))
 

@@ -20,6 +20,20 @@ from cxr_viewer.common.tasks import Cancelled, CancelToken
 log = logging.getLogger(__name__)
 
 
+class _Job(QRunnable):
+    """A runnable calling ``fn``. A Python subclass, not ``QRunnable.create``: the pool deletes a
+    created runnable behind PySide's back, its wrapper stays registered at the freed address, and a
+    QObject allocated there later comes back to Python as that QRunnable (PySide6 6.12; seen as
+    "'QRunnable' object has no attribute 'connect'" when pyqtgraph built an ROI's menu)."""
+
+    def __init__(self, fn: Callable[[], None]):
+        super().__init__()
+        self._fn = fn
+
+    def run(self) -> None:
+        self._fn()
+
+
 class TaskRunner(QObject):
     progress = Signal(object)
     finished = Signal(object)
@@ -54,7 +68,7 @@ class TaskRunner(QObject):
         token = CancelToken()
         self._token = token
         self._set_busy(True)
-        self._pool.start(QRunnable.create(lambda: self._run(generation, token, task, args, kwargs)))
+        self._pool.start(_Job(lambda: self._run(generation, token, task, args, kwargs)))
         return generation
 
     def cancel(self) -> None:
