@@ -143,3 +143,20 @@ def test_training_task_learns_on_real_jsrt_masks(shared_data, tmp_path):
     assert summary["images"] == 24 and len(rows) == 24
     assert summary["dice_lungs"]["mean"] > 0.5  # learning, not chance, after a few epochs
     assert all(0 <= r["dice_heart"] <= 1 for r in rows)
+
+
+@needs_model
+def test_heatmap_share_in_the_lungs_is_measured_on_real_pneumonia_images(shared_data, tmp_path):
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.ai.model_store import default_model_path
+    from cxr_viewer.training.data import Sample
+    from cxr_viewer.training.evaluation import heatmap_lung_share_task
+
+    files = sorted((shared_data / "kermany" / "train" / "PNEUMONIA").iterdir())[:6]
+    normals = sorted((shared_data / "kermany" / "train" / "NORMAL").iterdir())[:2]
+    samples = [Sample(str(p), (1, None), p.stem, "PNEUMONIA") for p in files] + \
+        [Sample(str(p), (0, None), p.stem, "NORMAL") for p in normals]
+    scorer = Scorer.from_file(default_model_path(), "cpu", "fp32")
+    doc = run_to_completion(heatmap_lung_share_task(scorer, AnatomyModel.from_file(str(SHIPPED)), samples))
+    assert doc["images"] == 6  # the positives only
+    assert 0.0 <= doc["mean_share_in_lungs"] <= 1.0 and 0.1 < doc["lung_area_fraction"] < 0.7

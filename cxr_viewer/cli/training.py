@@ -166,6 +166,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples, note = select_samples(args.data_dir, args.split, scorer.meta.training, args.labels_csv)
         if args.shifted:
             return _print_shifted(scorer, run_with_bar(evaluate_shifted_task(scorer, samples, note)), args.json)
+        if args.heatmap_in_lungs:
+            return _print_lung_share(scorer, samples)
         result = run_with_bar(evaluate_task(scorer, samples, note, bootstrap=args.bootstrap,
                                             score_anyway=args.score_anyway))
     except FileNotFoundError as exc:
@@ -183,6 +185,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     for e in result.skipped:
         print(f"skipped {e.path}: {e.reason}", file=sys.stderr)
     return EXIT_FAIL if result.skipped else EXIT_OK
+
+
+def _print_lung_share(scorer, samples) -> int:
+    import json
+
+    from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+    from cxr_viewer.training.evaluation import heatmap_lung_share_task
+
+    anatomy = AnatomyModel.from_file(default_anatomy_path())
+    doc = run_with_bar(heatmap_lung_share_task(scorer, anatomy, samples))
+    doc["model"] = f"{scorer.meta.name} v{scorer.meta.version} ({scorer.meta.weights_sha256[:12]})"
+    doc["anatomy_model"] = f"{anatomy.meta.name} v{anatomy.meta.version} ({anatomy.meta.weights_sha256[:12]})"
+    print(json.dumps(doc, indent=2))
+    return EXIT_OK
 
 
 def _print_shifted(scorer, doc: dict, as_json: bool) -> int:
@@ -364,6 +380,9 @@ def add_parsers(sub) -> None:
     p_eval.add_argument("--shifted", action="store_true",
                         help="also measure the heads on every image changed the way other hospitals' images differ "
                              "(exposure, processing curve, sharpness, noise, JPEG, cropping, collimation, rotation)")
+    p_eval.add_argument("--heatmap-in-lungs", action="store_true",
+                        help="instead of metrics: the share of each positive image's heatmap inside the lung fields "
+                             "outlined by the anatomy model (models/anatomy.safetensors)")
     p_eval.set_defaults(func=_evaluate)
     p_exp = sub.add_parser("experiment", help="the source paper's grid: optimizers x validation splits")
     _add_train_options(p_exp, grid=True)

@@ -244,3 +244,49 @@ def evaluate_shifted_task(scorer: Scorer, samples: list[Sample], split_note: str
         raise DataError("none of the images has both classes for a head this model has trained")
     return {"notice": "Research use only. Not for diagnostic use.", "split": split_note, "images": len(kept),
             "shifted_images": int(len(sh)), "skipped": [vars(e) for e in bad], "heads": heads}
+
+
+def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head: str = "pneumonia",
+                            positives_only: bool = True, batch_size: int = 16,
+                            cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, dict]:
+    """How much of each heatmap (Grad-CAM, as the viewer shows it) lies inside the lung fields the
+    anatomy model outlines: per image sum(heatmap * lungs) / sum(heatmap), on the labelled
+    positives of ``head`` (all labelled images with ``positives_only=False``). A heatmap that
+    lights the heart, mediastinum, markers or leads scores low."""
+    from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
+    from cxr_viewer.ai.preprocess import resize_square, standardise
+    from cxr_viewer.training.data import PreprocessCache, default_cache_dir
+    from cxr_viewer.training.engine import prepare_images
+
+    j = HEADS.index(head)
+    chosen = [s for s in samples if s.labels[j] is not None and (s.labels[j] == 1 or not positives_only)]
+    if not chosen:
+        raise DataError(f"no labelled images for the {head} head")
+    spec = scorer.meta.preprocessing
+    stored, _kept, _bad = yield from prepare_images(chosen, PreprocessCache(default_cache_dir(), spec), cancel,
+                                                   "reading images")
+    units = stored.astype(np.float32) / 65535.0
+    k = scorer.head_names.index(head)
+    size = spec.input_size
+    aspec = anatomy.meta.preprocessing
+    shares, in_lung_area = [], []
+    for i in range(0, len(units), batch_size):
+        cancel.raise_if_cancelled()
+        u = units[i:i + batch_size]
+        _p, cams, _d = scorer.probabilities_cams_distances(standardise(u, spec))
+        au = np.stack([resize_square(x, aspec.input_size) for x in u])
+        probs = anatomy.probabilities_units(au)
+        for cam, pr in zip(cams[:, k], probs):
+            masks = clean_masks(resize_probabilities(pr, (size, size)) >= anatomy.meta.threshold)
+            lungs = masks[0] | masks[1]
+            total = float(cam.sum())
+            shares.append(float((cam * lungs).sum()) / total if total > 0 else float("nan"))
+            in_lung_area.append(float(lungs.mean()))
+        yield Progress("heatmaps", min(i + batch_size, len(units)), len(units))
+    s = np.array(shares)
+    ok = np.isfinite(s)
+    return {"head": head, "images": int(ok.sum()), "positives_only": positives_only,
+            "mean_share_in_lungs": float(s[ok].mean()), "median_share_in_lungs": float(np.median(s[ok])),
+            "share_below_half": float((s[ok] < 0.5).mean()),
+            "lung_area_fraction": float(np.mean(in_lung_area)),
+            "note": "the share a heatmap spread evenly would have is the lung-area fraction"}
