@@ -165,6 +165,17 @@ def grad_cam(fmap: torch.Tensor, head_logits, n_heads: int) -> torch.Tensor:
     return torch.stack(maps, dim=1).detach()
 
 
+def probability_text(p: float) -> str:
+    """A probability as a percentage with one decimal; ">99.9%" and "<0.1%" instead of the
+    "100.0%" and "0.0%" that rounding would print (a calibrated model is never certain, and ties
+    at 100.0% in a worklist say nothing)."""
+    if p >= 0.9995:
+        return ">99.9%"
+    if p < 0.0005:
+        return "<0.1%"
+    return f"{p * 100:.1f}%"
+
+
 @dataclass(frozen=True)
 class HeadScore:
     head: str
@@ -401,6 +412,8 @@ class WorklistRow:
     #: per head: scored | outside_intended_use | not_available | scored_outside_intended_use
     statuses: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # per head, one line, when not simply scored
+    #: per scored head: at or above its operating threshold
+    positives: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -430,7 +443,8 @@ def _failed(scorer: Scorer, path: str, error: str) -> WorklistRow:
 def _row(scorer: Scorer, path: str, probs: np.ndarray | None, reasons: dict, score_anyway: bool) -> WorklistRow:
     scores = scorer.head_scores(probs, reasons, score_anyway)
     return WorklistRow(path, {s.head: s.probability for s in scores}, "",
-                       {s.head: s.status for s in scores}, {s.head: s.reason for s in scores if s.reason})
+                       {s.head: s.status for s in scores}, {s.head: s.reason for s in scores if s.reason},
+                       {s.head: bool(s.positive) for s in scores if s.probability is not None and s.positive is not None})
 
 
 def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = False

@@ -50,8 +50,13 @@ class AnatomyBox(QFrame):
         self.notice = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet("color: #b00000;")
+        for label in (self.status, self.widths, self.legend):
+            label.setStyleSheet("font-size: 8pt;")
+        for label in (self.model, self.hint):
+            label.setStyleSheet("color: #555; font-size: 8pt;")
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setContentsMargins(6, 3, 6, 3)
+        layout.setSpacing(2)
         top = QHBoxLayout()
         top.addWidget(self.title)
         top.addStretch(1)

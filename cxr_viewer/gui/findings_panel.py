@@ -13,13 +13,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from cxr_viewer import RESEARCH_NOTICE
-from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult
+from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult, probability_text
 from cxr_viewer.ai.model import HEAD_TITLES, HEADS, unavailable_reason
 from cxr_viewer.ai.overlay import HEATMAP_COLORMAP, heatmap_alpha
 from cxr_viewer.gui.anatomy_panel import AnatomyBox
@@ -40,43 +42,79 @@ def legend_pixmap(width: int = 160, height: int = 12) -> QPixmap:
     return QPixmap.fromImage(img.copy())
 
 
+#: explanatory text in the findings panel: smaller than the scores (the panel fits 1280x720)
+SMALL_STYLE = "font-size: 8pt;"
+MUTED_STYLE = "color: #555; font-size: 8pt;"
+
+
+def small_label(text: str, parent: QWidget, muted: bool = False) -> QLabel:
+    label = QLabel(text, parent)
+    label.setWordWrap(True)
+    label.setStyleSheet(MUTED_STYLE if muted else SMALL_STYLE)
+    return label
+
+
 class HeadBox(QFrame):
+    """One head: title and heatmap switch on one line, the score, a short detail; what the score
+    means and the head's intended use behind a "Details" toggle (also the title's tooltip)."""
+
     def __init__(self, head: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.head = head
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.title = QLabel(f"<b>{HEAD_TITLES[head]}</b>", self)
+        self.title.setWordWrap(True)
+        self.title.setToolTip(HEAD_MEANING[head])
         self.score = QLabel("", self)
         self.score.setTextFormat(Qt.TextFormat.RichText)
         self.score.setWordWrap(True)
-        self.detail = QLabel("", self)
-        self.detail.setWordWrap(True)
-        self.meaning = QLabel(HEAD_MEANING[head], self)
-        self.meaning.setWordWrap(True)
-        self.meaning.setStyleSheet("color: #555;")
-        self.use = QLabel("", self)  # the head's intended use
-        self.use.setWordWrap(True)
-        self.use.setStyleSheet("color: #555;")
-        self.heatmap = QCheckBox("Show heatmap", self)
+        self.detail = small_label("", self)
+        self.meaning = small_label(HEAD_MEANING[head], self, muted=True)
+        self.use = small_label("", self, muted=True)  # the head's intended use
+        self.heatmap = QCheckBox("Heatmap", self)
+        self.heatmap.setToolTip("Show where the model looked (Grad-CAM) over the image")
         self.heatmap.setEnabled(False)
+        self.more = QToolButton(self)
+        self.more.setText("Details")
+        self.more.setCheckable(True)
+        self.more.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.more.setArrowType(Qt.ArrowType.RightArrow)
+        self.more.setAutoRaise(True)
+        self.more.setStyleSheet(SMALL_STYLE)
+        self.more.setToolTip("What this score means and the head's intended use")
+        self.more.toggled.connect(self.show_details)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.title, 1)
+        top.addWidget(self.heatmap, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 4, 6, 4)
-        for w in (self.title, self.score, self.detail, self.heatmap, self.meaning, self.use):
+        layout.setContentsMargins(6, 3, 6, 3)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        for w in (self.score, self.detail, self.more, self.meaning, self.use):
             layout.addWidget(w)
+        self.show_details(False)
+
+    def show_details(self, on: bool) -> None:
+        self.more.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.meaning.setVisible(on)
+        self.use.setVisible(on and bool(self.use.text()))
+        self.fit_text()
 
     def fit_text(self) -> None:
         """Give each wrapped label the height its text needs at the box's width: in a dock's scroll
         area Qt would otherwise squeeze a label that grew a line, and the lines overlap."""
         width = max(self.contentsRect().width() - 12, 120)
+        self.detail.setVisible(bool(self.detail.text()))
         for label in (self.score, self.detail, self.meaning, self.use):
-            label.setMinimumHeight(label.heightForWidth(width) if label.text() else 0)
+            label.setMinimumHeight(label.heightForWidth(width) if label.text() and not label.isHidden() else 0)
 
     def resizeEvent(self, event):  # noqa: N802
         super().resizeEvent(event)
         self.fit_text()
 
     def show_unavailable(self, reason: str) -> None:
-        self.score.setText(f"<i>{reason}</i>")
+        self.score.setText(f"<i style='font-size:8pt'>{reason}</i>")
         self.detail.setText("")
         self.heatmap.setEnabled(False)
         self.heatmap.setChecked(False)
@@ -89,10 +127,8 @@ class FindingsPanel(QGroupBox):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("", parent)
-        self.model_label = QLabel("", self)
-        self.model_label.setWordWrap(True)
-        self.status = QLabel("", self)
-        self.status.setWordWrap(True)
+        self.model_label = small_label("", self)
+        self.status = small_label("", self)
         self.boxes = {h: HeadBox(h, self) for h in HEADS}
         self.score_anyway = QPushButton("Score anyway (outside intended use)", self)
         self.score_anyway.setToolTip("Show the numbers for this image although the input checks found it outside "
@@ -106,25 +142,31 @@ class FindingsPanel(QGroupBox):
         self.legend.setPixmap(legend_pixmap())
         self.anatomy = AnatomyBox(self)
         self.notice = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
+        self.notice.setWordWrap(True)
         self.notice.setStyleSheet("color: #b00000;")
+        self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.legend.setScaledContents(True)
+        self.legend.setMaximumWidth(160)
         legend_row = QHBoxLayout()
-        legend_row.addWidget(QLabel("low", self))
-        legend_row.addWidget(self.legend)
-        legend_row.addWidget(QLabel("high", self))
-        legend_row.addStretch(1)
+        legend_row.addWidget(small_label("Heatmap: low", self))
+        legend_row.addWidget(self.legend, 1)
+        legend_row.addWidget(small_label("high", self))
         opacity_row = QHBoxLayout()
-        opacity_row.addWidget(QLabel("Heatmap opacity", self))
+        opacity_row.addWidget(small_label("Opacity", self))
         opacity_row.addWidget(self.opacity, 1)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(3)
         layout.addWidget(self.notice)
         layout.addWidget(self.model_label)
         layout.addWidget(self.status)
         for box in self.boxes.values():
             layout.addWidget(box)
         layout.addWidget(self.score_anyway)
-        layout.addLayout(opacity_row)
         layout.addLayout(legend_row)
+        layout.addLayout(opacity_row)
         layout.addWidget(self.anatomy)
+        layout.addStretch(1)
         for head, box in self.boxes.items():
             box.heatmap.toggled.connect(lambda on, h=head: self._on_heatmap_toggled(h, on))
         self.opacity.valueChanged.connect(lambda v: self.opacity_changed.emit(v / 100.0))
@@ -147,6 +189,8 @@ class FindingsPanel(QGroupBox):
             for head, box in self.boxes.items():
                 use = summary.intended_uses.get(head, "")
                 box.use.setText(f"Intended use: {use}." if use else "")
+                box.title.setToolTip(HEAD_MEANING[head] + (f"\n\nIntended use: {use}." if use else ""))
+                box.show_details(box.more.isChecked())
                 if head not in summary.trained_heads:
                     box.show_unavailable(unavailable_reason(head, summary.head_notes.get(head, "")))
                 else:
@@ -172,7 +216,7 @@ class FindingsPanel(QGroupBox):
                 continue
             label = "above threshold" if hs.positive else "below threshold"
             colour = "#b00000" if hs.positive else "#006000"
-            score = (f"<span style='font-size:16pt'><b>{hs.probability * 100:.1f}%</b></span> "
+            score = (f"<span style='font-size:14pt'><b>{probability_text(hs.probability)}</b></span> "
                      f"<span style='color:{colour}'>{label}</span>")
             op = ""
             if hs.sensitivity is not None and hs.specificity is not None:

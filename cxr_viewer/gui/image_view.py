@@ -8,6 +8,8 @@ Overlays, all in image pixel coordinates: the AI heatmap (an ImageItem stretched
 the anatomy outlines (line segments computed by the core, drawn as pairs with a cosmetic pen: a
 thin line at any zoom, over a dark halo) and the two CTR lines (horizontal line ROIs whose ends
 the user drags; the ratio is recomputed by the core's ``CtrMeasurement.with_lines``).
+Fixed to the viewport instead (they stay put while zooming and panning): the corner text,
+orientation markers and scale bar of :class:`ViewportOverlay`, worded by :mod:`cxr_viewer.io.viewport`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from cxr_viewer.ai.anatomy import STRUCTURES, CtrMeasurement
 from cxr_viewer.ai.anatomy_tasks import AnatomyResult
+from cxr_viewer.gui.viewport_overlay import ViewportOverlay
 from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
 from cxr_viewer.io.image import LoadedImage
+from cxr_viewer.io.viewport import corner_texts, orientation_markers, scale_bar
 
 
 class _ViewBox(pg.ViewBox):
@@ -113,7 +117,10 @@ class ImageView(QWidget):
         self.voi: Voi | None = None
         self.user_invert = False
         self._mapping: DisplayMapping | None = None
+        self.overlay = ViewportOverlay(self)  # corner text, markers, scale bar: fixed to the viewport
         self.viewbox.window_drag.connect(self._on_window_drag)
+        self.viewbox.sigRangeChanged.connect(self._refresh_overlay)
+        self.viewbox.sigResized.connect(self._refresh_overlay)
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.setAcceptDrops(False)  # the main window takes drops
 
@@ -141,6 +148,45 @@ class ImageView(QWidget):
         self.item.clear()
         self.set_heatmap(None)
         self.set_anatomy(None)
+        self._refresh_overlay()
+
+    # --- viewport overlay: corner text, orientation markers, scale bar ------------------------
+    def set_overlay_visible(self, on: bool) -> None:
+        """Corner text, orientation markers and scale bar on or off (the research notice stays)."""
+        self.overlay.set_info_visible(on)
+        self._refresh_overlay()
+
+    def overlay_visible(self) -> bool:
+        return self.overlay.info_visible
+
+    def zoom(self) -> float | None:
+        """Device pixels per image pixel (1.0 after Zoom 1:1); None before the view has a size."""
+        px = self.screen_px_per_image_px()
+        return None if px is None else px / (self.devicePixelRatioF() or 1.0)
+
+    def screen_px_per_image_px(self) -> float | None:
+        """Logical screen pixels per image pixel, across."""
+        if self.viewbox.width() <= 1 or self.viewbox.height() <= 1:
+            return None
+        size = float(self.viewbox.viewPixelSize()[0])
+        return 1.0 / size if size > 0 and np.isfinite(size) else None
+
+    def _refresh_overlay(self, *_args) -> None:
+        image = self.image
+        if image is None:
+            self.overlay.show_info(None, None, None)
+            return
+        meta = image.ref.meta
+        texts = corner_texts(meta, voi=self.voi, zoom=self.zoom(), frame=image.frame, frames=image.ref.frames,
+                             shape=image.shape)
+        px = self.screen_px_per_image_px()
+        bar = scale_bar(meta.spacing, px, self.overlay.scale_bar_max_px()) if px is not None else None
+        self.overlay.show_info(texts, orientation_markers(meta.patient_orientation), bar)
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        self.overlay.setGeometry(self.graphics.geometry())
+        self.overlay.raise_()
 
     def set_heatmap(self, heat: np.ndarray | None, lut: np.ndarray | None = None) -> None:
         """Overlay a [0, 1] heatmap (any resolution), stretched over the whole image."""
@@ -230,6 +276,7 @@ class ImageView(QWidget):
             self.item.setLevels(mapping.levels)
         else:
             self.item.setImage(mapping.data, levels=mapping.levels, lut=mapping.lut, autoLevels=False)
+        self._refresh_overlay()
         self.voi_changed.emit(voi, self.inverted)
 
     def set_user_invert(self, on: bool) -> None:

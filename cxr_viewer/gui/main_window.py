@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtCore import QRect, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QProgressBar,
     QScrollArea,
+    QSizePolicy,
     QToolBar,
     QWidget,
 )
@@ -26,6 +27,7 @@ from cxr_viewer.common.tasks import Progress
 from cxr_viewer.gui.browser import StudyBrowser
 from cxr_viewer.gui.findings_panel import FindingsPanel, heatmap_lut
 from cxr_viewer.gui.image_view import ImageView
+from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.settings import Settings
 from cxr_viewer.gui.side_panel import SidePanel
 from cxr_viewer.gui.workers import TaskRunner
@@ -37,6 +39,39 @@ from cxr_viewer.io.study import ImageRef, StudyIndex
 from cxr_viewer.io.thumbnails import Thumbnail, thumbnails_task
 
 FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
+#: the docks' first widths, as shares of the window's width: the image gets the rest
+LEFT_DOCK_SHARE, RIGHT_DOCK_SHARE = 0.19, 0.27
+
+ABOUT_TEXT = (
+    "<b>cxr_viewer {version}</b><br><br>"
+    "A viewer for chest radiographs (DICOM, PNG, JPEG) with research AI models: a pneumonia score, "
+    "lung and heart outlines with the cardiothoracic ratio, and input checks that refuse images outside "
+    "each model's intended use.<br><br>"
+    "<b>Intended use:</b> research and teaching. The scores are calibrated probabilities from models "
+    "trained on public data sets; they are not a diagnosis and have not been cleared by any regulator.<br><br>"
+    "<b style='color:#b00000'>{notice}</b>"
+)
+
+
+class ElidedLabel(QLabel):
+    """A status-bar message that takes the room left and elides itself (full text as tooltip), so the
+    pixel readout beside it is never pushed out or hidden."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("", parent)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(40)
+
+    def setText(self, text: str) -> None:  # noqa: N802
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event):  # noqa: N802
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideMiddle, rect.width())
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+        painter.end()
 
 
 class MainWindow(QMainWindow):
@@ -54,7 +89,6 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.settings = settings or Settings()
         self.setWindowTitle(f"cxr_viewer {__version__} - {RESEARCH_NOTICE}")
-        self.resize(1400, 900)
         self.setAcceptDrops(True)
 
         self.view = ImageView(self)
@@ -67,6 +101,7 @@ class MainWindow(QMainWindow):
         left.setObjectName("studies_dock")
         left.setWidget(self.browser)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, left)
+        self.studies_dock = left
         findings_dock = QDockWidget("AI findings", self)
         findings_dock.setObjectName("findings_dock")
         scroll = QScrollArea(self)
@@ -76,10 +111,13 @@ class MainWindow(QMainWindow):
         self.findings_scroll = scroll
         findings_dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, findings_dock)
+        self.findings_dock = findings_dock
+        # display controls and metadata under the studies: the findings get the right side's full height
         right = QDockWidget("Image", self)
         right.setObjectName("image_dock")
         right.setWidget(self.side)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, right)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, right)
+        self.image_dock = right
         self.worklist_dock = QDockWidget("Worklist", self)
         self.worklist_dock.setObjectName("worklist_dock")
         self.worklist_dock.setWidget(self.worklist)
@@ -114,6 +152,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_actions()
         self._wire()
+        self.fit_to_screen()
         self.view.set_left_mode(self.settings.left_mouse_mode())
         if load_default_model:
             path = self.settings.model_path() or default_model_path()
@@ -123,8 +162,30 @@ class MainWindow(QMainWindow):
         self._show_message("Open a DICOM or PNG/JPEG study: File > Open (Ctrl+O), Open Folder (Ctrl+Shift+O), or drop files here.")
 
     # --- construction ------------------------------------------------------------------
+    def fit_to_screen(self, available: QRect | None = None) -> None:
+        """Size the window to a share of the screen's available area (1280x720 included) and give
+        the image most of the width."""
+        available = available if available is not None else available_geometry(self)
+        self.resize(fitted_size(available))
+        centre_on(self, available)
+        self._size_docks()
+
+    def _size_docks(self) -> None:
+        """The docks' shares of the window (again once shown: before, Qt lays them out by their hints)."""
+        w, h = self.width(), self.height()
+        self.resizeDocks([self.image_dock, self.findings_dock],
+                         [int(w * LEFT_DOCK_SHARE), int(w * RIGHT_DOCK_SHARE)], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.studies_dock, self.image_dock], [int(h * 0.35), int(h * 0.65)], Qt.Orientation.Vertical)
+
+    def showEvent(self, event):  # noqa: N802
+        super().showEvent(event)
+        if not getattr(self, "_docks_sized", False):
+            self._docks_sized = True
+            QTimer.singleShot(0, self._size_docks)
+
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
+        self.message_label = ElidedLabel(self)  # file name and messages; never covers the readout
         self.position_label = QLabel("", self)
         self.value_label = QLabel("", self)
         self.units_label = QLabel("", self)
@@ -134,6 +195,7 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(False)
         self.notice_label = QLabel(f"<b>{RESEARCH_NOTICE}</b>", self)
         self.notice_label.setStyleSheet("color: #b00000; padding: 0 6px;")
+        bar.addWidget(self.message_label, 1)
         for w in (self.position_label, self.value_label, self.units_label):
             bar.addWidget(w)
         bar.addPermanentWidget(self.progress)
@@ -172,6 +234,11 @@ class MainWindow(QMainWindow):
                              "Outline the lungs and heart and measure the cardiothoracic ratio (anatomy model)",
                              checkable=True)
         self.act_reset_ctr = a("Reset &CTR", self.reset_ctr, None, "Put the CTR lines back where the model drew them")
+        self.act_overlay = a("Image &Overlay Text", self.set_overlay_visible, "O",
+                             "Patient, study, window/zoom and orientation text in the image corners, and a scale bar",
+                             checkable=True)
+        self.act_overlay.setChecked(True)
+        self.act_overlay.setIconText("Overlay")
         self.act_reset_ctr.setEnabled(False)
         self.act_next = a("Next Image", lambda: self.browser.step(1), "PgDown")
         self.act_prev = a("Previous Image", lambda: self.browser.step(-1), "PgUp")
@@ -212,20 +279,29 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
         for act in (self.act_fit, self.act_1to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
-                    self.act_invert, self.act_auto, None, self.act_anatomy, self.act_reset_ctr, None,
+                    self.act_invert, self.act_auto, None, self.act_overlay, self.act_anatomy, self.act_reset_ctr, None,
                     self.act_mode_window, self.act_mode_pan, None, self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
+        view_menu.addSeparator()
+        panels = view_menu.addMenu("&Panels")  # a closed dock comes back from here
+        self.panel_actions = {}
+        for dock in (self.studies_dock, self.worklist_dock, self.image_dock, self.findings_dock):
+            act = dock.toggleViewAction()
+            panels.addAction(act)
+            self.panel_actions[dock.objectName()] = act
         model_menu = menu.addMenu("&Model")
         for act in (self.act_load_model, self.act_default_model, self.act_train, None, *self.device_actions.values(),
                     None, self.act_score_all):
             model_menu.addSeparator() if act is None else model_menu.addAction(act)
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self._action("Mouse and Keys", self._show_help))
+        self.act_about = self._action("&About cxr_viewer", self.show_about)
+        help_menu.addAction(self.act_about)
 
         tools = QToolBar("Main", self)
         tools.setObjectName("main_toolbar")
         for act in (self.act_open, self.act_open_folder, None, self.act_fit, self.act_1to1, self.act_reset,
-                    None, self.act_auto, self.act_invert, self.act_anatomy, None, self.act_mode_window, self.act_mode_pan,
+                    None, self.act_auto, self.act_invert, self.act_overlay, self.act_anatomy, None, self.act_mode_window, self.act_mode_pan,
                     None, self.act_prev, self.act_next, None, self.act_pacs, self.act_export):
             tools.addSeparator() if act is None else tools.addAction(act)
         self.addToolBar(tools)
@@ -765,8 +841,20 @@ class MainWindow(QMainWindow):
             self.progress.setRange(0, 0)
 
     def _show_message(self, text: str) -> None:
-        self.statusBar().showMessage(text)
+        self.message_label.setText(text)  # not showMessage: that would hide the pixel readout
         self.last_message = text
+
+    def set_overlay_visible(self, on: bool) -> None:
+        self.act_overlay.setChecked(on)
+        self.view.set_overlay_visible(on)
+
+    def about_text(self) -> str:
+        return ABOUT_TEXT.format(version=__version__, notice=RESEARCH_NOTICE)
+
+    def show_about(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.about(self, "About cxr_viewer", self.about_text())
 
     def _task_failed(self, title: str, message: str) -> None:
         self._show_message(f"{title}: {message}")
@@ -777,7 +865,7 @@ class MainWindow(QMainWindow):
         QMessageBox.information(self, "Mouse and keys", (
             "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
-            "F fit, 1 one-to-one, R reset, I invert, A auto window, Shift+A anatomy, 2-9 presets,\n"
+            "F fit, 1 one-to-one, R reset, I invert, A auto window, O overlay text, Shift+A anatomy, 2-9 presets,\n"
             "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n\n"
             + RESEARCH_NOTICE))
 

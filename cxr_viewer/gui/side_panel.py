@@ -137,5 +137,5 @@ class SidePanel(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.controls)
         layout.addWidget(self.metadata, 1)
-        self.setMinimumWidth(260)
+        self.setMinimumWidth(180)
         self.metadata.setTextElideMode(Qt.TextElideMode.ElideMiddle)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Generator
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
+from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.training.data import DataError, choose_validation, scan_dataset
 from cxr_viewer.training.engine import OPTIMIZERS, DoneEvent, EpochEvent, ScanEvent, StepEvent, TrainConfig, train
@@ -68,7 +69,9 @@ class TrainingDialog(QDialog):
     def __init__(self, parent: QWidget | None = None, current_model: str | None = None):
         super().__init__(parent)
         self.setWindowTitle(f"Train a model - {RESEARCH_NOTICE}")
-        self.resize(1200, 820)
+        available = available_geometry(parent)
+        self.resize(fitted_size(available, QSize(1200, 820)))  # the plots' bottom stays on a 720 px screen
+        centre_on(self, available)
         self.current_model = current_model
         self.runner = TaskRunner(self, "training")
         self.scan_runner = TaskRunner(self, "scan")
@@ -94,7 +97,7 @@ class TrainingDialog(QDialog):
         self.scan_button = QPushButton("Scan", self)
         self.scan_text = QPlainTextEdit(self)
         self.scan_text.setReadOnly(True)
-        self.scan_text.setMaximumHeight(110)
+        self.scan_text.setMaximumHeight(80)
 
         self.optimizer = QComboBox(self)
         self.optimizer.addItems(OPTIMIZERS)

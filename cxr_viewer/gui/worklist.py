@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -17,26 +18,43 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cxr_viewer.ai.inference import WorklistRow
+from cxr_viewer.ai.inference import WorklistRow, probability_text
 from cxr_viewer.ai.model import HEAD_TITLES, HEADS
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 2
+#: the image column's first width (px): a file name stays readable; the user may drag it wider
+IMAGE_COLUMN_WIDTH = 170
+
+
+#: scores at or above the head's threshold: red and bold, with a marker for colour-blind readers
+ABOVE_COLOUR = QColor("#b00000")
 
 
 class _ScoreItem(QTableWidgetItem):
     """Sorts by number; images without a score sort last. Outside the head's intended use: "not
-    scored" (or the number marked with an asterisk when scored anyway), the reason as tooltip."""
+    scored" (or the number marked with an asterisk when scored anyway), the reason as tooltip.
+    At or above the threshold: "▲" before the number, red and bold."""
 
-    def __init__(self, value: float | None, status: str = "", reason: str = ""):
+    def __init__(self, value: float | None, status: str = "", reason: str = "", positive: bool | None = None):
         if status == "outside_intended_use":
             text = "not scored"
         elif value is None:
             text = "n/a"
         else:
-            text = f"{value * 100:.1f}%" + (" *" if status == "scored_outside_intended_use" else "")
+            text = (("\u25b2 " if positive else "") + probability_text(value)
+                    + (" *" if status == "scored_outside_intended_use" else ""))
         super().__init__(text)
-        if reason:
-            self.setToolTip(reason)
+        tips = [reason] if reason else []
+        if value is not None and positive is not None:
+            tips.insert(0, "above the threshold" if positive else "below the threshold")
+        if positive and value is not None:
+            self.setForeground(QBrush(ABOVE_COLOUR))
+            font = self.font()
+            font.setBold(True)
+            self.setFont(font)
+        if tips:
+            self.setToolTip("; ".join(tips))
+        self.positive = positive
         self.value = -1.0 if value is None else value
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
@@ -51,14 +69,24 @@ class Worklist(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.start = QPushButton("Score all opened images", self)
+        self.start = QPushButton("Score all", self)
+        self.start.setToolTip("Score all opened images and list them by pneumonia score (Ctrl+Shift+S)")
         self.cancel = QPushButton("Cancel", self)
         self.cancel.setEnabled(False)
         self.progress = QProgressBar(self)
+        self.progress.setMinimumWidth(40)
         self.info = QLabel("", self)
+        self.info.setWordWrap(True)
         self.table = QTableWidget(0, 2 + len(HEADS), self)
         self.table.setHorizontalHeaderLabels(["Image", *[HEAD_TITLES[h].split(" (")[0] for h in HEADS], "Note"])
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # the user may widen it
+        for col in range(1, 1 + len(HEADS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.setColumnWidth(0, IMAGE_COLUMN_WIDTH)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # both ends of a long file name
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.verticalHeader().setVisible(False)
@@ -97,7 +125,7 @@ class Worklist(QWidget):
         self.table.setItem(r, 0, name)
         for i, head in enumerate(HEADS):
             self.table.setItem(r, 1 + i, _ScoreItem(row.probabilities.get(head), row.statuses.get(head, ""),
-                                                    row.reasons.get(head, "")))
+                                                    row.reasons.get(head, ""), row.positives.get(head)))
         outside = [f"{HEAD_TITLES[h].split(' (')[0]}: {row.reasons[h].split(': ', 1)[-1]}" for h in HEADS
                    if row.statuses.get(h) in ("outside_intended_use", "scored_outside_intended_use")]
         statuses = set(row.statuses.values()) - {"not_available"}

@@ -148,6 +148,8 @@ def meta_of(ds: Dataset, ts: UID) -> ImageMeta:
         transfer_syntax=_syntax_label(ts),
         spacing=spacing_of(ds),
         sop_class=UID(str(sop)).name if sop else "",
+        institution=_text(ds, "InstitutionName"),
+        patient_orientation=_text(ds, "PatientOrientation"),
     )
 
 

@@ -48,6 +48,10 @@ class ImageMeta:
     transfer_syntax: str = ""
     spacing: Spacing | None = None
     sop_class: str = ""
+    institution: str = ""
+    #: PatientOrientation (0020,0020) as written, e.g. "L\\F": the patient directions of the rows
+    #: (left to right on screen) and of the columns (top to bottom); "" when absent
+    patient_orientation: str = ""
 
     def display_items(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a metadata panel, in reading order."""
@@ -68,6 +72,8 @@ class ImageMeta:
             ("View position", self.view_position),
             ("Laterality", self.laterality),
             ("Body part", self.body_part),
+            ("Institution", self.institution),
+            ("Patient orientation", self.patient_orientation),
             ("Size", f"{self.cols} x {self.rows} px" + (f", {self.frames} frames" if self.frames > 1 else "")),
             ("Pixel spacing", spacing),
             ("Photometric", self.photometric),
