@@ -286,6 +286,12 @@ def _train_input_check(args: argparse.Namespace) -> int:
         if event.stage == "epoch":
             print(f"epoch {event.done}/{event.total}: {event.detail}", file=sys.stderr, flush=True)
 
+    if args.feature_distance_only and not args.model:
+        print("cxr-viewer train-input-check: --feature-distance-only needs --model", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not args.feature_distance_only and not args.out:
+        print("cxr-viewer train-input-check: --out is needed (or --feature-distance-only with --model)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         data = run_with_bar(load_folders(args.children, args.adults, args.others))
     except ValueError as exc:
@@ -293,11 +299,12 @@ def _train_input_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for path, reason in data.skipped:
         print(f"cxr-viewer train-input-check: skipped {path}: {reason}", file=sys.stderr)
-    cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
-                     hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
-                     hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
-    _gate, report = run_with_bar(train_gate(data, cfg, args.out), epoch_line)
-    print(json.dumps(report, indent=2))
+    if not args.feature_distance_only:
+        cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
+                         hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
+                         hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
+        _gate, report = run_with_bar(train_gate(data, cfg, args.out), epoch_line)
+        print(json.dumps(report, indent=2))
     if args.model:
         scorer = load_scorer("train-input-check", args.model, "cpu")
         if scorer is None:
@@ -345,8 +352,11 @@ def add_parsers(sub) -> None:
     p_gate.add_argument("--children", nargs="+", required=True, help="folders of the paediatric training images")
     p_gate.add_argument("--adults", nargs="+", required=True, help="folders of adult chest radiographs")
     p_gate.add_argument("--others", nargs="*", default=[], help="folders of images that are not chest radiographs")
-    p_gate.add_argument("--out", required=True, help="output .safetensors (a .json description beside it)")
+    p_gate.add_argument("--out", help="output .safetensors (a .json description beside it); needed unless "
+                        "--feature-distance-only")
     p_gate.add_argument("--model", help="also fit this scoring model's feature distance (NAME.ood.safetensors)")
+    p_gate.add_argument("--feature-distance-only", action="store_true",
+                        help="keep the image check as it is; only fit --model's feature distance (after retraining a model)")
     p_gate.add_argument("--epochs", type=int, default=8)
     p_gate.add_argument("--per-epoch", type=int, default=2560)
     p_gate.add_argument("--seed", type=int, default=0)
