@@ -43,9 +43,10 @@ def test_info_json_on_the_real_dicom_folder(shared_data):
     proc = run_cli("info", "--json", str(folder), timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"version", "notice", "patients", "errors"}
+    assert set(doc) == {"version", "notice", "patients", "errors", "presentation_states"}
     assert doc["version"] == __version__ and doc["notice"] == RESEARCH_NOTICE
     assert doc["errors"] == []  # the licence text and labels.csv are skipped, not errors
+    assert doc["presentation_states"] == []  # GSPS files (annotations): listed apart, never as errors
 
     with open(folder / "labels.csv", newline="") as f:
         labels = {str(folder / row["file"]): row for row in csv.DictReader(f)}

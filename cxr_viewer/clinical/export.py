@@ -140,9 +140,10 @@ def unique_path(path: str, used: set) -> str:
 
 
 def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRequest, deidentifier=None,
-                      outputs: OutputSet | None = None,
+                      outputs: OutputSet | None = None, annotations=(),
                       cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[str, ...]]:
-    """Write the requested DICOM objects; returns the paths written. All or nothing: each file is
+    """Write the requested DICOM objects; returns the paths written. The Secondary Capture shows the
+    user's ``annotations`` (rulers, ROIs... of this image) too. All or nothing: each file is
     written atomically, and on an error or cancel the ones already written are removed again (and
     files they replaced restored). A caller exporting more than this passes its own ``outputs``
     and commits or rolls it back itself."""
@@ -168,7 +169,7 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
             if step == "sr":
                 ds = _mark_deidentified(build_sr(header, result), header)
             elif step == "sc":
-                ds = _mark_deidentified(build_secondary_capture(header, annotated_rgb(image, result), result), header)
+                ds = _mark_deidentified(_secondary_capture(header, image, result, annotations), header)
             else:
                 full = pydicom.dcmread(image.ref.path, force=True)
                 ds = deidentifier.dataset(full) if deidentifier is not None else full
@@ -188,6 +189,18 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
     return tuple(written)
 
 
+def _secondary_capture(header, image: LoadedImage, result: ScoreResult, annotations=()):
+    rgb = annotated_rgb(image, result)
+    lines = None
+    if annotations:
+        from cxr_viewer.ai.overlay import result_lines
+        from cxr_viewer.clinical.annotation_render import annotation_summary, draw_annotations
+
+        rgb = draw_annotations(rgb, annotations, image)
+        lines = result_lines(result) + ["User annotations: " + "; ".join(annotation_summary(annotations, image))]
+    return build_secondary_capture(header, rgb, result, lines=lines)
+
+
 DEID_KEYWORDS = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
                  "LongitudinalTemporalInformationModified")
 
@@ -202,13 +215,14 @@ def _mark_deidentified(ds, header):
 
 
 def report_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, deidentify: bool = False,
-                deidentifier=None, voi=None, heatmap_head: str | None = "auto") -> ReportPage:
-    """A report page for this image; the header is de-identified when asked (PS3.15 basic profile)."""
+                deidentifier=None, voi=None, heatmap_head: str | None = "auto", annotations=()) -> ReportPage:
+    """A report page for this image, with the user's ``annotations`` drawn on it; the header is
+    de-identified when asked (PS3.15 basic profile)."""
     if deidentify and deidentifier is None:
         deidentifier = _deidentifier(True)
     header = source_header(image, deidentifier if deidentify else None, check_pixels=True)
     return build_page(image, result, meta, header_ds=header, deidentified=deidentify, voi=voi,
-                      heatmap_head=heatmap_head)
+                      heatmap_head=heatmap_head, annotations=annotations)
 
 
 def outbox_name(image: LoadedImage, kind: str, deidentifier=None) -> str:

@@ -150,8 +150,9 @@ def model_lines(result: ScoreResult, meta: ModelMeta | None) -> tuple[str, ...]:
 
 def build_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, *, header_ds=None,
                deidentified: bool = False, heatmap_head: str | None = "auto", voi=None,
-               opacity: float = 0.5) -> ReportPage:
-    """One page: ``header_ds`` is the (already de-identified, if asked) DICOM header or None."""
+               opacity: float = 0.5, annotations=()) -> ReportPage:
+    """One page: ``header_ds`` is the (already de-identified, if asked) DICOM header or None;
+    ``annotations`` (the user's rulers, ROIs, arrows, texts) are drawn on the image and listed."""
     from cxr_viewer.ai.overlay import composite_rgb, pick_heatmap_head
 
     head = pick_heatmap_head(result, heatmap_head)
@@ -162,6 +163,11 @@ def build_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, 
         caption = "No heatmap (no trained head)"
     frames = f", frame {image.frame + 1} of {image.ref.frames}" if image.ref.frames > 1 else ""
     caption += f"; {image.shape[1]} x {image.shape[0]} px{frames}"
+    if annotations:
+        from cxr_viewer.clinical.annotation_render import annotation_summary, draw_annotations
+
+        rgb = draw_annotations(rgb, annotations, image)
+        caption += ". Annotations (user): " + "; ".join(annotation_summary(annotations, image))
     return ReportPage(header_items(header_ds, image.ref.path, deidentified), deidentified, rgb, caption,
                       score_lines(result), model_lines(result, meta),
                       model_card_summary(meta) if meta is not None else ())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Generator, Sequence
+from typing import Generator, Mapping, Sequence
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -41,12 +41,14 @@ from cxr_viewer.io.image import LoadedImage
 
 def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, folder: str, *, sr: bool,
                 sc: bool, pdf: bool, image_copy: bool, deidentify: bool, voi=None, others: Sequence = (),
-                model_path: str = "", device: str = "auto",
+                model_path: str = "", device: str = "auto", annotations: Mapping | None = None,
                 cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[str, ...]]:
     """The shown image and, when ``others`` (ImageRefs) are given, those images too: DICOM objects
     for each DICOM image and one PDF with a page per image. All the files, or none: what was
     written is removed again on an error or cancel. ``others`` are scored with a model loaded here
-    from ``model_path`` (a Scorer is used by one thread at a time; the viewer's own keeps scoring)."""
+    from ``model_path`` (a Scorer is used by one thread at a time; the viewer's own keeps scoring).
+    ``annotations``: the user's annotations by (path, frame), drawn into the Secondary Captures and
+    PDF pages of their images."""
     from cxr_viewer.io.image import load_image
 
     deidentifier = None
@@ -77,9 +79,10 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
             dicom = img.ref.kind == "dicom"  # PNG/JPEG images of a multi-image export get their PDF page only
             request = ExportRequest(path("sr") if sr and dicom else None, path("sc") if sc and dicom else None,
                                     path("image") if image_copy and dicom else None, deidentify)
+            anns = (annotations or {}).get((img.ref.path, img.frame), ())
             if pdf:
-                pages.append(report_page(img, res, meta, deidentify, deidentifier, voi=img_voi))
-            yield from export_dicom_task(img, res, request, deidentifier, outputs, cancel=cancel)
+                pages.append(report_page(img, res, meta, deidentify, deidentifier, voi=img_voi, annotations=anns))
+            yield from export_dicom_task(img, res, request, deidentifier, outputs, annotations=anns, cancel=cancel)
         if pages:
             name = outbox_name(image, "report", deidentifier)[:-4]
             name += f"_{len(pages)}_images.pdf" if len(pages) > 1 else ".pdf"
@@ -94,9 +97,10 @@ def export_task(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None,
 
 
 def send_results_task(node, password: str | None, image: LoadedImage, result: ScoreResult, outbox: str,
-                      cancel: CancelToken = NEVER_CANCELLED):
-    """Write the SR and Secondary Capture into a fresh outbox folder, C-STORE / STOW-RS them, then
-    delete them (they hold patient data; the PACS has them now, or the user sends again)."""
+                      annotations=(), gsps=None, cancel: CancelToken = NEVER_CANCELLED):
+    """Write the SR and Secondary Capture (with the user's ``annotations`` drawn) and, when given,
+    the annotations' presentation state ``gsps`` into a fresh outbox folder, C-STORE / STOW-RS them,
+    then delete them (they hold patient data; the PACS has them now, or the user sends again)."""
     import shutil
     import tempfile
 
@@ -107,8 +111,14 @@ def send_results_task(node, password: str | None, image: LoadedImage, result: Sc
     try:
         request = ExportRequest(os.path.join(folder, outbox_name(image, "sr")),
                                 os.path.join(folder, outbox_name(image, "sc")))
-        paths = yield from export_dicom_task(image, result, request, cancel=cancel)
-        return (yield from send_task(node, list(paths), password, cancel=cancel))
+        paths = list((yield from export_dicom_task(image, result, request, annotations=annotations, cancel=cancel)))
+        if gsps is not None:
+            from cxr_viewer.clinical.dicom_results import write_dataset
+
+            path = os.path.join(folder, outbox_name(image, "gsps"))
+            write_dataset(gsps, path)
+            paths.append(path)
+        return (yield from send_task(node, paths, password, cancel=cancel))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from cxr_viewer.ai.anatomy import STRUCTURES, CtrMeasurement
 from cxr_viewer.ai.anatomy_tasks import AnatomyResult
+from cxr_viewer.gui.measure_layer import TOOLS, MeasureLayer
 from cxr_viewer.gui.viewport_overlay import ViewportOverlay
 from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
 from cxr_viewer.io.image import LoadedImage
@@ -32,15 +33,24 @@ class _ViewBox(pg.ViewBox):
 
     def __init__(self):
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
-        self.left_mode = "window"  # or "pan"
+        self.left_mode = "window"  # or "pan", or a measuring tool (see measure_layer.TOOLS)
+        self.measure: MeasureLayer | None = None
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802 (Qt name)
+        if (ev.button() == Qt.MouseButton.LeftButton and self.measure is not None and self.measure.tool
+                and self.measure.drag(ev)):
+            return
         if ev.button() == Qt.MouseButton.LeftButton and self.left_mode == "window":
             ev.accept()
             delta = ev.screenPos() - ev.lastScreenPos()
             self.window_drag.emit(float(delta.x()), float(delta.y()))
             return
         super().mouseDragEvent(ev, axis)
+
+    def mouseClickEvent(self, ev):  # (Qt name)
+        if ev.button() == Qt.MouseButton.LeftButton and self.measure is not None and self.measure.click(ev):
+            return
+        super().mouseClickEvent(ev)
 
 
 #: outline colours: cold hues, apart from the heatmap's inferno (black, purple, red, orange, yellow)
@@ -118,6 +128,8 @@ class ImageView(QWidget):
         self.user_invert = False
         self._mapping: DisplayMapping | None = None
         self.overlay = ViewportOverlay(self)  # corner text, markers, scale bar: fixed to the viewport
+        self.measure = MeasureLayer(self.viewbox, self.item, self)  # rulers, angles, ROIs, arrows, text
+        self.viewbox.measure = self.measure
         self.viewbox.window_drag.connect(self._on_window_drag)
         self.viewbox.sigRangeChanged.connect(self._refresh_overlay)
         self.viewbox.sigResized.connect(self._refresh_overlay)
@@ -136,6 +148,7 @@ class ImageView(QWidget):
             self.set_heatmap(None)  # a heatmap belongs to one image
             self.set_anatomy(None)  # and so do outlines and CTR lines
         self.image = image
+        self.measure.set_image(image)  # and annotations (the main window's store keeps them)
         self._mapping = None
         self.set_voi(voi if voi is not None else image.default_voi())
         if not (keep_view and same_size):
@@ -148,6 +161,7 @@ class ImageView(QWidget):
         self.item.clear()
         self.set_heatmap(None)
         self.set_anatomy(None)
+        self.measure.set_image(None)
         self._refresh_overlay()
 
     # --- viewport overlay: corner text, orientation markers, scale bar ------------------------
@@ -315,7 +329,9 @@ class ImageView(QWidget):
         return float(px[0])
 
     def set_left_mode(self, mode: str) -> None:
+        """"window", "pan" or a measuring tool ("ruler", "angle", "rect", "ellipse", "arrow", "text")."""
         self.viewbox.left_mode = mode
+        self.measure.set_tool(mode if mode in TOOLS else None)
 
     def reset(self) -> None:
         if self.image is not None:
@@ -337,6 +353,7 @@ class ImageView(QWidget):
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         if self.image is None:
             return
+        self.measure.hover(scene_pos)
         p = self.item.mapFromScene(scene_pos)
         row, col = int(np.floor(p.y())), int(np.floor(p.x()))
         h, w = self.image.shape

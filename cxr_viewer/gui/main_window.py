@@ -23,10 +23,12 @@ from cxr_viewer.ai.anatomy import CtrMeasurement, default_anatomy_path
 from cxr_viewer.ai.anatomy_tasks import AnatomyHolder, AnatomyModelSummary, AnatomyResult, segment_image_task
 from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task
 from cxr_viewer.ai.model_store import ModelHolder, default_model_path
+from cxr_viewer.clinical.annotations import Annotation, AnnotationStore, label_text
 from cxr_viewer.common.tasks import Progress
 from cxr_viewer.gui.browser import StudyBrowser
 from cxr_viewer.gui.findings_panel import FindingsPanel, heatmap_lut
 from cxr_viewer.gui.image_view import ImageView
+from cxr_viewer.gui.measure_layer import TOOLS
 from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.settings import Settings
 from cxr_viewer.gui.side_panel import SidePanel
@@ -148,6 +150,10 @@ class MainWindow(QMainWindow):
         self._passwords = None
         self.study_index = StudyIndex()
         self.current_ref: ImageRef | None = None
+        #: the session's annotations, by (path, frame); a GSPS beside a DICOM is read once per image
+        self.annotation_store = AnnotationStore()
+        self._gsps_looked: set[tuple[str, int]] = set()
+        self._gsps_folders: dict[str, dict[str, list[str]]] = {}  # folder -> {SOP Instance UID: GSPS paths}
 
         self._build_status_bar()
         self._build_actions()
@@ -247,9 +253,25 @@ class MainWindow(QMainWindow):
         self.act_cancel = a("Cancel Loading", self.cancel_loading, "Esc")
         self.act_mode_window = a("Left Drag: Window/Level", lambda: self._set_left_mode("window"), "W", checkable=True)
         self.act_mode_pan = a("Left Drag: Pan", lambda: self._set_left_mode("pan"), "P", checkable=True)
+        self.tool_actions: dict[str, QAction] = {}
+        for kind, (text, key, tip) in TOOLS.items():
+            act = a(text, lambda _=False, k=kind: self._set_left_mode(k), key, tip, checkable=True)
+            act.setToolTip(f"{text} ({key}): {tip}")
+            self.tool_actions[kind] = act
         group = QActionGroup(self)
-        for act in (self.act_mode_window, self.act_mode_pan):
+        for act in (self.act_mode_window, self.act_mode_pan, *self.tool_actions.values()):
             group.addAction(act)
+        self.left_mode_group = group
+        self.act_delete_annotation = a("&Delete Annotation", self.delete_selected_annotation,
+                                       QKeySequence.StandardKey.Delete, "Remove the selected annotation")
+        self.act_undo_annotation = a("&Undo Annotation Change", self.undo_annotation, QKeySequence.StandardKey.Undo,
+                                     "Undo the last annotation added, moved or deleted on this image")
+        self.act_save_gsps = a("&Save Annotations (GSPS)", self.save_annotations, QKeySequence.StandardKey.Save,
+                               "Save this image's annotations and window as a DICOM presentation state beside it")
+        self.act_save_gsps_as = a("Save Annotations (GSPS) &As...", self.save_annotations_as, None,
+                                  "Save this image's annotations as a DICOM presentation state where you choose")
+        self.act_load_gsps = a("&Load Annotations (GSPS)...", self.load_annotations_dialog, None,
+                               "Read the annotations of the shown image from a DICOM presentation state")
         (self.act_mode_pan if self.settings.left_mouse_mode() == "pan" else self.act_mode_window).setChecked(True)
         self.act_load_model = a("&Load Model...", self.load_model_dialog, "Ctrl+M")
         self.act_default_model = a("Use &Default Model", self.use_default_model)
@@ -276,6 +298,9 @@ class MainWindow(QMainWindow):
         for act in (self.act_pacs, self.act_export, self.act_send):
             file_menu.addAction(act)
         file_menu.addSeparator()
+        for act in (self.act_save_gsps, self.act_save_gsps_as, self.act_load_gsps):
+            file_menu.addAction(act)
+        file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
         for act in (self.act_fit, self.act_1to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
@@ -289,6 +314,10 @@ class MainWindow(QMainWindow):
             act = dock.toggleViewAction()
             panels.addAction(act)
             self.panel_actions[dock.objectName()] = act
+        measure_menu = menu.addMenu("M&easure")
+        for act in (*self.tool_actions.values(), None, self.act_mode_window, self.act_mode_pan, None,
+                    self.act_delete_annotation, self.act_undo_annotation, None, self.act_save_gsps, self.act_load_gsps):
+            measure_menu.addSeparator() if act is None else measure_menu.addAction(act)
         model_menu = menu.addMenu("&Model")
         for act in (self.act_load_model, self.act_default_model, self.act_train, None, *self.device_actions.values(),
                     None, self.act_score_all):
@@ -305,6 +334,18 @@ class MainWindow(QMainWindow):
                     None, self.act_prev, self.act_next, None, self.act_pacs, self.act_export):
             tools.addSeparator() if act is None else tools.addAction(act)
         self.addToolBar(tools)
+        # a second row (a column beside the image would take width, which a 1280x720 screen lacks)
+        self.addToolBarBreak()
+        measure_bar = QToolBar("Measure", self)
+        measure_bar.setObjectName("measure_toolbar")
+        self.act_delete_annotation.setIconText("Delete")
+        self.act_undo_annotation.setIconText("Undo")
+        self.act_save_gsps.setIconText("Save GSPS")
+        for act in (*self.tool_actions.values(), None, self.act_delete_annotation, self.act_undo_annotation,
+                    self.act_save_gsps):
+            measure_bar.addSeparator() if act is None else measure_bar.addAction(act)
+        self.addToolBar(measure_bar)
+        self.measure_toolbar = measure_bar
 
     def _wire(self) -> None:
         self.browser.image_selected.connect(self.show_ref)
@@ -337,6 +378,9 @@ class MainWindow(QMainWindow):
         self.anatomy_runner.finished.connect(self._on_anatomy)
         self.anatomy_runner.failed.connect(self._on_anatomy_failed)
         self.view.ctr_edited.connect(self._on_ctr_edited)
+        self.view.measure.added.connect(self._on_annotation_added)
+        self.view.measure.changed.connect(self._on_annotation_changed)
+        self.view.measure.ask_text = self._ask_annotation_text
         self.worklist.start_requested.connect(self.score_all)
         self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
         self.worklist.image_requested.connect(self._open_from_worklist)
@@ -412,6 +456,9 @@ class MainWindow(QMainWindow):
         refs = self.browser.refs()
         n_err = len(index.errors)
         msg = f"{len(refs)} image(s) opened" + (f"; {n_err} file(s) could not be opened (listed under the studies)" if n_err else "")
+        n_ps = len(index.presentation_states)
+        if n_ps:
+            msg += f"; {n_ps} presentation state(s) (annotations): shown with the images they reference"
         self._show_message(msg)
         self.index_loaded.emit(index)
         if refs:
@@ -440,6 +487,7 @@ class MainWindow(QMainWindow):
             f"Pixel {sp.col_mm:.4g} x {sp.row_mm:.4g} {sp.label}" if sp else "Lengths in px (no pixel spacing)")
         frames = f", frame {image.frame + 1}/{image.ref.frames}" if image.ref.frames > 1 else ""
         self._show_message(f"{os.path.basename(image.ref.path)}{frames}")
+        self._show_annotations(image)
         self.image_shown.emit(image)
         self._score_current()
         self._segment_current()
@@ -726,7 +774,7 @@ class MainWindow(QMainWindow):
         others = [r for r in opened if r.path != image.ref.path] if all_images else []
         self.export_runner.submit(export_task, image, result, meta, folder, voi=self.view.voi, others=others,
                                   model_path=scorer.path if scorer is not None else "",
-                                  device=self.settings.device(), **choices)
+                                  device=self.settings.device(), annotations=self._all_annotations(), **choices)
 
     def send_results_dialog(self) -> None:
         from PySide6.QtWidgets import QInputDialog
@@ -766,14 +814,19 @@ class MainWindow(QMainWindow):
             go, password = self._password_book().ask(self, node)
             if not go:
                 return
+        key = self._image_key()
+        annotations = self.annotation_store.get(key) if key else ()
+        gsps = self._build_gsps() if annotations else None  # the annotations go as a presentation state too
         self._show_message(f"Sending results to {node.name}...")
         outbox = os.path.join(self.settings.pacs_cache_dir(), "outbox")
-        self.export_runner.submit(send_results_task, node, password, *scored, outbox)
+        self.export_runner.submit(send_results_task, node, password, *scored, outbox, annotations=annotations,
+                                  gsps=gsps)
 
     def _on_export_done(self, value) -> None:
         if not isinstance(value, tuple):  # a SendResult: results sent to a PACS
             sent, failed = value.sent, value.failed
-            msg = f"Sent {len(sent)} object(s) (SR, Secondary Capture)"
+            gsps = any(p.endswith("_gsps.dcm") for p in sent)
+            msg = f"Sent {len(sent)} object(s) (SR, Secondary Capture{', annotations as GSPS' if gsps else ''})"
             if failed:
                 msg += f"; {len(failed)} failed: {failed[0][1]}"
             self._show_message(msg)
@@ -811,8 +864,192 @@ class MainWindow(QMainWindow):
                 self.show_ref(image.ref, frame)
 
     def _set_left_mode(self, mode: str) -> None:
+        """Window/level, pan, or a measuring tool (tools are not remembered across sessions)."""
         self.view.set_left_mode(mode)
-        self.settings.set_left_mouse_mode(mode)
+        act = self.tool_actions.get(mode) or (self.act_mode_pan if mode == "pan" else self.act_mode_window)
+        act.setChecked(True)
+        if mode in TOOLS:
+            self._show_message(f"{TOOLS[mode][0]}: {TOOLS[mode][2]}. W or P leaves the tool.")
+        else:
+            self.settings.set_left_mouse_mode(mode)
+
+    # --- annotations: rulers, angles, ROIs, arrows, text; saved as a DICOM GSPS ---------------
+    def _image_key(self) -> tuple[str, int] | None:
+        image = self.view.image
+        return None if image is None else (image.ref.path, image.frame)
+
+    def _redraw_annotations(self) -> None:
+        key = self._image_key()
+        self.view.measure.set_annotations(self.annotation_store.get(key) if key else ())
+
+    def _show_annotations(self, image: LoadedImage) -> None:
+        """The image's annotations of this session, or, the first time a DICOM is shown, those of
+        the newest presentation state beside it that references it."""
+        key = (image.ref.path, image.frame)
+        if key not in self._gsps_looked and key not in self.annotation_store and image.ref.kind == "dicom":
+            self._gsps_looked.add(key)
+            from cxr_viewer.clinical.gsps import gsps_in_folder
+
+            folder = os.path.dirname(os.path.abspath(image.ref.path))
+            if folder not in self._gsps_folders:  # one scan of the folder serves all its images
+                self._gsps_folders[folder] = gsps_in_folder(folder)
+            found = self._gsps_folders[folder].get(image.ref.sop_instance_uid, []) if image.ref.sop_instance_uid else []
+            if found:
+                self.load_annotations(found[0], announce=len(found))
+                return
+        self._redraw_annotations()
+
+    def load_annotations(self, path: str, announce: int = 1) -> bool:
+        """Read the shown image's annotations (and window) from the GSPS at ``path``."""
+        from cxr_viewer.clinical.gsps import read_gsps
+        from cxr_viewer.common.errors import UserError
+
+        image, key = self.view.image, self._image_key()
+        if image is None or key is None:
+            return False
+        try:
+            content = read_gsps(path, image.ref.sop_instance_uid or None, image.frame)
+        except (UserError, OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            self._show_message(f"Cannot read the presentation state {os.path.basename(path)}: {exc}")
+            return False
+        if image.ref.sop_instance_uid and image.ref.sop_instance_uid not in content.referenced_sop_instance_uids:
+            self._show_message(f"{os.path.basename(path)} does not reference this image: nothing loaded.")
+            return False
+        self.annotation_store.set_all(key, content.annotations, undoable=key in self.annotation_store)
+        self.annotation_store.sources[key] = path
+        if content.window is not None:
+            self.view.set_voi(content.window)
+        if content.inverse is not None:
+            self.set_invert(content.inverse != image.monochrome1)
+        self._redraw_annotations()
+        more = f" (newest of {announce} presentation states here)" if announce > 1 else ""
+        skipped = f"; {content.skipped} object(s) it has could not be shown" if content.skipped else ""
+        self._show_message(f"Loaded {len(content.annotations)} annotation(s) and the window from "
+                           f"{os.path.basename(path)}{more}{skipped}")
+        return True
+
+    def load_annotations_dialog(self) -> None:
+        image = self.view.image
+        if image is None:
+            self._show_message("Open an image first.")
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load annotations (GSPS)", os.path.dirname(image.ref.path),
+                                              "DICOM presentation states (*.dcm);;All files (*)")
+        if path:
+            self.load_annotations(path)
+
+    def _ask_annotation_text(self) -> str | None:
+        from PySide6.QtWidgets import QInputDialog
+
+        text, ok = QInputDialog.getText(self, "Text annotation", "Text:")
+        return text.strip() if ok and text.strip() else None
+
+    def _on_annotation_added(self, ann: Annotation) -> None:
+        key = self._image_key()
+        if key is None:
+            return
+        self.annotation_store.add(key, ann)
+        self._redraw_annotations()
+        self.view.measure.select(ann.uid)
+        label = label_text(ann, self.view.image).replace("\n", "; ")
+        self._show_message(f"Added {ann.title}" + (f": {label}" if label and ann.kind != "text" else "")
+                           + ". Delete removes it, Ctrl+Z undoes.")
+
+    def _on_annotation_changed(self, ann: Annotation) -> None:
+        key = self._image_key()
+        if key is not None and ann.uid in {a.uid for a in self.annotation_store.get(key)}:
+            self.annotation_store.replace(key, ann)
+
+    def delete_selected_annotation(self) -> None:
+        key, uid = self._image_key(), self.view.measure.selected_uid
+        if key is None or uid is None:
+            self._show_message("No annotation selected: click one first.")
+            return
+        ann = self.annotation_store.remove(key, uid)
+        self._redraw_annotations()
+        self._show_message(f"Deleted the {ann.title} (Ctrl+Z brings it back).")
+
+    def undo_annotation(self) -> None:
+        key = self._image_key()
+        if key is None or not self.annotation_store.undo(key):
+            self._show_message("Nothing to undo on this image.")
+            return
+        self._redraw_annotations()
+        self._show_message("Undone.")
+
+    def _all_annotations(self) -> dict:
+        """Every image's annotations of this session, by (path, frame): exports draw them."""
+        return {key: self.annotation_store.get(key) for key in self.annotation_store.image_keys()}
+
+    def annotation_labels(self) -> dict[str, str]:
+        image, key = self.view.image, self._image_key()
+        return {a.uid: label_text(a, image) for a in self.annotation_store.get(key)} if key else {}
+
+    def _build_gsps(self):
+        """The shown image's GSPS dataset, or None (and says why)."""
+        from cxr_viewer.clinical.dicom_results import read_source_header
+        from cxr_viewer.clinical.gsps import build_gsps
+        from cxr_viewer.common.errors import UserError
+
+        image, key = self.view.image, self._image_key()
+        if image is None or key is None:
+            self._show_message("Open an image first.")
+            return None
+        if image.ref.kind != "dicom":
+            self._show_message("A GSPS (DICOM presentation state) needs a DICOM source image; this is a "
+                               f"{image.ref.kind} file. Its annotations stay in this session and go into exports.")
+            return None
+        anns = self.annotation_store.get(key)
+        if not anns:
+            self._show_message("No annotations on this image to save.")
+            return None
+        voi = self.view.voi
+        try:
+            return build_gsps(read_source_header(image.ref.path), anns, frame=image.frame,
+                              labels=self.annotation_labels(), window=voi if isinstance(voi, Window) else None,
+                              inverse=self.view.inverted)
+        except UserError as exc:
+            self._show_message(f"Annotations not saved: {exc}")
+            return None
+
+    def default_gsps_path(self) -> str | None:
+        from cxr_viewer.clinical.gsps import gsps_name
+
+        image = self.view.image
+        if image is None:
+            return None
+        return os.path.join(os.path.dirname(os.path.abspath(image.ref.path)),
+                            gsps_name(image.ref.path, image.frame, image.ref.frames))
+
+    def save_annotations(self, path: str | None = None) -> str | None:
+        """Write the GSPS (atomically) to ``path``, by default beside the image; returns the path."""
+        from cxr_viewer.clinical.dicom_results import write_dataset
+        from cxr_viewer.common.errors import UserError
+
+        ds = self._build_gsps()
+        if ds is None:
+            return None
+        path = path or self.default_gsps_path()
+        try:
+            write_dataset(ds, path)
+        except UserError as exc:
+            self._show_message(f"Annotations not saved: {exc}. File > Save Annotations (GSPS) As... chooses "
+                               "another folder.")
+            return None
+        key = self._image_key()
+        self.annotation_store.sources[key] = path
+        self._gsps_looked.add(key)
+        self._gsps_folders.pop(os.path.dirname(os.path.abspath(path)), None)  # scanned again when needed
+        self._show_message(f"Saved {len(self.annotation_store.get(key))} annotation(s) as a presentation state: {path}")
+        return path
+
+    def save_annotations_as(self) -> None:
+        if self._build_gsps() is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save annotations (GSPS)", self.default_gsps_path() or "",
+                                              "DICOM (*.dcm)")
+        if path:
+            self.save_annotations(path)
 
     def _on_voi_changed(self, voi: Voi, _inverted: bool) -> None:
         self.side.controls.show_voi(voi, self.view.user_invert)
@@ -866,7 +1103,10 @@ class MainWindow(QMainWindow):
             "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
             "F fit, 1 one-to-one, R reset, I invert, A auto window, O overlay text, Shift+A anatomy, 2-9 presets,\n"
-            "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n\n"
+            "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n"
+            "Measure: L ruler, G angle, B rectangle ROI, E ellipse ROI, K arrow, T text (W or P leaves the tool);\n"
+            "click an annotation to select it, drag it or its handles, Delete removes it, Ctrl+Z undoes;\n"
+            "Ctrl+S saves the annotations as a DICOM presentation state (GSPS) beside the image.\n\n"
             + RESEARCH_NOTICE))
 
     def closeEvent(self, event):  # noqa: N802

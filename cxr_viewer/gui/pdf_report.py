@@ -146,7 +146,7 @@ def _draw_page(painter: QPainter, writer: QPdfWriter, page: ReportPage, index: i
     painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
     painter.drawImage(QRectF(QPointF((img_w - fit.width()) / 2, y), fit), image)
     caption_y = y + fit.height() + DPI * 0.03
-    caption_h = _draw_html(painter, caption, QRectF(0, caption_y, img_w, DPI * 0.4))
+    caption_h = _draw_html(painter, caption, QRectF(0, caption_y, img_w, max(DPI * 0.4, _measure(painter, caption, img_w))))
     right_w = w - img_w - gap * 2
     right_h = _measure(painter, right, right_w)
     _draw_html(painter, right, QRectF(img_w + gap * 2, y, right_w, right_h))

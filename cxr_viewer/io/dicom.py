@@ -20,6 +20,14 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxr_viewer.common.errors import ImageOpenError
+
+#: Softcopy presentation states (grayscale, colour, pseudo-colour, blending...): 1.2.840.10008.5.1.4.1.1.11.x
+PRESENTATION_STATE_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
+
+
+class PresentationStateFile(ImageOpenError):
+    """A presentation state (annotations of other images, e.g. a GSPS saved beside them): not an
+    image to list, and not a broken file either."""
 from cxr_viewer.io import codecs
 from cxr_viewer.io.display import VoiLut, Window
 from cxr_viewer.io.study import ImageMeta, ImageRef, Spacing
@@ -239,6 +247,8 @@ def _read_header(path: str) -> tuple[ImageRef, "DicomKeys"]:
         if pixel_pos >= size and not _is_deflated(ts) and (not sop or "Rows" in ds or "Image Storage" in kind):
             # the header stopped at the end of the file where an image needs its pixel data
             raise ImageOpenError(f"truncated file: it ends before the pixel data ({kind})")
+        if str(sop or "").startswith(PRESENTATION_STATE_PREFIX):
+            raise PresentationStateFile(f"presentation state ({kind}): annotations of other images")
         raise ImageOpenError(f"DICOM object without pixel data ({kind}): nothing to display")
     meta = meta_of(ds, ts)
     _check_size(meta.rows, meta.cols)

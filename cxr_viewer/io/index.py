@@ -188,11 +188,14 @@ def index_paths(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
     """Task: index files/folders/DICOMDIRs. Yields progress; returns the :class:`StudyIndex`."""
     files, errors = yield from collect_files(paths, cancel)
     entries = []
+    states: list[str] = []
     total = len(files)
     for i, path in enumerate(files):
         cancel.raise_if_cancelled()
         try:
             entries.append(read_any(path))
+        except dicom_io.PresentationStateFile:
+            states.append(path)  # annotations: read when the image they reference is shown
         except ImageOpenError as exc:
             errors.append(OpenError(path, str(exc)))
         except MemoryError:
@@ -201,7 +204,7 @@ def index_paths(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
             errors.append(OpenError(path, f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
         if i % 10 == 0 or i + 1 == total:
             yield Progress("reading headers", i + 1, total, path)
-    return StudyIndex(build_tree(entries), tuple(errors))
+    return StudyIndex(build_tree(entries), tuple(errors), tuple(states))
 
 
 def index(paths: Iterable[str]) -> StudyIndex:

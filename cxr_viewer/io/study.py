@@ -133,6 +133,8 @@ class OpenError:
 class StudyIndex:
     patients: tuple[PatientNode, ...] = ()
     errors: tuple[OpenError, ...] = field(default_factory=tuple)
+    #: DICOM presentation states found (GSPS: annotations of the images, not images themselves)
+    presentation_states: tuple[str, ...] = field(default_factory=tuple)
 
     def images(self) -> Iterator[ImageRef]:
         for p in self.patients:
