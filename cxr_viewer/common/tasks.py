@@ -60,3 +60,17 @@ def run_to_completion(gen: Generator[object, None, T]) -> T:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def remaining_text(done: int, total: int, elapsed_s: float) -> str:
+    """"about 2 min 10 s left" from the pace so far; "" until there is a pace to go by."""
+    if done <= 0 or total <= done or elapsed_s <= 0:
+        return ""
+    left = elapsed_s / done * (total - done)
+    if left < 1:
+        return "less than a second left"
+    minutes, seconds = divmod(round(left), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"about {hours} h {minutes} min left"
+    return f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QSplitter,
+    QStyle,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -22,6 +23,7 @@ from cxr_viewer.io.study import ImageRef, StudyIndex
 from cxr_viewer.io.thumbnails import THUMB_SIZE
 
 REF_ROLE = Qt.ItemDataRole.UserRole + 1
+UNREADABLE_ROLE = Qt.ItemDataRole.UserRole + 2
 
 
 def grey_pixmap(pixels: np.ndarray) -> QPixmap:
@@ -96,10 +98,16 @@ class StudyBrowser(QWidget):
         self.tree.blockSignals(False)
         self.errors.clear()
         for err in index.errors:
-            item = QListWidgetItem(f"{os.path.basename(err.path) or err.path}: {err.reason}")
-            item.setToolTip(err.path)
-            self.errors.addItem(item)
-        n = len(index.errors)
+            self._add_error_row(err.path, err.reason)
+        self._update_errors_label()
+
+    def _add_error_row(self, path: str, reason: str) -> None:
+        item = QListWidgetItem(f"{os.path.basename(path) or path}: {reason}")
+        item.setToolTip(path)
+        self.errors.addItem(item)
+
+    def _update_errors_label(self) -> None:
+        n = self.errors.count()
         self.errors_label.setText(f"Could not open ({n})" if n else "All files opened")
         self.errors.setVisible(bool(n))
 
@@ -113,12 +121,28 @@ class StudyBrowser(QWidget):
         if pixels is not None:
             item.setIcon(0, QIcon(grey_pixmap(pixels)))
         elif error:
-            item.setToolTip(0, f"{path}\n{error}")
+            self.mark_unreadable(path, error)
 
-    def select(self, ref: ImageRef) -> None:
+    def mark_unreadable(self, path: str, reason: str) -> None:
+        """A file whose header indexed but whose pixels do not decode (a truncated JPEG): a warning
+        instead of a black thumbnail, and a line under "Could not open"."""
+        item = self._items.get(path)
+        if item is None or item.data(0, UNREADABLE_ROLE):
+            return
+        item.setData(0, UNREADABLE_ROLE, reason)
+        item.setIcon(0, self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning))
+        item.setText(0, f"{item.text(0)} (cannot be decoded)")
+        item.setToolTip(0, f"{path}\n{reason}")
+        self._add_error_row(path, reason)
+        self._update_errors_label()
+
+    def select(self, ref: ImageRef, quiet: bool = False) -> None:
+        """Make ``ref`` the current row; ``quiet``: without loading it (it is already shown)."""
         item = self._items.get(ref.path)
         if item is not None:
+            self.tree.blockSignals(quiet)
             self.tree.setCurrentItem(item)
+            self.tree.blockSignals(False)
 
     def current(self) -> ImageRef | None:
         item = self.tree.currentItem()

@@ -14,10 +14,13 @@ orientation markers and scale bar of :class:`ViewportOverlay`, worded by :mod:`c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap, QTransform
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from cxr_viewer.ai.anatomy import STRUCTURES, CtrMeasurement
 from cxr_viewer.ai.anatomy_tasks import AnatomyResult
@@ -25,7 +28,19 @@ from cxr_viewer.gui.measure_layer import TOOLS, MeasureLayer
 from cxr_viewer.gui.viewport_overlay import ViewportOverlay
 from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
 from cxr_viewer.io.image import LoadedImage
-from cxr_viewer.io.viewport import corner_texts, orientation_markers, scale_bar
+from cxr_viewer.io.viewport import (
+    FLIP_H,
+    FLIP_V,
+    ROTATE_LEFT,
+    ROTATE_RIGHT,
+    DisplayOrientation,
+    corner_texts,
+    orientation_markers,
+    scale_bar,
+)
+
+#: the loupe: its size on screen and how much more it magnifies than the view
+LOUPE_PX, LOUPE_FACTOR = 220, 3.0
 
 
 class _ViewBox(pg.ViewBox):
@@ -51,6 +66,30 @@ class _ViewBox(pg.ViewBox):
         if ev.button() == Qt.MouseButton.LeftButton and self.measure is not None and self.measure.click(ev):
             return
         super().mouseClickEvent(ev)
+
+
+class _Content(pg.ItemGroup):
+    """Everything drawn in image pixel coordinates (image, heatmap, outlines, CTR lines,
+    annotations). Its transform turns the picture (flips, quarter turns) as a whole, so overlays stay
+    on their pixels and the stored pixels never change. It stands in for the view box where items
+    are added and scene points mapped to image coordinates."""
+
+    def __init__(self, viewbox: pg.ViewBox):
+        super().__init__()
+        self.viewbox = viewbox
+
+    def addItem(self, item) -> None:
+        item.setParentItem(self)
+
+    def removeItem(self, item) -> None:
+        if item.scene() is not None:
+            item.scene().removeItem(item)
+
+    def mapSceneToView(self, pos):  # image pixel coordinates
+        return self.mapFromScene(pos)
+
+    def viewPixelSize(self):
+        return self.viewbox.viewPixelSize()
 
 
 #: outline colours: cold hues, apart from the heatmap's inferno (black, purple, red, orange, yellow)
@@ -84,6 +123,8 @@ class ImageView(QWidget):
     """Shows one LoadedImage; emits the VOI it shows and the pixel under the mouse."""
 
     voi_changed = Signal(object, bool)  # Voi, inverted-on-screen
+    window_dragged = Signal(float, float)  # the user's window/level drag (screen dx, dy): linked views follow
+    activated = Signal()  # pressed with any mouse button: the reading room's active viewport
     pixel_hovered = Signal(int, int)  # row, col; -1, -1 when outside
     ctr_edited = Signal(object)  # CtrMeasurement (corrected) after the user moved a CTR line
 
@@ -93,13 +134,16 @@ class ImageView(QWidget):
         self.graphics.setBackground("k")
         self.viewbox = _ViewBox()
         self.graphics.setCentralItem(self.viewbox)
+        self.content = _Content(self.viewbox)
+        self.viewbox.addItem(self.content)
+        self.orientation = DisplayOrientation()
         self.item = pg.ImageItem(axisOrder="row-major")
-        self.viewbox.addItem(self.item)
+        self.content.addItem(self.item)
         self.heat_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item.setZValue(10)
         self.heat_item.setOpacity(0.7)
         self.heat_item.setVisible(False)
-        self.viewbox.addItem(self.heat_item)
+        self.content.addItem(self.heat_item)
         self.outline_items: dict[str, tuple[pg.PlotCurveItem, pg.PlotCurveItem]] = {}
         for name in STRUCTURES:
             halo = pg.PlotCurveItem(pen=pg.mkPen((0, 0, 0, 150), width=4), connect="pairs", antialias=True)
@@ -107,7 +151,7 @@ class ImageView(QWidget):
             for z, item in ((20, halo), (21, line)):
                 item.setZValue(z)
                 item.setVisible(False)
-                self.viewbox.addItem(item)
+                self.content.addItem(item)
             self.outline_items[name] = (halo, line)
         self.ctr_lines: dict[str, _WidthLine] = {}
         self.ctr_label = pg.TextItem("", color="#ffffff", fill=pg.mkBrush(0, 0, 0, 170), anchor=(0, 1))
@@ -117,24 +161,57 @@ class ImageView(QWidget):
         self.ctr_label.setFont(font)
         self.ctr_label.setZValue(40)
         self.ctr_label.setVisible(False)
-        self.viewbox.addItem(self.ctr_label)
+        self.content.addItem(self.ctr_label)
         self.anatomy: AnatomyResult | None = None
         self.ctr: CtrMeasurement | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics)
+        self._layout = layout
+        self.framed: bool | None = None  # None: no frame (one viewport); True/False: active or not
         self.image: LoadedImage | None = None
         self.voi: Voi | None = None
         self.user_invert = False
         self._mapping: DisplayMapping | None = None
         self.overlay = ViewportOverlay(self)  # corner text, markers, scale bar: fixed to the viewport
-        self.measure = MeasureLayer(self.viewbox, self.item, self)  # rulers, angles, ROIs, arrows, text
+        self.measure = MeasureLayer(self.content, self.item, self)  # rulers, angles, ROIs, arrows, text
         self.viewbox.measure = self.measure
         self.viewbox.window_drag.connect(self._on_window_drag)
         self.viewbox.sigRangeChanged.connect(self._refresh_overlay)
         self.viewbox.sigResized.connect(self._refresh_overlay)
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.graphics.viewport().installEventFilter(self)
+        self.loupe = QLabel(self)  # the magnifier, shown while on and the mouse is over the image
+        self.loupe.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.loupe.setStyleSheet("border: 2px solid #ffe680; background: black;")
+        self.loupe.resize(LOUPE_PX, LOUPE_PX)
+        self.loupe.hide()
+        self.loupe_on = False
         self.setAcceptDrops(False)  # the main window takes drops
+
+    def eventFilter(self, obj, event):
+        if event.type() == QEvent.Type.MouseButtonPress:
+            self.activated.emit()
+        elif event.type() == QEvent.Type.Leave:
+            self.loupe.hide()
+        return False
+
+    # --- reading-room frame: which viewport the tools act on ------------------------------------
+    def set_framed(self, active: bool | None) -> None:
+        """None: no frame (a single viewport); True: the active viewport's frame; False: a thin one."""
+        self.framed = active
+        self._layout.setContentsMargins(*(0, 0, 0, 0) if active is None else (3, 3, 3, 3))
+        self.update()
+
+    def paintEvent(self, event):
+        super().paintEvent(event)
+        if self.framed is None:
+            return
+        painter = QPainter(self)
+        colour = QColor("#3d9bff") if self.framed else QColor("#303030")
+        painter.setPen(QPen(colour, 3 if self.framed else 1))
+        painter.drawRect(self.rect().adjusted(1, 1, -2, -2))
+        painter.end()
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -148,6 +225,9 @@ class ImageView(QWidget):
             self.set_heatmap(None)  # a heatmap belongs to one image
             self.set_anatomy(None)  # and so do outlines and CTR lines
         self.image = image
+        if not (keep_view and same_size):
+            self.orientation = DisplayOrientation()
+        self._apply_orientation()
         self.measure.set_image(image)  # and annotations (the main window's store keeps them)
         self._mapping = None
         self.set_voi(voi if voi is not None else image.default_voi())
@@ -193,9 +273,12 @@ class ImageView(QWidget):
         meta = image.ref.meta
         texts = corner_texts(meta, voi=self.voi, zoom=self.zoom(), frame=image.frame, frames=image.ref.frames,
                              shape=image.shape)
+        turned = self.orientation.describe()
+        if turned:
+            texts = replace(texts, bottom_left=(*texts.bottom_left, turned))
         px = self.screen_px_per_image_px()
         bar = scale_bar(meta.spacing, px, self.overlay.scale_bar_max_px()) if px is not None else None
-        self.overlay.show_info(texts, orientation_markers(meta.patient_orientation), bar)
+        self.overlay.show_info(texts, self.orientation.markers(orientation_markers(meta.patient_orientation)), bar)
 
     def resizeEvent(self, event):  # noqa: N802
         super().resizeEvent(event)
@@ -241,7 +324,7 @@ class ImageView(QWidget):
     def set_ctr(self, ctr: CtrMeasurement | None) -> None:
         """Place the two CTR lines (new line items: what the user dragged before is gone)."""
         for roi in self.ctr_lines.values():
-            self.viewbox.removeItem(roi)
+            self.content.removeItem(roi)
         self.ctr_lines = {}
         self.ctr = ctr if self.anatomy is not None else None
         if self.ctr is None:
@@ -255,7 +338,7 @@ class ImageView(QWidget):
             roi.setZValue(30)
             roi.setToolTip(f"{name} width: drag an end sideways to correct it, or the line to another row")
             roi.sigRegionChanged.connect(self._on_ctr_dragged)
-            self.viewbox.addItem(roi)
+            self.content.addItem(roi)
             self.ctr_lines[name] = roi
         self._place_ctr_label()
 
@@ -304,22 +387,111 @@ class ImageView(QWidget):
         return None if self._mapping is None else render_uint8(self._mapping)
 
     # --- view ---------------------------------------------------------------------------
+    def display_bounds(self) -> tuple[float, float, float, float] | None:
+        """The picture's rectangle in view coordinates (x0, y0, x1, y1): [0, cols] x [0, rows] as
+        turned on screen."""
+        if self.image is None:
+            return None
+        rows, cols = self.orientation.display_shape(self.image.shape)
+        return 0.0, 0.0, float(cols), float(rows)
+
+    def view_rect(self) -> tuple[float, float, float, float]:
+        r = self.viewbox.viewRect()
+        return r.left(), r.top(), r.right(), r.bottom()
+
+    def set_view_rect(self, rect: tuple[float, float, float, float]) -> None:
+        x0, y0, x1, y1 = rect
+        self.viewbox.setRange(xRange=(x0, x1), yRange=(y0, y1), padding=0)
+
     def zoom_fit(self) -> None:
-        if self.image is not None:
-            h, w = self.image.shape
-            self.viewbox.setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
+        bounds = self.display_bounds()
+        if bounds is not None:
+            self.viewbox.setRange(xRange=(bounds[0], bounds[2]), yRange=(bounds[1], bounds[3]), padding=0.02)
 
     def zoom_1to1(self) -> None:
         """One image pixel per screen pixel, centred on the current view centre."""
+        self.zoom_to(1.0)
+
+    def zoom_to(self, ratio: float) -> None:
+        """``ratio`` device pixels per image pixel (1: 1:1, 2: 2:1), centred on the view centre."""
         if self.image is None:
             return
         rect = self.viewbox.viewRect()
         centre = rect.center()
         size = self.viewbox.size()
         dpr = self.devicePixelRatioF() or 1.0
-        w, h = size.width() / dpr, size.height() / dpr
+        w, h = size.width() / dpr / ratio, size.height() / dpr / ratio
         self.viewbox.setRange(xRange=(centre.x() - w / 2, centre.x() + w / 2),
                               yRange=(centre.y() - h / 2, centre.y() + h / 2), padding=0)
+
+    # --- display orientation: flips and quarter turns (the stored pixels never change) ----------
+    def _apply_orientation(self) -> None:
+        if self.image is None:
+            self.content.setTransform(QTransform())
+            return
+        m11, m12, m21, m22, dx, dy = self.orientation.affine(self.image.shape)
+        # QTransform maps (x, y) -> (m11 x + m21 y + dx, m12 x + m22 y + dy)
+        self.content.setTransform(QTransform(m11, m21, m12, m22, dx, dy))
+
+    def set_orientation(self, orientation: DisplayOrientation) -> None:
+        self.orientation = orientation
+        self._apply_orientation()
+        self.zoom_fit()
+        self._refresh_overlay()
+
+    def flip_horizontal(self) -> None:
+        self.set_orientation(self.orientation.then(FLIP_H))
+
+    def flip_vertical(self) -> None:
+        self.set_orientation(self.orientation.then(FLIP_V))
+
+    def rotate_right(self) -> None:
+        self.set_orientation(self.orientation.then(ROTATE_RIGHT))
+
+    def rotate_left(self) -> None:
+        self.set_orientation(self.orientation.then(ROTATE_LEFT))
+
+    def reset_orientation(self) -> None:
+        self.set_orientation(DisplayOrientation())
+
+    # --- the loupe ---------------------------------------------------------------------------
+    def set_loupe(self, on: bool) -> None:
+        self.loupe_on = on
+        if not on:
+            self.loupe.hide()
+
+    def _show_loupe(self, scene_pos: QPointF) -> None:
+        """A square around the mouse, LOUPE_FACTOR times the view's magnification, from the shown
+        8-bit picture turned as on screen (overlays are not in it)."""
+        shown = self.rendered()
+        px = self.screen_px_per_image_px()
+        size = int(min(LOUPE_PX, 0.6 * min(self.width(), self.height())))
+        if shown is None or px is None or size < 40:
+            self.loupe.hide()
+            return
+        p = self.viewbox.mapSceneToView(scene_pos)
+        picture = self.orientation.orient(shown)
+        rows, cols = picture.shape[:2]
+        scale = max(px * LOUPE_FACTOR, 1.0)  # screen pixels per image pixel in the loupe
+        half = max(int(size / scale / 2), 2)
+        cx, cy = int(np.floor(p.x())), int(np.floor(p.y()))
+        if not (0 <= cx < cols and 0 <= cy < rows):
+            self.loupe.hide()
+            return
+        crop = np.zeros((2 * half, 2 * half), dtype=np.uint8)
+        y0, x0 = cy - half, cx - half
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(cy + half, rows), min(cx + half, cols)
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = picture[sy0:sy1, sx0:sx1]
+        qimage = QImage(crop.data, crop.shape[1], crop.shape[0], crop.shape[1], QImage.Format.Format_Grayscale8)
+        pixmap = QPixmap.fromImage(qimage.copy()).scaled(size, size,
+                                                          Qt.AspectRatioMode.IgnoreAspectRatio,
+                                                          Qt.TransformationMode.FastTransformation)
+        self.loupe.setPixmap(pixmap)
+        self.loupe.resize(size, size)
+        at = self.graphics.mapTo(self, self.graphics.mapFromScene(scene_pos))
+        self.loupe.move(at.x() - size // 2, at.y() - size // 2)  # a lens centred on the mouse
+        self.loupe.show()
+        self.loupe.raise_()
 
     def zoom_by(self, factor: float) -> None:
         self.viewbox.scaleBy((1 / factor, 1 / factor))
@@ -336,11 +508,18 @@ class ImageView(QWidget):
     def reset(self) -> None:
         if self.image is not None:
             self.user_invert = False
+            self.orientation = DisplayOrientation()
+            self._apply_orientation()
             self.set_voi(self.image.default_voi())
             self.zoom_fit()
 
     # --- mouse --------------------------------------------------------------------------
     def _on_window_drag(self, dx: float, dy: float) -> None:
+        self.drag_window(dx, dy)
+        self.window_dragged.emit(dx, dy)
+
+    def drag_window(self, dx: float, dy: float) -> None:
+        """Change the window as a left drag of (dx, dy) screen pixels does, in this image's range."""
         if self.image is None or self.voi is None:
             return
         voi = self.voi if isinstance(self.voi, Window) else self.image.auto_window()
@@ -354,6 +533,8 @@ class ImageView(QWidget):
         if self.image is None:
             return
         self.measure.hover(scene_pos)
+        if self.loupe_on:
+            self._show_loupe(scene_pos)
         p = self.item.mapFromScene(scene_pos)
         row, col = int(np.floor(p.y())), int(np.floor(p.x()))
         h, w = self.image.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from PySide6.QtCore import QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPainter
@@ -32,12 +33,14 @@ from cxr_viewer.gui.measure_layer import TOOLS
 from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.settings import Settings
 from cxr_viewer.gui.side_panel import SidePanel
+from cxr_viewer.gui.view_grid import LAYOUTS, ViewGrid
 from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.gui.worklist import Worklist
 from cxr_viewer.io.display import Voi, Window
+from cxr_viewer.io.hanging import compare_with_prior
 from cxr_viewer.io.image import LoadedImage, load_image_task
-from cxr_viewer.io.index import index_paths
-from cxr_viewer.io.study import ImageRef, StudyIndex
+from cxr_viewer.io.index import index_paths, merge_indexes
+from cxr_viewer.io.study import ImageRef, OpenError, StudyIndex
 from cxr_viewer.io.thumbnails import Thumbnail, thumbnails_task
 
 FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
@@ -53,6 +56,10 @@ ABOUT_TEXT = (
     "trained on public data sets; they are not a diagnosis and have not been cleared by any regulator.<br><br>"
     "<b style='color:#b00000'>{notice}</b>"
 )
+
+
+def _date_text(d: str) -> str:
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else (d or "unknown date")
 
 
 class ElidedLabel(QLabel):
@@ -77,7 +84,8 @@ class ElidedLabel(QLabel):
 
 
 class MainWindow(QMainWindow):
-    image_shown = Signal(object)  # LoadedImage, after it is on screen
+    image_shown = Signal(object)  # LoadedImage, after it is on screen in the active viewport
+    viewport_shown = Signal(int, object)  # viewport index, LoadedImage: any viewport
     index_loaded = Signal(object)  # StudyIndex
 
     model_changed = Signal(object)  # ModelSummary or None
@@ -93,8 +101,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"cxr_viewer {__version__} - {RESEARCH_NOTICE}")
         self.setAcceptDrops(True)
 
-        self.view = ImageView(self)
-        self.setCentralWidget(self.view)
+        self.grid = ViewGrid(self)  # 1x1, 1x2 or 2x2 viewports; ``view`` is the active one
+        self.setCentralWidget(self.grid)
         self.browser = StudyBrowser(self)
         self.side = SidePanel(self)
         self.findings = FindingsPanel(self)
@@ -135,7 +143,9 @@ class MainWindow(QMainWindow):
         self.anatomy_error = ""  # why the last load of the anatomy model failed
 
         self.index_runner = TaskRunner(self, "index")
-        self.image_runner = TaskRunner(self, "image")
+        #: one image loader per viewport: loading a prior never cancels the current image
+        self.image_runners = [TaskRunner(self, "image" if i == 0 else f"image {i + 1}") for i in range(len(self.grid.views))]
+        self.image_runner = self.image_runners[0]
         self.thumb_runner = TaskRunner(self, "thumbnails")
         self.model_runner = TaskRunner(self, "model")
         self.score_runner = TaskRunner(self, "score")
@@ -143,7 +153,7 @@ class MainWindow(QMainWindow):
         self.export_runner = TaskRunner(self, "export")
         self.anatomy_model_runner = TaskRunner(self, "anatomy model")
         self.anatomy_runner = TaskRunner(self, "anatomy")
-        self.runners = (self.index_runner, self.image_runner, self.thumb_runner, self.model_runner,
+        self.runners = (self.index_runner, *self.image_runners, self.thumb_runner, self.model_runner,
                         self.score_runner, self.worklist_runner, self.export_runner, self.anatomy_model_runner,
                         self.anatomy_runner)
         self.pacs_dialog = None
@@ -159,13 +169,19 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._wire()
         self.fit_to_screen()
-        self.view.set_left_mode(self.settings.left_mouse_mode())
+        for view in self.grid.views:
+            view.set_left_mode(self.settings.left_mouse_mode())
         if load_default_model:
             path = self.settings.model_path() or default_model_path()
             if path:
                 self.load_model(path)
             self.load_anatomy_model()
         self._show_message("Open a DICOM or PNG/JPEG study: File > Open (Ctrl+O), Open Folder (Ctrl+Shift+O), or drop files here.")
+
+    @property
+    def view(self) -> ImageView:
+        """The active viewport: what the studies list, findings panel and tools act on."""
+        return self.grid.active_view
 
     # --- construction ------------------------------------------------------------------
     def fit_to_screen(self, available: QRect | None = None) -> None:
@@ -223,17 +239,54 @@ class MainWindow(QMainWindow):
         self.act_open = a("&Open Files...", self.open_files_dialog, QKeySequence.StandardKey.Open)
         self.act_open_folder = a("Open &Folder...", self.open_folder_dialog, "Ctrl+Shift+O")
         self.act_quit = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_add_mode = a("Open &Adds to the List", self.settings.set_add_to_list, None,
+                              "On: Open adds the files to the studies listed; off: they replace the list "
+                              "(and the worklist)", checkable=True)
+        self.act_add_mode.setChecked(self.settings.add_to_list())
         self.act_pacs = a("&PACS...", self.open_pacs_dialog, "Ctrl+Shift+P",
                           "Find studies on a PACS (DIMSE or DICOMweb), retrieve and open them")
         self.act_export = a("&Export Results...", self.export_dialog, "Ctrl+E",
                             "Write a DICOM SR, Secondary Capture and/or PDF report of the shown image's scores")
         self.act_send = a("Send Results to PACS...", self.send_results_dialog, None,
                           "Store the SR and Secondary Capture of the shown image on a PACS")
-        self.act_fit = a("Zoom to &Fit", self.view.zoom_fit, "F")
-        self.act_1to1 = a("Zoom &1:1", self.view.zoom_1to1, "1")
+        self.act_fit = a("Zoom to &Fit", lambda: self.view.zoom_fit(), "F")
+        self.act_1to1 = a("Zoom &1:1", lambda: self.view.zoom_1to1(), "1",
+                          "One image pixel per screen pixel")
+        self.act_2to1 = a("Zoom &2:1", lambda: self.view.zoom_to(2.0), "Ctrl+2",
+                          "Two screen pixels per image pixel")
+        self.act_flip_h = a("Flip &Horizontal", lambda: self.view.flip_horizontal(), "H",
+                            "Mirror the picture left-right (display only: the file is unchanged)")
+        self.act_flip_v = a("Flip &Vertical", lambda: self.view.flip_vertical(), "V",
+                            "Mirror the picture top-bottom (display only)")
+        self.act_rotate_left = a("Rotate 90° &Left", lambda: self.view.rotate_left(), "[",
+                                 "Turn the picture a quarter anticlockwise (display only)")
+        self.act_rotate_right = a("Rotate 90° Ri&ght", lambda: self.view.rotate_right(), "]",
+                                  "Turn the picture a quarter clockwise (display only)")
+        self.act_reset_orientation = a("Reset Flip/Rotation", lambda: self.view.reset_orientation(), None,
+                                       "Show the picture as stored")
+        self.act_loupe = a("&Magnifier", self.set_loupe, "M",
+                           "A loupe following the mouse, three times the view's magnification", checkable=True)
+        self.act_tags = a("DICOM &Tags...", self.show_tags, "Ctrl+D",
+                          "Every tag of the shown image's file as a tree, with a search box")
+        self.layout_actions: dict[str, QAction] = {}
+        layout_group = QActionGroup(self)
+        for name in LAYOUTS:
+            act = a(f"Layout {name.replace('x', ' x ')}", lambda _=False, n=name: self.set_layout(n), None,
+                    f"{name.replace('x', ' by ')} viewports", checkable=True)
+            act.setIconText(name)
+            layout_group.addAction(act)
+            self.layout_actions[name] = act
+        self.layout_actions["1x1"].setChecked(True)
+        self.act_link = a("&Link Views", self.set_linked, None,
+                          "Zoom, pan and window/level of one viewport move the others", checkable=True)
+        self.act_link.setChecked(True)
+        self.act_link.setIconText("Link")
+        self.act_compare = a("&Compare with Prior", self.compare_with_prior, "C",
+                             "Current PA left, the most recent earlier study of the same PatientID right")
+        self.act_compare.setIconText("Compare")
         self.act_zoom_in = a("Zoom In", lambda: self.view.zoom_by(1.25), "+")
         self.act_zoom_out = a("Zoom Out", lambda: self.view.zoom_by(0.8), "-")
-        self.act_reset = a("&Reset View", self.reset_view, "R", "Default window, no invert, fit")
+        self.act_reset = a("&Reset View", self.reset_view, "R", "Default window, no invert, no flip or rotation, fit")
         self.act_invert = a("&Invert", self._on_invert_action, "I", checkable=True)
         self.act_auto = a("&Auto Window", self.auto_window, "A", "Window to the 0.5-99.5 percentiles")
         self.act_anatomy = a("A&natomy", self.set_anatomy_visible, "Shift+A",
@@ -292,6 +345,7 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.act_open)
         file_menu.addAction(self.act_open_folder)
+        file_menu.addAction(self.act_add_mode)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addSeparator()
@@ -303,11 +357,17 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
-        for act in (self.act_fit, self.act_1to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
+        layout_menu = view_menu.addMenu("&Layout")
+        for act in (*self.layout_actions.values(), None, self.act_link, self.act_compare):
+            layout_menu.addSeparator() if act is None else layout_menu.addAction(act)
+        for act in (self.act_fit, self.act_1to1, self.act_2to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
+                    self.act_flip_h, self.act_flip_v, self.act_rotate_left, self.act_rotate_right,
+                    self.act_reset_orientation, self.act_loupe, None,
                     self.act_invert, self.act_auto, None, self.act_overlay, self.act_anatomy, self.act_reset_ctr, None,
                     self.act_mode_window, self.act_mode_pan, None, self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
         view_menu.addSeparator()
+        view_menu.addAction(self.act_tags)
         panels = view_menu.addMenu("&Panels")  # a closed dock comes back from here
         self.panel_actions = {}
         for dock in (self.studies_dock, self.worklist_dock, self.image_dock, self.findings_dock):
@@ -342,18 +402,32 @@ class MainWindow(QMainWindow):
         self.act_undo_annotation.setIconText("Undo")
         self.act_save_gsps.setIconText("Save GSPS")
         for act in (*self.tool_actions.values(), None, self.act_delete_annotation, self.act_undo_annotation,
-                    self.act_save_gsps):
+                    self.act_save_gsps, None, *self.layout_actions.values(), self.act_link, self.act_compare, None,
+                    self.act_flip_h, self.act_flip_v, self.act_rotate_left, self.act_rotate_right, self.act_loupe):
             measure_bar.addSeparator() if act is None else measure_bar.addAction(act)
+        for act, text in ((self.act_flip_h, "Flip H"), (self.act_flip_v, "Flip V"), (self.act_rotate_left, "Rot L"),
+                          (self.act_rotate_right, "Rot R"), (self.act_loupe, "Loupe")):
+            act.setIconText(text)
         self.addToolBar(measure_bar)
         self.measure_toolbar = measure_bar
 
     def _wire(self) -> None:
         self.browser.image_selected.connect(self.show_ref)
-        self.view.voi_changed.connect(self._on_voi_changed)
-        self.view.pixel_hovered.connect(self._on_pixel_hovered)
+        self.grid.active_changed.connect(self._on_active_changed)
+        for i, view in enumerate(self.grid.views):
+            view.voi_changed.connect(lambda voi, inv, v=view: self._on_voi_changed(voi, inv) if v is self.view else None)
+            view.pixel_hovered.connect(lambda row, col, v=view: self._on_pixel_hovered(row, col, v))
+            view.ctr_edited.connect(lambda ctr, v=view: self._on_ctr_edited(ctr) if v is self.view else None)
+            view.measure.added.connect(lambda ann, v=view: self._on_annotation_added(ann) if v is self.view else None)
+            view.measure.changed.connect(lambda ann, v=view: self._on_annotation_changed(ann) if v is self.view else None)
+            view.measure.ask_text = self._ask_annotation_text
+            runner = self.image_runners[i]
+            runner.finished.connect(lambda image, i=i: self._on_image_loaded(image, i))
+            runner.failed.connect(lambda msg, i=i: self._on_image_failed(msg, i))
+            runner.busy_changed.connect(self._update_busy)
         c = self.side.controls
-        c.preset_chosen.connect(self.view.set_voi)
-        c.window_edited.connect(self.view.set_voi)
+        c.preset_chosen.connect(lambda voi: self.view.set_voi(voi))
+        c.window_edited.connect(lambda voi: self.view.set_voi(voi))
         c.invert_toggled.connect(self.set_invert)
         c.frame_chosen.connect(lambda f: self.show_ref(self.current_ref, f) if self.current_ref else None)
 
@@ -361,26 +435,19 @@ class MainWindow(QMainWindow):
         self.index_runner.finished.connect(self._on_index_done)
         self.index_runner.failed.connect(lambda msg: self._task_failed("Opening failed", msg))
         self.index_runner.cancelled.connect(lambda: self._show_message("Opening cancelled."))
-        self.image_runner.finished.connect(self._on_image_loaded)
-        self.image_runner.failed.connect(self._on_image_failed)
         self.thumb_runner.progress.connect(self._on_thumbnail)
-        for runner in (self.index_runner, self.image_runner):
-            runner.busy_changed.connect(self._update_busy)
+        self.index_runner.busy_changed.connect(self._update_busy)
         self.model_runner.finished.connect(self._on_model_loaded)
         self.model_runner.failed.connect(self._on_model_failed)
         self.score_runner.finished.connect(self._on_scored)
         self.score_runner.failed.connect(lambda msg: self.findings.clear_result(f"scoring failed: {msg}"))
         self.findings.heatmap_requested.connect(self._show_heatmap)
-        self.findings.opacity_changed.connect(self.view.set_heatmap_opacity)
+        self.findings.opacity_changed.connect(lambda v: self.view.set_heatmap_opacity(v))
         self.findings.score_anyway_requested.connect(lambda: self._score_current(score_anyway=True))
         self.anatomy_model_runner.finished.connect(self._on_anatomy_model_loaded)
         self.anatomy_model_runner.failed.connect(self._on_anatomy_model_failed)
         self.anatomy_runner.finished.connect(self._on_anatomy)
         self.anatomy_runner.failed.connect(self._on_anatomy_failed)
-        self.view.ctr_edited.connect(self._on_ctr_edited)
-        self.view.measure.added.connect(self._on_annotation_added)
-        self.view.measure.changed.connect(self._on_annotation_changed)
-        self.view.measure.ask_text = self._ask_annotation_text
         self.worklist.start_requested.connect(self.score_all)
         self.worklist.cancel_requested.connect(self.worklist_runner.cancel)
         self.worklist.image_requested.connect(self._open_from_worklist)
@@ -395,13 +462,16 @@ class MainWindow(QMainWindow):
             + (f", {self.worklist.set_aside} set aside as outside intended use" if self.worklist.set_aside else "")
             + "; sorted by pneumonia score."))
         self.worklist_runner.failed.connect(lambda msg: self.worklist.finish(f"Stopped: {msg}"))
-        self.worklist_runner.cancelled.connect(lambda: self.worklist.finish("Cancelled; the rows so far are kept."))
+        self.worklist_runner.cancelled.connect(lambda: self.worklist.finish("Cancelled; the rows so far are kept.",
+                                                                                  cancelled=True))
 
     # --- opening -----------------------------------------------------------------------
-    def open_paths(self, paths: list[str]) -> None:
+    def open_paths(self, paths: list[str], add: bool | None = None) -> None:
+        """Index ``paths``; ``add``: add them to the list (default: File > Open Adds to the List)."""
         paths = [os.fspath(p) for p in paths]
         if not paths:
             return
+        self._open_adds = self.act_add_mode.isChecked() if add is None else add
         self.settings.add_recent(paths)
         self.progress.setRange(0, 0)
         self._show_message(f"Opening {len(paths)} item(s)...")
@@ -421,7 +491,7 @@ class MainWindow(QMainWindow):
             self.open_paths([folder])
 
     def cancel_loading(self) -> None:
-        for runner in (self.index_runner, self.image_runner, self.thumb_runner, self.worklist_runner,
+        for runner in (self.index_runner, *self.image_runners, self.thumb_runner, self.worklist_runner,
                        self.export_runner):
             runner.cancel()
 
@@ -451,6 +521,11 @@ class MainWindow(QMainWindow):
         self._show_message(f"{p.stage.capitalize()}: {p.done}" + (f" of {p.total}" if p.total else ""))
 
     def _on_index_done(self, index: StudyIndex) -> None:
+        new_paths = [r.path for r in index.images()]
+        if getattr(self, "_open_adds", False):
+            index = merge_indexes(self.study_index, index)
+        elif self.worklist.table.rowCount():  # rows of the files no longer listed go with them
+            self.worklist.clear("Another folder was opened: the worklist of the previous one was removed.")
         self.study_index = index
         self.browser.set_index(index)
         refs = self.browser.refs()
@@ -462,7 +537,9 @@ class MainWindow(QMainWindow):
         self._show_message(msg)
         self.index_loaded.emit(index)
         if refs:
-            self.browser.select(refs[0])  # loads it
+            added = set(new_paths)
+            first = next((r for r in refs if r.path in added), refs[0])
+            self.browser.select(first)  # loads it
             self.thumb_runner.submit(thumbnails_task, refs)
         else:
             self.view.clear()
@@ -471,14 +548,24 @@ class MainWindow(QMainWindow):
             self.side.metadata.set_image(None)
 
     # --- showing -----------------------------------------------------------------------
-    def show_ref(self, ref: ImageRef, frame: int = 0) -> None:
-        self.current_ref = ref
+    def show_ref(self, ref: ImageRef, frame: int = 0, viewport: int | None = None) -> None:
+        """Load ``ref`` into ``viewport`` (default: the active one)."""
+        viewport = self.grid.active if viewport is None else viewport
+        if viewport == self.grid.active:
+            self.current_ref = ref
         self._show_message(f"Loading {os.path.basename(ref.path)}...")
-        self.image_runner.submit(load_image_task, ref, frame)
+        self.image_runners[viewport].submit(load_image_task, ref, frame)
 
-    def _on_image_loaded(self, image: LoadedImage) -> None:
-        keep_view = self.view.image is not None and self.view.image.ref.path == image.ref.path
-        keep_voi = self.view.voi if keep_view and isinstance(self.view.voi, Window) else None
+    def _on_image_loaded(self, image: LoadedImage, viewport: int = 0) -> None:
+        view = self.grid.views[viewport]
+        keep_view = view.image is not None and view.image.ref.path == image.ref.path
+        keep_voi = view.voi if keep_view and isinstance(view.voi, Window) else None
+        if view is not self.view:  # a prior or another viewport: drawn, the panels stay with the active one
+            view.set_image(image, keep_voi, keep_view=keep_view)
+            view.measure.set_annotations(self.annotation_store.get((image.ref.path, image.frame)))
+            self._show_message(f"{os.path.basename(image.ref.path)} in viewport {viewport + 1}")
+            self.viewport_shown.emit(viewport, image)
+            return
         self.side.controls.set_image(image)
         self.side.metadata.set_image(image)
         self.view.set_image(image, keep_voi, keep_view=keep_view)
@@ -488,11 +575,16 @@ class MainWindow(QMainWindow):
         frames = f", frame {image.frame + 1}/{image.ref.frames}" if image.ref.frames > 1 else ""
         self._show_message(f"{os.path.basename(image.ref.path)}{frames}")
         self._show_annotations(image)
+        self.viewport_shown.emit(viewport, image)
         self.image_shown.emit(image)
         self._score_current()
         self._segment_current()
 
-    def _on_image_failed(self, message: str) -> None:
+    def _on_image_failed(self, message: str, viewport: int = 0) -> None:
+        if self.grid.views[viewport] is not self.view:
+            self.grid.views[viewport].clear()
+            self._task_failed(f"Cannot show this image in viewport {viewport + 1}", message)
+            return
         # nothing of the previous image may stay beside the empty viewport: scores, heatmap, readout
         self.view.clear()
         self.last_score = None
@@ -504,7 +596,85 @@ class MainWindow(QMainWindow):
         self.side.metadata.set_image(None)
         self._task_failed("Cannot show this image", message)
 
+    # --- reading room: layouts, the active viewport, comparison with priors ----------------------
+    def set_layout(self, name: str) -> None:
+        self.grid.set_layout(name)
+        self.layout_actions[name].setChecked(True)
+
+    def set_linked(self, on: bool) -> None:
+        self.act_link.setChecked(on)
+        self.grid.set_linked(on)
+
+    def set_active_viewport(self, index: int) -> None:
+        self.grid.set_active(index)
+
+    def _on_active_changed(self, _index: int) -> None:
+        """The panels, the studies list and the tools follow the active viewport."""
+        view, image = self.view, self.view.image
+        for other in self.grid.views:  # scores, heatmap and outlines belong to the active viewport only
+            if other is not view:
+                other.set_heatmap(None)
+                other.set_anatomy(None)
+        self.current_ref = image.ref if image is not None else None
+        self.act_invert.setChecked(view.user_invert)
+        self.side.controls.set_image(image)
+        self.side.metadata.set_image(image)
+        self.last_score = None
+        if image is None:
+            self.findings.show_no_image("no image in this viewport: choose one in the studies list")
+            self._clear_anatomy()
+            return
+        self._on_voi_changed(view.voi, view.inverted)
+        self.browser.select(image.ref, quiet=True)
+        self._show_annotations(image)
+        self._score_current()
+        self._segment_current()
+
+    def compare_with_prior(self) -> bool:
+        """The chest protocol: the current PA left, the newest earlier study of the same patient right."""
+        image = self.view.image
+        if image is None:
+            self._show_message("Open an image first: Compare with Prior needs a current study.")
+            return False
+        hanging = compare_with_prior(self.study_index, image.ref)
+        if len(hanging.images) < 2:
+            self._show_message(f"No prior to compare with: {hanging.reason}.")
+            return False
+        self.set_layout("1x2" if self.grid.layout_name == "1x1" else self.grid.layout_name)
+        current, prior = hanging.images
+        self.grid.set_active(0)
+        if self.grid.views[0].image is None or self.grid.views[0].image.ref.path != current.path:
+            self.browser.select(current)  # loads it in the active (left) viewport
+        self.show_ref(prior, 0, viewport=1)
+        self._show_message(f"Comparing with the prior of {_date_text(prior.meta.study_date)} (right).")
+        return True
+
+    def set_loupe(self, on: bool) -> None:
+        self.act_loupe.setChecked(on)
+        for view in self.grid.views:
+            view.set_loupe(on)
+
+    def show_tags(self) -> None:
+        from cxr_viewer.gui.tag_browser import TagBrowser
+
+        image = self.view.image
+        if image is None:
+            self._show_message("Open an image first.")
+            return
+        if image.ref.kind != "dicom":
+            self._show_message("DICOM tags: this is a PNG/JPEG file, it has none.")
+            return
+        if getattr(self, "tag_browser", None) is None:
+            self.tag_browser = TagBrowser(self)
+        self.tag_browser.show_file(image.ref.path)
+        self.tag_browser.show()
+        self.tag_browser.raise_()
+
     def _on_thumbnail(self, thumb: Thumbnail) -> None:
+        if thumb.pixels is None and thumb.error and all(e.path != thumb.path for e in self.study_index.errors):
+            # indexed, yet its pixels do not decode (a truncated JPEG): listed under "Could not open"
+            self.study_index = replace(self.study_index, errors=(*self.study_index.errors,
+                                                                 OpenError(thumb.path, thumb.error)))
         self.browser.set_thumbnail(thumb.path, thumb.pixels, thumb.error)
 
     # --- model and scoring ---------------------------------------------------------------
@@ -865,7 +1035,8 @@ class MainWindow(QMainWindow):
 
     def _set_left_mode(self, mode: str) -> None:
         """Window/level, pan, or a measuring tool (tools are not remembered across sessions)."""
-        self.view.set_left_mode(mode)
+        for view in self.grid.views:
+            view.set_left_mode(mode)
         act = self.tool_actions.get(mode) or (self.act_mode_pan if mode == "pan" else self.act_mode_window)
         act.setChecked(True)
         if mode in TOOLS:
@@ -1054,8 +1225,8 @@ class MainWindow(QMainWindow):
     def _on_voi_changed(self, voi: Voi, _inverted: bool) -> None:
         self.side.controls.show_voi(voi, self.view.user_invert)
 
-    def _on_pixel_hovered(self, row: int, col: int) -> None:
-        image = self.view.image
+    def _on_pixel_hovered(self, row: int, col: int, view: ImageView | None = None) -> None:
+        image = (view or self.view).image
         report = image.pixel_report(row, col) if image is not None and row >= 0 else None
         if report is None:
             self.position_label.setText("")
@@ -1072,7 +1243,7 @@ class MainWindow(QMainWindow):
 
     # --- misc --------------------------------------------------------------------------
     def _update_busy(self, _busy: bool) -> None:
-        busy = self.index_runner.busy or self.image_runner.busy or self.export_runner.busy
+        busy = self.index_runner.busy or any(r.busy for r in self.image_runners) or self.export_runner.busy
         self.progress.setVisible(busy)
         if busy and not (self.index_runner.busy or self.export_runner.busy):
             self.progress.setRange(0, 0)
@@ -1083,7 +1254,8 @@ class MainWindow(QMainWindow):
 
     def set_overlay_visible(self, on: bool) -> None:
         self.act_overlay.setChecked(on)
-        self.view.set_overlay_visible(on)
+        for view in self.grid.views:
+            view.set_overlay_visible(on)
 
     def about_text(self) -> str:
         return ABOUT_TEXT.format(version=__version__, notice=RESEARCH_NOTICE)
@@ -1102,7 +1274,10 @@ class MainWindow(QMainWindow):
         QMessageBox.information(self, "Mouse and keys", (
             "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
-            "F fit, 1 one-to-one, R reset, I invert, A auto window, O overlay text, Shift+A anatomy, 2-9 presets,\n"
+            "F fit, 1 one-to-one, Ctrl+2 two-to-one, R reset, I invert, A auto window, O overlay text, Shift+A anatomy,\n"
+            "2-9 presets. H / V flip, [ / ] rotate (display only), M magnifier, Ctrl+D DICOM tags.\n"
+            "Compare: C compares with the prior (View > Layout: 1x1, 1x2, 2x2; click a viewport to make it active;\n"
+            "Link Views moves zoom, pan and window/level together).\n"
             "PgUp/PgDown previous/next image, Left/Right previous/next frame, Esc cancel loading.\n"
             "Measure: L ruler, G angle, B rectangle ROI, E ellipse ROI, K arrow, T text (W or P leaves the tool);\n"
             "click an annotation to select it, drag it or its handles, Delete removes it, Ctrl+Z undoes;\n"

@@ -96,6 +96,13 @@ class Settings:
     def set_deidentify_exports(self, on: bool) -> None:
         self._qs.setValue("deidentify_exports", "true" if on else "false")
 
+    def add_to_list(self) -> bool:
+        """Open adds to the studies already listed (True) or replaces them (False, the default)."""
+        return str(self._qs.value("open_adds_to_list", "false")).lower() == "true"
+
+    def set_add_to_list(self, on: bool) -> None:
+        self._qs.setValue("open_adds_to_list", "true" if on else "false")
+
     def reset(self) -> None:
         self._qs.clear()
         self._qs.sync()

@@ -81,6 +81,8 @@ class DisplayControls(QGroupBox):
             self.width_.setValue(voi.width)
         index = next((i for i, p in enumerate(self._presets) if p is voi or (
             isinstance(p, Window) and is_window and (p.center, p.width, p.function) == (voi.center, voi.width, voi.function))), -1)
+        # a window of no preset (dragged, typed): the box says so instead of going blank
+        self.preset.setPlaceholderText("Custom" if is_window else voi.describe())
         self.preset.setCurrentIndex(index)
         self.invert.setChecked(user_invert)
         self._updating = False

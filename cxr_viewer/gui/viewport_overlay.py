@@ -68,7 +68,7 @@ class ViewportOverlay(QWidget):
         show = has_image and self.info_visible
         for name, label in self.corners.items():
             lines = getattr(self._texts, name)
-            label.setText("\n".join(lines))
+            label.setText("\n".join(lines))  # elided to the room there is in _place
             label.setAlignment(Qt.AlignmentFlag.AlignRight if name.endswith("right") else Qt.AlignmentFlag.AlignLeft)
             label.setVisible(show and bool(lines))
         self.notice.setText("\n".join(self._texts.bottom_right) or RESEARCH_NOTICE)
@@ -101,6 +101,12 @@ class ViewportOverlay(QWidget):
     # --- geometry ----------------------------------------------------------------------
     def _place(self) -> None:
         w, h = self.width(), self.height()
+        # a narrow viewport (1x2, 2x2 at 1280x720): each corner gets half the width, lines elided
+        room = max((w - 3 * MARGIN) // 2 - 8, 60)
+        metrics = self.corners["top_left"].fontMetrics()
+        for name, label in self.corners.items():
+            lines = getattr(self._texts, name)
+            label.setText("\n".join(metrics.elidedText(line, Qt.TextElideMode.ElideRight, room) for line in lines))
         for label in (*self.corners.values(), self.notice, *self.markers.values(), self.scale_label, self.hint):
             label.adjustSize()
         tl, tr, bl = self.corners["top_left"], self.corners["top_right"], self.corners["bottom_left"]
@@ -108,6 +114,8 @@ class ViewportOverlay(QWidget):
         tr.move(w - tr.width() - MARGIN, MARGIN)
         bl.move(MARGIN, h - bl.height() - MARGIN)
         self.notice.move(w - self.notice.width() - MARGIN, h - self.notice.height() - MARGIN)
+        if bl.isVisibleTo(self) and bl.geometry().intersects(self.notice.geometry()):
+            bl.move(MARGIN, self.notice.y() - bl.height() - 2)  # the notice spans the bottom: the text above it
         m = self.markers
         m["left"].move(MARGIN, (h - m["left"].height()) // 2)
         m["right"].move(w - m["right"].width() - MARGIN, (h - m["right"].height()) // 2)
@@ -123,6 +131,13 @@ class ViewportOverlay(QWidget):
             m["bottom"].move(m["bottom"].x(), min(c.y() for c in bottom_corners) - m["bottom"].height() - 4)
         sl = self.scale_label
         sl.move(w - sl.width() - MARGIN, self.notice.y() - sl.height() - 14)
+        # the hint wraps in a narrow viewport (1x2, 2x2) rather than run past its edges
+        natural = self.hint.fontMetrics().horizontalAdvance(self.hint.text()) + 8
+        self.hint.setWordWrap(natural > w - 2 * MARGIN)
+        self.hint.setFixedWidth(max(min(natural, w - 2 * MARGIN), 20))
+        self.hint.setFixedHeight(self.hint.heightForWidth(self.hint.width()) if self.hint.wordWrap()
+                                 else self.hint.sizeHint().height())
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.hint.move((w - self.hint.width()) // 2, (h - self.hint.height()) // 2)
 
     def scale_bar_max_px(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
@@ -20,6 +21,8 @@ from PySide6.QtWidgets import (
 
 from cxr_viewer.ai.inference import WorklistRow, probability_text
 from cxr_viewer.ai.model import HEAD_TITLES, HEADS
+from cxr_viewer.common.tasks import remaining_text
+from cxr_viewer.io.hanging import natural_key
 
 PATH_ROLE = Qt.ItemDataRole.UserRole + 2
 #: the image column's first width (px): a file name stays readable; the user may drag it wider
@@ -60,6 +63,17 @@ class _ScoreItem(QTableWidgetItem):
 
     def __lt__(self, other):  # noqa: D105
         return self.value < getattr(other, "value", -1.0)
+
+
+class _NameItem(QTableWidgetItem):
+    """A file name sorting naturally: person99 before person998."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.key = natural_key(text)
+
+    def __lt__(self, other):
+        return self.key < getattr(other, "key", natural_key(other.text()))
 
 
 class Worklist(QWidget):
@@ -103,6 +117,7 @@ class Worklist(QWidget):
         self.cancel.clicked.connect(self.cancel_requested)
         self.table.cellClicked.connect(self._on_clicked)
         self._total = 0
+        self._started = time.monotonic()
         self.set_aside = 0
 
     def begin(self, total: int) -> None:
@@ -115,11 +130,12 @@ class Worklist(QWidget):
         self.start.setEnabled(False)
         self.cancel.setEnabled(True)
         self.info.setText(f"Scoring {total} image(s)...")
+        self._started = time.monotonic()
 
     def add_row(self, row: WorklistRow) -> None:
         r = self.table.rowCount()
         self.table.insertRow(r)
-        name = QTableWidgetItem(os.path.basename(row.path))
+        name = _NameItem(os.path.basename(row.path))
         name.setData(PATH_ROLE, row.path)
         name.setToolTip(row.path)
         self.table.setItem(r, 0, name)
@@ -133,7 +149,10 @@ class Worklist(QWidget):
         note = QTableWidgetItem(row.error or "; ".join(outside))
         note.setToolTip(note.text())
         self.table.setItem(r, 1 + len(HEADS), note)
-        self.progress.setValue(self.table.rowCount())
+        done = self.table.rowCount()
+        self.progress.setValue(done)
+        eta = remaining_text(done, self._total, time.monotonic() - self._started)
+        self.info.setText(f"Scoring {done} of {self._total} image(s)" + (f": {eta}" if eta else "..."))
 
     def clear(self, text: str = "") -> None:
         """No rows (they belonged to another model or another folder); ``text`` says why."""
@@ -142,7 +161,10 @@ class Worklist(QWidget):
         self.progress.setValue(0)
         self.info.setText(text)
 
-    def finish(self, text: str) -> None:
+    def finish(self, text: str, cancelled: bool = False) -> None:
+        """Scoring ended; ``cancelled``: the progress bar goes back to empty (the rows stay)."""
+        if cancelled:
+            self.progress.setValue(0)
         self.start.setEnabled(True)
         self.cancel.setEnabled(False)
         self.info.setText(text)

@@ -16,6 +16,7 @@ from cxr_viewer.common.errors import ImageOpenError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress, run_to_completion
 from cxr_viewer.io import dicom as dicom_io
 from cxr_viewer.io import raster as raster_io
+from cxr_viewer.io.hanging import natural_key
 from cxr_viewer.io.study import ImageRef, OpenError, PatientNode, SeriesNode, StudyIndex, StudyNode
 
 #: Files with these names are never images (DICOMDIR itself is read as a directory).
@@ -84,7 +85,7 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
             return  # a symlink loop or a folder reached twice
         seen_dirs.add(key)
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(folder), key=lambda e: natural_key(e.name))
         except OSError as exc:
             errors.append(OpenError(folder, f"cannot open folder: {exc.strerror}"))
             return
@@ -146,7 +147,7 @@ def read_any(path: str) -> tuple[ImageRef, dicom_io.DicomKeys | None]:
 
 
 def _sort_key(ref: ImageRef):
-    return (ref.instance_number is None, ref.instance_number or 0, os.path.basename(ref.path))
+    return (ref.instance_number is None, ref.instance_number or 0, natural_key(os.path.basename(ref.path)))
 
 
 def build_tree(entries: list[tuple[ImageRef, dicom_io.DicomKeys | None]]) -> tuple[PatientNode, ...]:
@@ -173,7 +174,7 @@ def build_tree(entries: list[tuple[ImageRef, dicom_io.DicomKeys | None]]) -> tup
     out = []
     for pkey, p in patients.items():
         studies = []
-        for skey, s in sorted(p["studies"].items(), key=lambda kv: (kv[1]["date"], kv[0])):
+        for skey, s in sorted(p["studies"].items(), key=lambda kv: (kv[1]["date"], natural_key(kv[0]))):
             series = tuple(
                 SeriesNode(sekey, se["desc"], se["modality"], tuple(sorted(se["images"], key=_sort_key)))
                 for sekey, se in s["series"].items()
@@ -181,6 +182,35 @@ def build_tree(entries: list[tuple[ImageRef, dicom_io.DicomKeys | None]]) -> tup
             studies.append(StudyNode(skey, s["date"], s["desc"], series))
         out.append(PatientNode(pkey, p["name"], p["id"], tuple(studies)))
     return tuple(out)
+
+
+def merge_indexes(old: StudyIndex, new: StudyIndex) -> StudyIndex:
+    """``old`` with ``new`` added ("Open" that adds to the list): patients, studies and series with
+    the same keys merge, an image already listed is not listed twice; studies by date again."""
+    patients: dict[str, dict] = {}
+    for index in (old, new):
+        for p in index.patients:
+            pe = patients.setdefault(p.key, {"node": p, "studies": {}})
+            for st in p.studies:
+                se = pe["studies"].setdefault(st.uid, {"node": st, "series": {}})
+                for sr in st.series:
+                    images = se["series"].setdefault(sr.uid, {"node": sr, "images": {}})["images"]
+                    for img in sr.images:
+                        images.setdefault(img.path, img)
+    out = []
+    for pe in patients.values():
+        studies = []
+        for se in sorted(pe["studies"].values(), key=lambda s: (s["node"].date, natural_key(s["node"].uid))):
+            series = tuple(SeriesNode(sr["node"].uid, sr["node"].description, sr["node"].modality,
+                                      tuple(sorted(sr["images"].values(), key=_sort_key)))
+                           for sr in se["series"].values())
+            studies.append(StudyNode(se["node"].uid, se["node"].date, se["node"].description, series))
+        p = pe["node"]
+        out.append(PatientNode(p.key, p.name, p.patient_id, tuple(studies)))
+    listed = {img.path for node in out for st in node.studies for sr in st.series for img in sr.images}
+    errors = {e.path: e for e in (*old.errors, *new.errors) if e.path not in listed}
+    states = tuple(dict.fromkeys((*old.presentation_states, *new.presentation_states)))
+    return StudyIndex(tuple(out), tuple(errors.values()), states)
 
 
 def index_paths(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED

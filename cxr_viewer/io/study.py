@@ -8,6 +8,12 @@ from typing import Iterator, Literal
 SourceKind = Literal["dicom", "raster"]
 
 
+def iso_date(value: str) -> str:
+    """DICOM DA "20040826" -> "2004-08-26"; anything else as written."""
+    v = value.strip()
+    return f"{v[:4]}-{v[4:6]}-{v[6:]}" if len(v) == 8 and v.isdigit() else v
+
+
 @dataclass(frozen=True)
 class Spacing:
     """Physical size of one pixel, row then column, in mm, and how to label lengths.
@@ -64,8 +70,8 @@ class ImageMeta:
             ("Patient ID", self.patient_id),
             ("Sex", self.sex),
             ("Age", self.age),
-            ("Birth date", self.birth_date),
-            ("Study date", self.study_date),
+            ("Birth date", iso_date(self.birth_date)),
+            ("Study date", iso_date(self.study_date)),
             ("Study", self.study_description),
             ("Series", self.series_description),
             ("Modality", self.modality),

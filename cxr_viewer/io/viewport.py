@@ -172,3 +172,74 @@ def scale_bar(spacing: Spacing | None, screen_px_per_image_px: float, max_screen
     elif "magnification" in spacing.label:
         text += " (magnification-corrected)"
     return ScaleBar(length, length / mm_per_screen_px, text)
+
+
+# --- display orientation: flips and quarter turns of the picture, never of the stored pixels ------
+Matrix = tuple[tuple[int, int], tuple[int, int]]
+IDENTITY: Matrix = ((1, 0), (0, 1))
+#: screen operations (x right, y down): each maps a direction on screen to where it goes
+FLIP_H: Matrix = ((-1, 0), (0, 1))
+FLIP_V: Matrix = ((1, 0), (0, -1))
+ROTATE_RIGHT: Matrix = ((0, -1), (1, 0))  # clockwise: the top goes to the right
+ROTATE_LEFT: Matrix = ((0, 1), (-1, 0))
+
+
+def _mul(a: Matrix, b: Matrix) -> Matrix:
+    return tuple(tuple(sum(a[i][k] * b[k][j] for k in range(2)) for j in range(2)) for i in range(2))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DisplayOrientation:
+    """How the picture is turned on screen: ``matrix`` maps image directions (x right, y down) to
+    screen directions; one of the eight flips and quarter turns. Operations compose as the user
+    sees them: "flip horizontal" always flips what is on screen left-right."""
+
+    matrix: Matrix = IDENTITY
+
+    def then(self, op: Matrix) -> DisplayOrientation:
+        return DisplayOrientation(_mul(op, self.matrix))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.matrix == IDENTITY
+
+    def display_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the picture on screen."""
+        h, w = shape
+        return (w, h) if self.matrix[0][0] == 0 else (h, w)
+
+    def affine(self, shape: tuple[int, int]) -> tuple[float, float, float, float, float, float]:
+        """(m11, m12, m21, m22, dx, dy): display = M @ image + d, with the picture on screen
+        spanning [0, cols] x [0, rows] of :meth:`display_shape`."""
+        h, w = shape
+        dh, dw = self.display_shape(shape)
+        (a, b), (c, d) = self.matrix
+        cx, cy = w / 2, h / 2
+        return (a, b, c, d, dw / 2 - (a * cx + b * cy), dh / 2 - (c * cx + d * cy))
+
+    def orient(self, array):
+        """``array`` (rows, cols[, ...]) as it appears on screen: a numpy view, never a copy."""
+        (a, b), (c, _d) = self.matrix
+        if a == 0:  # rows and columns swap: display = a.T[::c, ::b]
+            return array.swapaxes(0, 1)[::c, ::b]
+        return array[::self.matrix[1][1], ::a]
+
+    def markers(self, markers: OrientationMarkers | None) -> OrientationMarkers | None:
+        """The edge markers once the picture is turned: each screen edge shows the patient
+        direction of the image edge that now lies there."""
+        if markers is None:
+            return None
+        by_direction = {(-1, 0): markers.left, (1, 0): markers.right, (0, -1): markers.top, (0, 1): markers.bottom}
+        (a, b), (c, d) = self.matrix
+
+        def at(dx: int, dy: int) -> str:  # image direction = M^T @ screen direction (M is orthogonal)
+            return by_direction[(a * dx + c * dy, b * dx + d * dy)]
+
+        return OrientationMarkers(left=at(-1, 0), right=at(1, 0), top=at(0, -1), bottom=at(0, 1))
+
+    def describe(self) -> str:
+        """Short words for the overlay ("" when not turned)."""
+        names = {IDENTITY: "", FLIP_H: "Flip H", FLIP_V: "Flip V", ROTATE_RIGHT: "Rot 90° R",
+                 ROTATE_LEFT: "Rot 90° L", ((-1, 0), (0, -1)): "Rot 180°",
+                 ((0, 1), (1, 0)): "Rot 90° R, flip H", ((0, -1), (-1, 0)): "Rot 90° L, flip H"}
+        return names[self.matrix]
