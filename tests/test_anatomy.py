@@ -98,15 +98,14 @@ needs_model = pytest.mark.skipif(not SHIPPED.exists(), reason="models/anatomy.sa
 def test_shipped_model_outlines_lungs_and_heart_on_the_bundled_samples():
     """The bundled child (Kermany) and adult (NIH DICOM) samples: two lungs either side of a heart,
     a CTR in the range seen in people (0.3-0.7). Not a Dice check: these images have no reference masks."""
-    from cxr_viewer.io.index import read_any
-    from cxr_viewer.io.study import load_image
+    from cxr_viewer.io.image import open_image
 
     model = AnatomyModel.from_file(default_anatomy_path())
     samples = sorted((REPO / "resources" / "samples").rglob("*.*"))
     images = [p for p in samples if p.suffix.lower() in (".png", ".jpeg", ".jpg", ".dcm")]
     assert images
     for p in images:
-        image = load_image(read_any(str(p))[0], 0)
+        image = open_image(str(p))
         a = model.segment_image(image)
         h, w = image.values.shape[:2]
         assert a.masks.shape[1:] == (h, w)

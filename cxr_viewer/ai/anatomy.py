@@ -42,6 +42,7 @@ ANATOMY_FILE = "anatomy.safetensors"
 STRUCTURES = ("right_lung", "left_lung", "heart")
 MAX_ANATOMY_BYTES = 64 << 20
 ANATOMY_SPEC = PreprocessSpec(input_size=256, channels=1)
+WORK_SIZE = 1024
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -250,9 +251,20 @@ class AnatomyModel:
         """Masks and CTR for modality values; masks at ``shape`` (default: the values' shape)."""
         unit = preprocess_unit(values, monochrome1, padding, self.meta.preprocessing)
         probs = self.probabilities_units(unit[None])[0]
-        full = resize_probabilities(probs, shape or values.shape[:2])
-        masks = clean_masks(full >= self.meta.threshold)
-        return Anatomy(masks, measure_ctr(*masks), self.meta.name)
+        h, w = shape or values.shape[:2]
+        # masks are cleaned and measured at no more than WORK_SIZE px a side (the model sees 256):
+        # a 3000 px image would otherwise cost seconds for no detail; then scaled to the image
+        scale = min(1.0, WORK_SIZE / max(h, w))
+        wh, ww = max(1, round(h * scale)), max(1, round(w * scale))
+        masks = clean_masks(resize_probabilities(probs, (wh, ww)) >= self.meta.threshold)
+        ctr = measure_ctr(*masks)
+        if (wh, ww) != (h, w):
+            masks = np.stack([np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST)) for m in masks])
+            if ctr is not None:
+                sx, sy = w / ww, h / wh
+                ctr = CtrMeasurement(tuple((x * sx, y * sy) for x, y in ctr.heart),
+                                     tuple((x * sx, y * sy) for x, y in ctr.thorax))
+        return Anatomy(masks, ctr, self.meta.name)
 
     def segment_image(self, image) -> Anatomy:
         return self.segment(image.values, image.monochrome1, image.padding)

@@ -5,8 +5,9 @@ overfits and cannot be validated well. Instead the backbone of an existing model
 pooled features are computed once (with a few augmented copies per image), and the head is fitted
 on them. K-fold cross-validation grouped by patient gives out-of-fold probabilities: they estimate
 the AUROC (with a bootstrap interval) and fit the temperature and the threshold. The final head is
-refitted on all images. If the interval's lower bound is not above 0.5 the head is stored as NOT
-trained, so the viewer says "not available" rather than showing a score no better than chance.
+refitted on all images. If the interval's lower bound is not above ``min_auroc_lower`` (0.70: a
+score worth showing, not merely better than chance) the head is stored as NOT trained, so the
+viewer says "not available" with the numbers rather than showing a score it has not earned.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class HeadTrainConfig:
     cache_dir: str | None = None
     bootstrap: int = 1000
     version: str | None = None
+    #: the lowest cross-validated AUROC lower 95% bound at which a head is shipped as available
+    min_auroc_lower: float = 0.70
 
 
 def _features(model, images: np.ndarray, spec, copies: int, choice, cancel: CancelToken, seed: int
@@ -155,19 +158,23 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
                      + format_report(head, rep))
         ci = rep.get("auroc_ci95") or (0.0, 0.0)
         better_than_chance = ci[0] > 0.5
+        available = ci[0] > cfg.min_auroc_lower
         # refit on all images for the shipped head
         model.heads[head] = _clone(model.heads[head])
         _fit_head(model.heads[head], feats[:, idx], y, cfg)
-        cv[head] = {"folds": cfg.folds, "auroc": rep["auroc"], "auroc_ci95": ci, "better_than_chance": better_than_chance}
+        cv[head] = {"folds": cfg.folds, "auroc": rep["auroc"], "auroc_ci95": ci, "better_than_chance": better_than_chance,
+                    "required_auroc_lower": cfg.min_auroc_lower, "available": available}
         meta.heads[head] = HeadInfo(
-            trained=bool(better_than_chance), threshold=threshold, temperature=temperature,
+            trained=bool(available), threshold=threshold, temperature=temperature,
             negative=CLASS_NAMES[head][0], positive=CLASS_NAMES[head][1],
             operating_point={"sensitivity": rep["sensitivity"], "specificity": rep["specificity"]},
             rule=f"head fitted on the frozen backbone; temperature and threshold (Youden's J) from {cfg.folds}-fold "
                  "patient-grouped cross-validation out-of-fold predictions",
-            note=("" if better_than_chance else
-                  f"cross-validated AUROC {rep['auroc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}) is not better than "
-                  "chance; the weights are kept for research, the viewer shows no score"),
+            note=("" if available else
+                  f"cross-validated AUROC {rep['auroc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}) is "
+                  + ("not better than chance" if not better_than_chance else
+                     f"better than chance but its lower bound is not above the {cfg.min_auroc_lower:.2f} required")
+                  + "; the weights are kept for research, the viewer shows no score"),
         )
     meta.training.setdefault("heads_trained_later", []).append({
         "heads": heads, "data_dir": os.path.abspath(cfg.data_dir), "labels_csv": cfg.labels_csv,
