@@ -350,3 +350,45 @@ def test_send_results_to_orthanc_takes_the_annotations_as_a_gsps(qtbot, window, 
     gsps = pydicom.dcmread(io.BytesIO(raw))
     assert gsps.StudyInstanceUID == orthanc_samples["cr"].study_uid
     assert read_gsps(gsps, image.ref.sop_instance_uid).annotations == anns
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_gsps_round_trip_through_orthanc_retrieved_and_reopened(qtbot, window, orthanc_restored, orthanc_samples,
+                                                               tmp_path, kind):
+    """Annotations saved as a GSPS, stored on a real Orthanc beside their study, come back in a new
+    session through the viewer's own retrieve (C-GET / WADO-RS into the cache) and show on the image."""
+    from cxr_viewer.clinical import pacs
+    from cxr_viewer.common.tasks import run_to_completion
+    from cxr_viewer.gui.main_window import MainWindow
+    from cxr_viewer.gui.settings import Settings
+
+    orthanc = orthanc_restored
+    sample = orthanc_samples["cr"]
+    node, pw = (orthanc.dimse_node(), None) if kind == "dimse" else (orthanc.dicomweb_node(), orthanc.password)
+    open_image(qtbot, window, sample.path)
+    window.tool_actions["ruler"].trigger()
+    drag(window.view, (300, 300), (900, 300))
+    window.tool_actions["ellipse"].trigger()
+    drag(window.view, (400, 600), (800, 900))
+    anns = stored(window)
+    assert len(anns) == 2
+    gsps_path = window.save_annotations(str(tmp_path / "ann_gsps.dcm"))
+    assert gsps_path
+    sent = run_to_completion(pacs.send_task(node, [gsps_path], pw))
+    assert sent.sent and not sent.failed, sent
+
+    paths = run_to_completion(pacs.retrieve_task(node, sample.study_uid, str(tmp_path / "cache"), pw))
+    classes = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}
+    assert GSPS_SOP_CLASS in classes  # the presentation state came with the study
+    other = MainWindow(Settings(str(tmp_path / "s2.ini")), load_default_model=False)
+    qtbot.addWidget(other)
+    other.show()
+    try:
+        with qtbot.waitSignal(other.image_shown, timeout=30000):
+            other.open_paths([str(tmp_path / "cache")])
+        assert other.view.image.ref.sop_instance_uid == sample.sop_instance_uid
+        assert stored(other) == anns
+        assert set(other.view.measure.items) == {a.uid for a in anns}
+        assert "Loaded 2 annotation(s)" in other.last_message
+    finally:
+        other.shutdown()

@@ -215,3 +215,24 @@ def test_worklist_shows_ties_at_the_top_and_the_threshold(qtbot, window):
     assert low.text() == "20.0%" and "below the threshold" in low.toolTip()
     assert wl.table.columnWidth(0) >= 150
 
+
+
+def test_worklist_keeps_the_score_in_view_at_1280x720(qtbot, window):
+    """On a 1280x720 screen the worklist tab gets most of the left column's height, and the image
+    column narrows (names elided in the middle) so the pneumonia score stays in view."""
+    window.fit_to_screen(QRect(0, 0, 1280, 720))
+    qtbot.wait(100)
+    wl = window.worklist
+    window.worklist_dock.raise_()
+    qtbot.waitUntil(wl.isVisible)
+    wl.begin(4)
+    for i in range(4):
+        wl.add_row(WorklistRow(f"/a/person{1000 + i}_bacteria_{2931 + i}.jpeg",
+                               {"pneumonia": 0.2 * i, "lung_cancer_association": None},
+                               statuses={"pneumonia": "scored", "lung_cancer_association": "not_available"},
+                               positives={"pneumonia": i > 1}))
+    wl.finish("done")
+    header, viewport = wl.table.horizontalHeader(), wl.table.viewport()
+    qtbot.waitUntil(lambda: header.sectionViewportPosition(1) + header.sectionSize(1) <= viewport.width())
+    assert wl.table.columnWidth(0) >= 100
+    qtbot.waitUntil(lambda: viewport.height() >= 3 * wl.table.rowHeight(0))  # more than one row in view

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QToolBar,
+    QToolButton,
     QWidget,
 )
 
@@ -37,7 +38,7 @@ from cxr_viewer.gui.view_grid import LAYOUTS, ViewGrid
 from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.gui.worklist import Worklist
 from cxr_viewer.io.display import Voi, Window
-from cxr_viewer.io.hanging import compare_with_prior
+from cxr_viewer.io.hanging import compare_with_prior, study_of
 from cxr_viewer.io.image import LoadedImage, load_image_task
 from cxr_viewer.io.index import index_paths, merge_indexes
 from cxr_viewer.io.study import ImageRef, OpenError, StudyIndex
@@ -133,6 +134,9 @@ class MainWindow(QMainWindow):
         self.worklist_dock.setWidget(self.worklist)
         self.tabifyDockWidget(left, self.worklist_dock)
         left.raise_()
+        # the worklist's tab shown: its list gets most of the left column's height (on a 1280x720
+        # screen the usual share leaves one row)
+        self.worklist_dock.visibilityChanged.connect(lambda shown: shown and QTimer.singleShot(0, self._size_worklist))
         self._heat_lut = heatmap_lut()
         self.models = ModelHolder()
         self.model_summary: ModelSummary | None = None
@@ -153,9 +157,13 @@ class MainWindow(QMainWindow):
         self.export_runner = TaskRunner(self, "export")
         self.anatomy_model_runner = TaskRunner(self, "anatomy model")
         self.anatomy_runner = TaskRunner(self, "anatomy")
+        #: Fetch Priors: query and retrieve (two threads: a cancelled one may be stuck in a network read)
+        self.priors_runner = TaskRunner(self, "priors", threads=2)
         self.runners = (self.index_runner, *self.image_runners, self.thumb_runner, self.model_runner,
                         self.score_runner, self.worklist_runner, self.export_runner, self.anatomy_model_runner,
-                        self.anatomy_runner)
+                        self.anatomy_runner, self.priors_runner)
+        self._viewport_notes: dict[int, str] = {}  # what to say once a viewport's image is shown
+        self._after_index = None  # what to do once the next index is shown, instead of showing its first image
         self.pacs_dialog = None
         self._passwords = None
         self.study_index = StudyIndex()
@@ -199,6 +207,11 @@ class MainWindow(QMainWindow):
                          [int(w * LEFT_DOCK_SHARE), int(w * RIGHT_DOCK_SHARE)], Qt.Orientation.Horizontal)
         self.resizeDocks([self.studies_dock, self.image_dock], [int(h * 0.35), int(h * 0.65)], Qt.Orientation.Vertical)
 
+    def _size_worklist(self) -> None:
+        if self.worklist_dock.isVisible() and not self.worklist_dock.isFloating():
+            h = self.height()
+            self.resizeDocks([self.worklist_dock, self.image_dock], [int(h * 0.6), int(h * 0.4)], Qt.Orientation.Vertical)
+
     def showEvent(self, event):  # noqa: N802
         super().showEvent(event)
         if not getattr(self, "_docks_sized", False):
@@ -220,7 +233,13 @@ class MainWindow(QMainWindow):
         bar.addWidget(self.message_label, 1)
         for w in (self.position_label, self.value_label, self.units_label):
             bar.addWidget(w)
+        self.cancel_button = QToolButton(self)
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setToolTip("Stop fetching the priors from the PACS (Esc)")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.priors_runner_cancel)
         bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.cancel_button)
         bar.addPermanentWidget(self.device_label)
         bar.addPermanentWidget(self.notice_label)
 
@@ -284,6 +303,9 @@ class MainWindow(QMainWindow):
         self.act_compare = a("&Compare with Prior", self.compare_with_prior, "C",
                              "Current PA left, the most recent earlier study of the same PatientID right")
         self.act_compare.setIconText("Compare")
+        self.act_fetch_priors = a("&Fetch Priors from PACS", self.fetch_priors, None,
+                                  "Query the PACS for this patient's earlier studies (same PatientID), retrieve the "
+                                  "most recent one and compare with it")
         self.act_zoom_in = a("Zoom In", lambda: self.view.zoom_by(1.25), "+")
         self.act_zoom_out = a("Zoom Out", lambda: self.view.zoom_by(0.8), "-")
         self.act_reset = a("&Reset View", self.reset_view, "R", "Default window, no invert, no flip or rotation, fit")
@@ -349,7 +371,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addSeparator()
-        for act in (self.act_pacs, self.act_export, self.act_send):
+        for act in (self.act_pacs, self.act_fetch_priors, self.act_export, self.act_send):
             file_menu.addAction(act)
         file_menu.addSeparator()
         for act in (self.act_save_gsps, self.act_save_gsps_as, self.act_load_gsps):
@@ -358,7 +380,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_quit)
         view_menu = menu.addMenu("&View")
         layout_menu = view_menu.addMenu("&Layout")
-        for act in (*self.layout_actions.values(), None, self.act_link, self.act_compare):
+        for act in (*self.layout_actions.values(), None, self.act_link, self.act_compare, self.act_fetch_priors):
             layout_menu.addSeparator() if act is None else layout_menu.addAction(act)
         for act in (self.act_fit, self.act_1to1, self.act_2to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
                     self.act_flip_h, self.act_flip_v, self.act_rotate_left, self.act_rotate_right,
@@ -387,6 +409,10 @@ class MainWindow(QMainWindow):
         self.act_about = self._action("&About cxr_viewer", self.show_about)
         help_menu.addAction(self.act_about)
 
+        # short button texts (the menus keep the long ones): at 1280x720 the whole row fits, PACS included
+        for act, text in ((self.act_mode_window, "Window/Level"), (self.act_mode_pan, "Pan"),
+                          (self.act_prev, "Previous"), (self.act_next, "Next"), (self.act_export, "Export")):
+            act.setIconText(text)
         tools = QToolBar("Main", self)
         tools.setObjectName("main_toolbar")
         for act in (self.act_open, self.act_open_folder, None, self.act_fit, self.act_1to1, self.act_reset,
@@ -435,6 +461,13 @@ class MainWindow(QMainWindow):
         self.index_runner.finished.connect(self._on_index_done)
         self.index_runner.failed.connect(lambda msg: self._task_failed("Opening failed", msg))
         self.index_runner.cancelled.connect(lambda: self._show_message("Opening cancelled."))
+        self.index_runner.failed.connect(lambda _msg: setattr(self, "_after_index", None))
+        self.index_runner.cancelled.connect(lambda: setattr(self, "_after_index", None))
+        self.priors_runner.progress.connect(self._on_priors_progress)
+        self.priors_runner.finished.connect(self._on_priors_fetched)
+        self.priors_runner.failed.connect(lambda msg: self._task_failed("Fetch priors failed", msg))
+        self.priors_runner.cancelled.connect(lambda: self._show_message("Fetching the priors was cancelled."))
+        self.priors_runner.busy_changed.connect(self._update_busy)
         self.thumb_runner.progress.connect(self._on_thumbnail)
         self.index_runner.busy_changed.connect(self._update_busy)
         self.model_runner.finished.connect(self._on_model_loaded)
@@ -492,7 +525,7 @@ class MainWindow(QMainWindow):
 
     def cancel_loading(self) -> None:
         for runner in (self.index_runner, *self.image_runners, self.thumb_runner, self.worklist_runner,
-                       self.export_runner):
+                       self.export_runner, self.priors_runner):
             runner.cancel()
 
     def _fill_recent_menu(self) -> None:
@@ -536,7 +569,11 @@ class MainWindow(QMainWindow):
             msg += f"; {n_ps} presentation state(s) (annotations): shown with the images they reference"
         self._show_message(msg)
         self.index_loaded.emit(index)
-        if refs:
+        after, self._after_index = self._after_index, None
+        if refs and after is not None:  # e.g. priors fetched: the shown image stays, then they are hung
+            self.thumb_runner.submit(thumbnails_task, refs)
+            after()
+        elif refs:
             added = set(new_paths)
             first = next((r for r in refs if r.path in added), refs[0])
             self.browser.select(first)  # loads it
@@ -563,7 +600,8 @@ class MainWindow(QMainWindow):
         if view is not self.view:  # a prior or another viewport: drawn, the panels stay with the active one
             view.set_image(image, keep_voi, keep_view=keep_view)
             view.measure.set_annotations(self.annotation_store.get((image.ref.path, image.frame)))
-            self._show_message(f"{os.path.basename(image.ref.path)} in viewport {viewport + 1}")
+            self._show_message(self._viewport_notes.pop(viewport, "")
+                               or f"{os.path.basename(image.ref.path)} in viewport {viewport + 1}")
             self.viewport_shown.emit(viewport, image)
             return
         self.side.controls.set_image(image)
@@ -581,6 +619,7 @@ class MainWindow(QMainWindow):
         self._segment_current()
 
     def _on_image_failed(self, message: str, viewport: int = 0) -> None:
+        self._viewport_notes.pop(viewport, None)
         if self.grid.views[viewport] is not self.view:
             self.grid.views[viewport].clear()
             self._task_failed(f"Cannot show this image in viewport {viewport + 1}", message)
@@ -638,7 +677,8 @@ class MainWindow(QMainWindow):
             return False
         hanging = compare_with_prior(self.study_index, image.ref)
         if len(hanging.images) < 2:
-            self._show_message(f"No prior to compare with: {hanging.reason}.")
+            hint = " (File > Fetch Priors from PACS can get one)" if "no earlier study" in hanging.reason else ""
+            self._show_message(f"No prior to compare with: {hanging.reason}{hint}.")
             return False
         self.set_layout("1x2" if self.grid.layout_name == "1x1" else self.grid.layout_name)
         current, prior = hanging.images
@@ -646,8 +686,86 @@ class MainWindow(QMainWindow):
         if self.grid.views[0].image is None or self.grid.views[0].image.ref.path != current.path:
             self.browser.select(current)  # loads it in the active (left) viewport
         self.show_ref(prior, 0, viewport=1)
-        self._show_message(f"Comparing with the prior of {_date_text(prior.meta.study_date)} (right).")
+        note = f"Comparing with the prior of {_date_text(prior.meta.study_date)} (right)."
+        self._viewport_notes[1] = note  # said again once it is shown
+        self._show_message(note)
         return True
+
+    def fetch_priors(self) -> bool:
+        """Query the PACS for the shown patient's earlier studies, retrieve the newest into the cache
+        (a worker, with progress and Cancel), then open it beside the current image."""
+        image = self.view.image
+        if image is None:
+            self._show_message("Open an image first: Fetch Priors looks for earlier studies of its patient.")
+            return False
+        ref = image.ref
+        if ref.kind != "dicom" or not ref.meta.patient_id.strip():
+            self._show_message("Fetch Priors: this image has no PatientID, so its priors cannot be found.")
+            return False
+        study = study_of(self.study_index, ref)
+        if study is None or not study.date:
+            self._show_message("Fetch Priors: this study has no date, so which studies are earlier is unknown.")
+            return False
+        try:
+            nodes = self.settings.pacs_store().load()
+        except ValueError as exc:
+            self._show_message(f"Fetch Priors: {exc}")
+            return False
+        if not nodes:
+            self._show_message("Fetch Priors: no PACS configured (File > PACS... > Nodes).")
+            return False
+        last = self.settings.last_pacs_node()
+        node = next((n for n in nodes if n.name == last), nodes[0])
+        go, password = self._password_book().ask(self, node)
+        if not go:
+            return False
+        from cxr_viewer.clinical.pacs import fetch_priors_task
+
+        cache = self.settings.pacs_cache_dir()
+        os.makedirs(cache, exist_ok=True)
+        self._priors_for = ref
+        self._priors_node = node.name
+        self._show_message(f"Fetching priors from {node.name}: searching...")
+        self.priors_runner.submit(fetch_priors_task, node, ref.meta.patient_id.strip(), study.uid, study.date, cache,
+                                  password)
+        return True
+
+    def priors_runner_cancel(self) -> None:
+        self.priors_runner.cancel()
+
+    def _on_priors_progress(self, p: Progress) -> None:
+        if p.total:
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(p.done)
+        if p.stage == "query":
+            self._show_message(f"Fetching priors from {self._priors_node}: searching...")
+        else:
+            self._show_message(f"Fetching priors from {self._priors_node}: {p.done}"
+                               + (f" of {p.total}" if p.total else "") + " retrieved")
+
+    def _on_priors_fetched(self, fetched) -> None:
+        if not fetched.studies:
+            self._show_message(f"{self._priors_node} has no earlier study of this patient.")
+            return
+        if not fetched.paths:
+            self._show_message(f"{self._priors_node} sent no images for the prior study.")
+            return
+        ref = self._priors_for
+        folders = sorted({os.path.dirname(p) for p in fetched.paths})
+        dates = ", ".join(_date_text(s.study_date) for s in fetched.studies)
+        self._show_message(f"Retrieved the prior of {dates}; opening it...")
+
+        def hang() -> None:
+            current = next((r for r in self.browser.refs() if r.path == ref.path), None)
+            if current is None or self.grid.views[0].image is None:
+                return
+            if self.view is not self.grid.views[0] and self.grid.views[0].image.ref.path == ref.path:
+                self.grid.set_active(0)
+            self.browser.select(current, quiet=True)
+            self.compare_with_prior()
+
+        self.open_paths(folders, add=True)
+        self._after_index = hang  # after the submit: cancelling an earlier open clears it
 
     def set_loupe(self, on: bool) -> None:
         self.act_loupe.setChecked(on)
@@ -1243,9 +1361,11 @@ class MainWindow(QMainWindow):
 
     # --- misc --------------------------------------------------------------------------
     def _update_busy(self, _busy: bool) -> None:
-        busy = self.index_runner.busy or any(r.busy for r in self.image_runners) or self.export_runner.busy
+        busy = (self.index_runner.busy or any(r.busy for r in self.image_runners) or self.export_runner.busy
+                or self.priors_runner.busy)
         self.progress.setVisible(busy)
-        if busy and not (self.index_runner.busy or self.export_runner.busy):
+        self.cancel_button.setVisible(self.priors_runner.busy)
+        if busy and not (self.index_runner.busy or self.export_runner.busy or self.priors_runner.busy):
             self.progress.setRange(0, 0)
 
     def _show_message(self, text: str) -> None:

@@ -99,6 +99,9 @@ class Worklist(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.table.setColumnWidth(0, IMAGE_COLUMN_WIDTH)
+        self._image_width_auto = True  # until the user drags the column: narrowed to keep the score in view
+        self._sizing = False
+        header.sectionResized.connect(self._on_section_resized)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # both ends of a long file name
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -170,6 +173,32 @@ class Worklist(QWidget):
         self.info.setText(text)
         self.table.setSortingEnabled(True)
         self.table.sortItems(1, Qt.SortOrder.DescendingOrder)
+        self.fit_image_column()  # the score column sized to its contents now
+
+    def _on_section_resized(self, index: int, _old: int, _new: int) -> None:
+        if index == 0 and not self._sizing:
+            self._image_width_auto = False  # the user chose this width
+
+    def fit_image_column(self) -> None:
+        """In a narrow dock (a 1280x720 screen), narrow the image column so the pneumonia score
+        beside it stays in view (names are elided in the middle); never wider than its first width."""
+        if not self._image_width_auto or self.visibleRegion().isEmpty():  # a hidden tab has no width to go by
+            return
+        score = self.table.horizontalHeader().sectionSize(1)
+        width = max(100, min(IMAGE_COLUMN_WIDTH, self.table.viewport().width() - score - 4))
+        self._sizing = True
+        try:
+            self.table.setColumnWidth(0, width)
+        finally:
+            self._sizing = False
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        self.fit_image_column()
+
+    def showEvent(self, event):  # noqa: N802
+        super().showEvent(event)
+        self.fit_image_column()
 
     def paths_in_order(self) -> list[str]:
         return [self.table.item(r, 0).data(PATH_ROLE) for r in range(self.table.rowCount())]

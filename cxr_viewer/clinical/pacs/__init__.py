@@ -6,7 +6,8 @@ Protocols:
 * DICOMweb (:mod:`.dicomweb`, dicomweb-client + requests): QIDO-RS, WADO-RS, STOW-RS.
 
 The public tasks :func:`echo`, :func:`query_task`, :func:`retrieve_task` and :func:`send_task`
-(defined here) validate the node and dispatch on ``PacsNode.kind``. The other modules:
+(defined here) validate the node and dispatch on ``PacsNode.kind``; :func:`fetch_priors_task`
+(:mod:`.priors`) builds on the query and retrieve to fetch a patient's earlier studies. The other modules:
 :mod:`.nodes` (errors, :class:`PacsNode`, :class:`QueryFilter`, :class:`StudyMatch`,
 :class:`SendResult`), :mod:`.cache` (atomic writes into the retrieve cache) and
 :mod:`.credentials` (passwords in the OS keyring).
@@ -49,6 +50,7 @@ from cxr_viewer.clinical.pacs.nodes import (
     _filter_by_name,
     _scrub,
 )
+from cxr_viewer.clinical.pacs.priors import FetchedPriors, choose_priors, fetch_priors_task
 from cxr_viewer.common.tasks import NEVER_CANCELLED, Cancelled, CancelToken, Progress
 
 __all__ = [
@@ -56,13 +58,16 @@ __all__ = [
     "KINDS",
     "RETRIEVE_METHODS",
     "CredentialStoreUnavailable",
+    "FetchedPriors",
     "PacsError",
     "PacsNode",
     "QueryFilter",
     "SendResult",
     "StudyMatch",
+    "choose_priors",
     "delete_password",
     "echo",
+    "fetch_priors_task",
     "get_password",
     "query_task",
     "retrieve_task",
