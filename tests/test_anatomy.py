@@ -96,24 +96,33 @@ needs_model = pytest.mark.skipif(not SHIPPED.exists(), reason="models/anatomy.sa
 
 @needs_model
 def test_shipped_model_outlines_lungs_and_heart_on_the_bundled_samples():
-    """The bundled child (Kermany) and adult (NIH DICOM) samples: two lungs either side of a heart,
-    a CTR in the range seen in people (0.3-0.7). Not a Dice check: these images have no reference masks."""
+    """The bundled child (Kermany) and adult (NIH DICOM) samples: either two lungs either side of a
+    heart and a CTR in the range seen in people (0.3-0.7), or no CTR and a reason (the pneumonia
+    sample's consolidation whitens its left lung, which the model then outlines only in part).
+    Not a Dice check: these images have no reference masks."""
     from cxr_viewer.io.image import open_image
 
     model = AnatomyModel.from_file(default_anatomy_path())
     samples = sorted((REPO / "resources" / "samples").rglob("*.*"))
     images = [p for p in samples if p.suffix.lower() in (".png", ".jpeg", ".jpg", ".dcm")]
     assert images
+    with_ctr = []
     for p in images:
         image = open_image(str(p))
         a = model.segment_image(image)
         h, w = image.values.shape[:2]
         assert a.masks.shape[1:] == (h, w)
+        if a.ctr is None:
+            assert a.ctr_note, p.name
+            continue
         right, left, heart = a.masks
         assert right.sum() > 0.03 * h * w and left.sum() > 0.03 * h * w, p.name
         cx = lambda m: np.nonzero(m)[1].mean()  # noqa: E731
-        assert cx(right) < cx(heart) < cx(left) or p.suffix.lower() == ".dcm", p.name
-        assert a.ctr is not None and 0.3 < a.ctr.ratio < 0.7, (p.name, a.ctr)
+        assert cx(right) < cx(heart) < cx(left), p.name
+        assert 0.3 < a.ctr.ratio < 0.7, (p.name, a.ctr)
+        with_ctr.append(p.name)
+    assert any("NORMAL" in str(p) or "normal" in str(p).lower() for p in images if p.name in with_ctr)
+    assert any(p.suffix.lower() == ".dcm" for p in images if p.name in with_ctr)
 
 
 @needs_model
@@ -159,3 +168,21 @@ def test_heatmap_share_in_the_lungs_is_measured_on_real_pneumonia_images(shared_
     doc = run_to_completion(heatmap_lung_share_task(scorer, AnatomyModel.from_file(str(SHIPPED)), samples))
     assert doc["images"] == 6  # the positives only
     assert 0.0 <= doc["mean_share_in_lungs"] <= 1.0 and 0.1 < doc["lung_area_fraction"] < 0.7
+
+
+def test_no_ctr_from_implausible_outlines():
+    """A lung outlined only in part (a consolidation whitens it) or a heart barely found must not
+    give a confident ratio: there is none, and the reason says why."""
+    from cxr_viewer.ai.anatomy import ctr_problem
+
+    shape = (200, 200)
+    right = _box(shape, 40, 160, 20, 90)
+    left = _box(shape, 50, 170, 110, 185)
+    heart = _box(shape, 100, 150, 70, 130)
+    masks = np.stack([right, left, heart])
+    assert ctr_problem(masks, measure_ctr(*masks)) is None
+    partial = np.stack([right, _box(shape, 50, 80, 150, 185), heart])
+    assert "much smaller" in ctr_problem(partial, measure_ctr(*partial))
+    tiny_heart = np.stack([right, left, _box(shape, 120, 125, 95, 100)])
+    assert "implausible" in ctr_problem(tiny_heart, measure_ctr(*tiny_heart))
+    assert "not found" in ctr_problem(masks, None)

@@ -198,13 +198,30 @@ def measure_ctr(right_lung: np.ndarray, left_lung: np.ndarray, heart: np.ndarray
     return CtrMeasurement(((hx0, hy), (hx1, hy)), ((float(r_edge[i]), ty), (float(l_edge[i]), ty)))
 
 
+def ctr_problem(masks: np.ndarray, ctr: CtrMeasurement | None) -> str | None:
+    """Why the outlines cannot give a trustworthy CTR, or None. Seen on children with pneumonia: a
+    consolidation whitens a lung, which the model then outlines only in part, or hides the heart
+    border; a ratio from such outlines would be a confident wrong number."""
+    if ctr is None:
+        return "a lung or the heart was not found"
+    right, left = int(masks[0].sum()), int(masks[1].sum())
+    if min(right, left) < 0.35 * max(right, left):
+        return ("one lung outline is much smaller than the other (an opacity, effusion or collapse may hide "
+                "its border)")
+    if not 0.25 <= ctr.ratio <= 0.85:
+        return f"the outlines give an implausible ratio ({ctr.ratio:.2f}): a border is probably hidden"
+    return None
+
+
 @dataclass(frozen=True)
 class Anatomy:
-    """Masks at the image's own size (bool, (3, H, W) in :data:`STRUCTURES` order) and the CTR."""
+    """Masks at the image's own size (bool, (3, H, W) in :data:`STRUCTURES` order) and the CTR;
+    ``ctr`` is None when the outlines cannot give one, and ``ctr_note`` says why."""
 
     masks: np.ndarray
     ctr: CtrMeasurement | None
     model_name: str = ""
+    ctr_note: str = ""
 
     @property
     def lungs(self) -> np.ndarray:
@@ -264,7 +281,8 @@ class AnatomyModel:
                 sx, sy = w / ww, h / wh
                 ctr = CtrMeasurement(tuple((x * sx, y * sy) for x, y in ctr.heart),
                                      tuple((x * sx, y * sy) for x, y in ctr.thorax))
-        return Anatomy(masks, ctr, self.meta.name)
+        problem = ctr_problem(masks, ctr)
+        return Anatomy(masks, None if problem else ctr, self.meta.name, problem or "")
 
     def segment_image(self, image) -> Anatomy:
         return self.segment(image.values, image.monochrome1, image.padding)

@@ -46,6 +46,8 @@ class AnatomyResult:
     ctr: CtrMeasurement | None
     model: str
     seconds: float
+    #: why there is no CTR (outlines missing or implausible), "" when there is one
+    ctr_note: str = ""
 
     def structures_found(self) -> tuple[str, ...]:
         return tuple(s for s in STRUCTURES if len(self.outlines.get(s, ())))
@@ -90,4 +92,4 @@ def segment_image_task(model: AnatomyModel, image: LoadedImage, cancel: CancelTo
     seconds = time.perf_counter() - start
     yield Progress("anatomy", 1, 1, image.ref.path)
     return AnatomyResult(image.ref.path, image.frame, tuple(image.shape), outlines, anatomy.ctr,
-                         anatomy.model_name or model.meta.name, seconds)
+                         anatomy.model_name or model.meta.name, seconds, anatomy.ctr_note)

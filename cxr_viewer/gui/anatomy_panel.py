@@ -4,6 +4,8 @@ the model's name, and the outline colours."""
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextDocument
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
@@ -95,11 +97,12 @@ class AnatomyBox(QFrame):
         self._result_widgets(True)
         self.model.setText(f"Model: {self.summary.title} ({self.summary.sha256[:12]})" if self.summary is not None
                            else f"Model: {result.model}")
-        self.show_ctr(ctr, spacing)
+        self.show_ctr(ctr, spacing, result.ctr_note)
 
-    def show_ctr(self, ctr: CtrMeasurement | None, spacing: Spacing | None) -> None:
+    def show_ctr(self, ctr: CtrMeasurement | None, spacing: Spacing | None, note: str = "") -> None:
         if ctr is None:
-            self.ratio.setText("<i>No cardiothoracic ratio: a lung or the heart was not found.</i>")
+            self.ratio.setText(f"<i>No cardiothoracic ratio: {html.escape(note or 'a lung or the heart was not found')}."
+                               "</i>")
             self.widths.setText("")
             self.hint.setVisible(False)
             return

@@ -1007,7 +1007,7 @@ class MainWindow(QMainWindow):
         if result is None or image is None:
             return
         self.view.set_ctr(result.ctr)
-        self.findings.anatomy.show_ctr(result.ctr, image.ref.meta.spacing)
+        self.findings.anatomy.show_ctr(result.ctr, image.ref.meta.spacing, result.ctr_note)
 
     # --- clinical integration: PACS, exports ------------------------------------------------
     def _password_book(self):
