@@ -135,10 +135,17 @@ def _draw_page(painter: QPainter, writer: QPdfWriter, page: ReportPage, index: i
     gap = DPI * 0.08
     y = _draw_html(painter, top, QRectF(0, 0, w, h * 0.3)) + gap
     footer_h = DPI * 0.55
-    img_w = w * 0.6
     caption = f"<div style='font-size:7.5pt; color:#444'>{html.escape(page.image_caption)}</div>"
+    below_h = _measure(painter, below, w)
+    # the scores column widens (the image narrows) until the scores, the model/card block and the
+    # footer fit on the page: long reasons (outside intended use, not available) are never clipped
+    for frac in (0.6, 0.55, 0.5, 0.45, 0.4):
+        img_w = w * frac
+        right_h = _measure(painter, right, w - img_w - gap * 2)
+        if y + right_h + below_h + footer_h + 2 * gap <= h:
+            break
     # the image takes what the header, caption, model/card block and footer leave (never clipped text)
-    reserved = _measure(painter, caption, img_w) + _measure(painter, below, w) + footer_h + 4 * gap
+    reserved = _measure(painter, caption, img_w) + below_h + footer_h + 4 * gap
     img_h = max(h * 0.25, min(h * 0.46, h - y - reserved))
     image = _qimage(page.rgb)
     fit = QSizeF(image.width(), image.height()).scaled(QSizeF(img_w, img_h), Qt.AspectRatioMode.KeepAspectRatio)
