@@ -130,6 +130,18 @@ def _check_clinical(check, image, result) -> None:
     except Exception as exc:  # noqa: BLE001
         check("DICOM SR and Secondary Capture of a de-identified sample", False, f"{type(exc).__name__}: {exc}")
     try:
+        from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+
+        t0 = time.perf_counter()
+        anatomy = AnatomyModel.from_file(default_anatomy_path())
+        seg = anatomy.segment_image(image)
+        found = [bool(m.any()) for m in seg.masks]
+        check("anatomy model: lungs and heart outlined on a sample", all(found),
+              (f"CTR {seg.ctr.ratio:.2f}" if seg.ctr else f"no CTR: {seg.ctr_note}")
+              + f", SHA-256 {anatomy.meta.weights_sha256[:12]} in {time.perf_counter() - t0:.2f} s")
+    except Exception as exc:  # noqa: BLE001
+        check("anatomy model: lungs and heart outlined on a sample", False, f"{type(exc).__name__}: {exc}")
+    try:
         import dicomweb_client  # noqa: F401
         import keyring  # noqa: F401
         from pynetdicom import AE, StoragePresentationContexts
