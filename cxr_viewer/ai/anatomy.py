@@ -14,8 +14,6 @@ parsed, every value validated, never a pickle). Qt-free; the results are plain d
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -28,14 +26,14 @@ from cxr_viewer.ai.model import (
     ModelFileError,
     _checked_weights,
     _Fields,
+    _preprocessing_from_doc,
     models_dir,
     read_description,
     read_weights_bytes,
-    sidecar_path,
+    save_fp16_described,
     verified_tensors,
 )
 from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit, standardise
-from cxr_viewer.common.fileio import write_bytes_atomic
 
 ANATOMY_FORMAT = "cxr_viewer.anatomy/1"
 ANATOMY_FILE = "anatomy.safetensors"
@@ -102,19 +100,8 @@ class AnatomyMeta:
         f = _Fields(doc, "")
         if doc.get("structures") != list(STRUCTURES) or doc.get("architecture") != "unet-1ch":
             raise f.invalid("structures", f"{list(STRUCTURES)} of a unet-1ch", doc.get("structures"))
+        spec = _preprocessing_from_doc(doc.get("preprocessing", {}), ANATOMY_SPEC, (64, 1024))
         p = f.obj("preprocessing")
-        spec = PreprocessSpec(
-            input_size=p.integer("input_size", 256, 64, 1024),
-            low_percentile=p.number("low_percentile", 0.5, 0.0, 100.0),
-            high_percentile=p.number("high_percentile", 99.5, 0.0, 100.0),
-            resize=p.choice("resize", ("squash",), "squash"),
-            channels=p.integer("channels", 1, 1, 1),
-            mean=p.number("mean", 0.5, -1e6, 1e6),
-            std=p.number("std", 0.25, 1e-6, 1e6),
-            version=p.integer("version", 1, 1, 1),
-        )
-        if spec.low_percentile >= spec.high_percentile:
-            raise p.invalid("low_percentile", "below high_percentile", spec.low_percentile)
         depth = f.integer("depth", 5, 2, 7)
         if spec.input_size % (2 ** (depth - 1)):
             raise p.invalid("input_size", f"a multiple of {2 ** (depth - 1)}", spec.input_size)
@@ -289,15 +276,7 @@ class AnatomyModel:
 
     def save(self, path: str) -> None:
         """Weights (float16) then the description, each atomically; the SHA-256 is of the bytes written."""
-        from safetensors.torch import save
-
-        data = save({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-                     for k, v in self.net.state_dict().items()}, metadata={"format": ANATOMY_FORMAT})
-        self.meta.weights_sha256 = hashlib.sha256(data).hexdigest()
-        text = json.dumps(self.meta.to_dict(), indent=2)
-        AnatomyMeta.from_dict(json.loads(text))
-        write_bytes_atomic(path, data)
-        write_bytes_atomic(sidecar_path(path), text.encode())
+        save_fp16_described(self.net, self.meta, path, ANATOMY_FORMAT)
 
 
 def default_anatomy_path() -> str:

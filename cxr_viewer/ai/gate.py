@@ -34,9 +34,11 @@ from cxr_viewer.ai.model import (
     ModelFileError,
     _checked_weights,
     _Fields,
+    _preprocessing_from_doc,
     models_dir,
     read_description,
     read_weights_bytes,
+    save_fp16_described,
     sidecar_path,
     verified_tensors,
 )
@@ -47,6 +49,8 @@ GATE_FORMAT = "cxr_viewer.gate/1"
 OOD_FORMAT = "cxr_viewer.ood/1"
 GATE_CLASSES = ("child", "adult", "other", "inverted")
 GATE_FILE = "intended_use.safetensors"
+#: the image check's preprocessing: the one preprocessing function, one grey channel, 128 px
+GATE_SPEC = PreprocessSpec(input_size=128, channels=1)
 MAX_GATE_BYTES = 256 << 20
 
 
@@ -91,19 +95,7 @@ class GateMeta:
         f = _Fields(doc, "")
         if doc.get("classes") != list(GATE_CLASSES) or doc.get("architecture") != "resnet18-1ch":
             raise f.invalid("classes", f"{list(GATE_CLASSES)} of a resnet18-1ch", doc.get("classes"))
-        p = f.obj("preprocessing")
-        spec = PreprocessSpec(
-            input_size=p.integer("input_size", 128, 32, 512),
-            low_percentile=p.number("low_percentile", 0.5, 0.0, 100.0),
-            high_percentile=p.number("high_percentile", 99.5, 0.0, 100.0),
-            resize=p.choice("resize", ("squash",), "squash"),
-            channels=p.integer("channels", 1, 1, 1),
-            mean=p.number("mean", 0.5, -1e6, 1e6),
-            std=p.number("std", 0.25, 1e-6, 1e6),
-            version=p.integer("version", 1, 1, 1),
-        )
-        if spec.low_percentile >= spec.high_percentile:
-            raise p.invalid("low_percentile", "below high_percentile", spec.low_percentile)
+        spec = _preprocessing_from_doc(doc.get("preprocessing", {}), GATE_SPEC, (32, 512))
         sha = f.string("weights_sha256")
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise f.invalid("weights_sha256", "64 lowercase hexadecimal digits", sha)
@@ -197,15 +189,7 @@ class Gate:
 
     def save(self, path: str) -> None:
         """Weights (float16) then the description, each atomically; the SHA-256 is of the bytes written."""
-        from safetensors.torch import save
-
-        data = save({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-                     for k, v in self.net.state_dict().items()}, metadata={"format": GATE_FORMAT})
-        self.meta.weights_sha256 = hashlib.sha256(data).hexdigest()
-        text = json.dumps(self.meta.to_dict(), indent=2)
-        GateMeta.from_dict(json.loads(text))
-        write_bytes_atomic(path, data)
-        write_bytes_atomic(sidecar_path(path), text.encode())
+        save_fp16_described(self.net, self.meta, path, GATE_FORMAT)
 
 
 def ood_path(model_path: str) -> str:

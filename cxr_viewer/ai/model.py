@@ -163,7 +163,6 @@ INPUT_SIZE_RANGE = (32, 2048)  # ResNet50 downsamples 32 x; below 32 its last bl
 TEMPERATURE_RANGE = (0.01, 100.0)  # training fits it within (0.05, 20)
 HEAD_HIDDEN_RANGE = (1, 65536)
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
-INPUT_CHANNELS = 3  # the ResNet50 stem takes 3 channels
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -266,15 +265,17 @@ def _intended_use_from_doc(doc: dict, head: str) -> dict:
         raise ModelFileError(f"the model description is invalid: heads.{head}.intended_use: {exc}") from None
 
 
-def _preprocessing_from_doc(doc: Any) -> PreprocessSpec:
+def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec(),
+                            sizes: tuple[int, int] = INPUT_SIZE_RANGE) -> PreprocessSpec:
+    """The checked preprocessing of a description; the input channels must be ``default``'s
+    (3 for the scoring model, 1 for the image check and the anatomy model)."""
     f = _Fields(doc, "preprocessing")
-    default = PreprocessSpec()
     spec = PreprocessSpec(
-        input_size=f.integer("input_size", default.input_size, *INPUT_SIZE_RANGE),
+        input_size=f.integer("input_size", default.input_size, *sizes),
         low_percentile=f.number("low_percentile", default.low_percentile, 0.0, 100.0),
         high_percentile=f.number("high_percentile", default.high_percentile, 0.0, 100.0),
         resize=f.choice("resize", ("squash",), default.resize),
-        channels=f.integer("channels", default.channels, INPUT_CHANNELS, INPUT_CHANNELS),
+        channels=f.integer("channels", default.channels, default.channels, default.channels),
         mean=f.number("mean", default.mean, -1e6, 1e6),
         std=f.number("std", default.std, 0.0, 1e6, open_lo=True),
         version=f.integer("version", default.version, 1, 1),
@@ -369,6 +370,21 @@ def _read_regular_file(path: str, limit: int, what: str) -> bytes:
             raise ModelFileError(f"{what} is too large ({max(st.st_size, len(data)):,} bytes; "
                                  f"at most {limit:,} expected): {os.path.basename(path)}")
     return data
+
+
+def save_fp16_described(net: nn.Module, meta: Any, path: str, fmt: str) -> None:
+    """Weights as float16 safetensors, then ``meta``'s description, each atomically. ``meta`` has
+    ``weights_sha256``, ``to_dict()`` and a ``from_dict`` that checks it: the SHA-256 recorded is
+    that of the bytes written, and the description is read back through its own checks first."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in net.state_dict().items()}, metadata={"format": fmt})
+    meta.weights_sha256 = hashlib.sha256(data).hexdigest()
+    text = json.dumps(meta.to_dict(), indent=2)
+    type(meta).from_dict(json.loads(text))
+    write_bytes_atomic(path, data)
+    write_bytes_atomic(sidecar_path(path), text.encode())
 
 
 def build_model(meta: ModelMeta) -> CxrNet:

@@ -198,22 +198,29 @@ def evaluate_test_split_task(model_path: str, data_dir: str, device: str = "auto
     return result
 
 
+def _units(samples: list[Sample], spec, cancel: CancelToken) -> Generator[Progress, None, tuple]:
+    """(units (N, S, S) float32 in [0, 1], kept samples, unreadable ones): the one preprocessing
+    function's output through the training cache, as training saw these images."""
+    from cxr_viewer.training.data import PreprocessCache, default_cache_dir
+    from cxr_viewer.training.engine import prepare_images
+
+    stored, kept, bad = yield from prepare_images(samples, PreprocessCache(default_cache_dir(), spec), cancel,
+                                                  "reading images")
+    return stored.astype(np.float32) / 65535.0, kept, bad
+
+
 def evaluate_shifted_task(scorer: Scorer, samples: list[Sample], split_note: str, batch_size: int = 32,
                           cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, dict]:
     """The model's heads on ``samples`` as they are and under every shift of ``training.shift``
     (each applied before the one preprocessing function normalises the image), at the model's own
     thresholds. The heads alone are measured: the input checks are not applied."""
     from cxr_viewer.ai.preprocess import standardise
-    from cxr_viewer.training.data import PreprocessCache, default_cache_dir
-    from cxr_viewer.training.engine import prepare_images
     from cxr_viewer.training.shift import shift_report, shifted_set
 
     spec = scorer.meta.preprocessing
-    stored, kept, bad = yield from prepare_images(samples, PreprocessCache(default_cache_dir(), spec), cancel,
-                                                  "reading images")
+    units, kept, bad = yield from _units(samples, spec, cancel)
     if not kept:
         raise DataError("no readable labelled images to evaluate")
-    units = stored.astype(np.float32) / 65535.0
     sh, src, kinds = yield from shifted_set(units, spec, cancel=cancel)
 
     def probs(u: np.ndarray, stage: str) -> np.ndarray:
@@ -255,17 +262,13 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     lights the heart, mediastinum, markers or leads scores low."""
     from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
     from cxr_viewer.ai.preprocess import resize_square, standardise
-    from cxr_viewer.training.data import PreprocessCache, default_cache_dir
-    from cxr_viewer.training.engine import prepare_images
 
     j = HEADS.index(head)
     chosen = [s for s in samples if s.labels[j] is not None and (s.labels[j] == 1 or not positives_only)]
     if not chosen:
         raise DataError(f"no labelled images for the {head} head")
     spec = scorer.meta.preprocessing
-    stored, _kept, _bad = yield from prepare_images(chosen, PreprocessCache(default_cache_dir(), spec), cancel,
-                                                   "reading images")
-    units = stored.astype(np.float32) / 65535.0
+    units, _kept, _bad = yield from _units(chosen, spec, cancel)
     k = scorer.head_names.index(head)
     size = spec.input_size
     aspec = anatomy.meta.preprocessing

@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from cxr_viewer.ai.gate import GATE_CLASSES, FeatureDistance, Gate, GateMeta, GateNet
+from cxr_viewer.ai.gate import GATE_CLASSES, GATE_SPEC, FeatureDistance, Gate, GateMeta, GateNet
 from cxr_viewer.ai.preprocess import PreprocessSpec
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import open_image
 
-GATE_SPEC = PreprocessSpec(input_size=128, channels=1)
 CACHE_SIZE = 160  # images are cached a little larger than the input, for crops
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 
