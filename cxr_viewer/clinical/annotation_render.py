@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cxr_viewer.ai.overlay import DEJAVU_SANS, load_font
 from cxr_viewer.clinical.annotations import (
+    ASCII_TEXT,
     Arrow,
     RectRoi,
     Text,
@@ -26,7 +27,6 @@ from cxr_viewer.clinical.annotations import (
     roi_stats,
 )
 
-_PLAIN = str.maketrans({"\u00b0": " deg", "\u00b2": "2"})
 COLOUR = (255, 210, 31)  # the viewer's annotation yellow (gui.measure_layer.COLOUR)
 HALO = (0, 0, 0)
 
@@ -74,7 +74,7 @@ def draw_annotations(rgb: np.ndarray, annotations, image=None) -> np.ndarray:
         if not text:
             continue
         if plain:
-            text = text.translate(_PLAIN)
+            text = text.translate(ASCII_TEXT)
         x, y = ann.points[0] if isinstance(ann, Text) else label_anchor(ann)
         left, top, right, bottom = text_draw.multiline_textbbox((0, 0), text, font=font)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad

@@ -127,6 +127,9 @@ class Text(Annotation):
     title: ClassVar[str] = "text"
 
 
+#: measurement text made plain ASCII, for DICOM short texts and for fonts without these signs
+ASCII_TEXT = str.maketrans({"\u00b0": " deg", "\u00b2": "2", "\u00b1": "+/-", "\u2014": "-", "\u2013": "-"})
+
 KINDS: dict[str, type[Annotation]] = {c.kind: c for c in (Ruler, Angle, RectRoi, EllipseRoi, Arrow, Text)}
 
 
@@ -182,28 +185,37 @@ def angle_degrees(a: Point, vertex: Point, c: Point, spacing: Spacing | None = N
     return math.degrees(math.acos(cos))
 
 
-def roi_mask(roi: RectRoi, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean (rows, cols) mask of the pixels whose centres lie inside the rectangle or ellipse
-    (edges included)."""
+def _roi_box(roi: RectRoi, shape: tuple[int, int]) -> tuple[slice, slice, np.ndarray] | None:
+    """(rows, cols, inside): the bounding box of the pixels whose centres can be inside ``roi`` and
+    which of them are (edges included); None when none can be. Only the box is computed, so a
+    dragged ROI on a large image costs its own size, not the image's."""
     rows, cols = int(shape[0]), int(shape[1])
-    mask = np.zeros((rows, cols), dtype=bool)
     x0, y0, x1, y1 = roi.bounds()
     # only the pixels whose centres can be inside: columns c with x0 <= c + 0.5 <= x1
     c0, c1 = max(0, math.ceil(x0 - 0.5)), min(cols - 1, math.floor(x1 - 0.5))
     r0, r1 = max(0, math.ceil(y0 - 0.5)), min(rows - 1, math.floor(y1 - 0.5))
     if c1 < c0 or r1 < r0:
-        return mask
+        return None
     yc = (np.arange(r0, r1 + 1, dtype=np.float64) + 0.5)[:, None]
     xc = (np.arange(c0, c1 + 1, dtype=np.float64) + 0.5)[None, :]
     if isinstance(roi, EllipseRoi):
         rx, ry = (x1 - x0) / 2, (y1 - y0) / 2
         if rx <= 0 or ry <= 0:
-            return mask
+            return None
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         inside = ((xc - cx) / rx) ** 2 + ((yc - cy) / ry) ** 2 <= 1.0
     else:
         inside = (xc >= x0) & (xc <= x1) & (yc >= y0) & (yc <= y1)
-    mask[r0:r1 + 1, c0:c1 + 1] = inside
+    return slice(r0, r1 + 1), slice(c0, c1 + 1), inside
+
+
+def roi_mask(roi: RectRoi, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (rows, cols) mask of the pixels whose centres lie inside the rectangle or ellipse
+    (edges included)."""
+    mask = np.zeros((int(shape[0]), int(shape[1])), dtype=bool)
+    box = _roi_box(roi, shape)
+    if box is not None:
+        mask[box[0], box[1]] = box[2]
     return mask
 
 
@@ -250,8 +262,8 @@ def _stats(values: np.ndarray) -> Stats:
 def roi_stats(roi: RectRoi, stored: np.ndarray, values: np.ndarray, spacing: Spacing | None,
               value_unit: str = "") -> RoiStats:
     """Statistics of ``roi`` on one frame: ``stored`` pixel values and ``values`` (modality units)."""
-    mask = roi_mask(roi, stored.shape)
-    n = int(np.count_nonzero(mask))
+    box = _roi_box(roi, stored.shape)
+    n = 0 if box is None else int(np.count_nonzero(box[2]))
     if spacing is None:
         area, unit = float(n), "px²"
     else:
@@ -259,7 +271,9 @@ def roi_stats(roi: RectRoi, stored: np.ndarray, values: np.ndarray, spacing: Spa
         unit = "mm² at the detector" if spacing.source == "ImagerPixelSpacing" else spacing.label.replace("mm", "mm²", 1)
     if n == 0:
         return RoiStats(0, area, unit, None, None, value_unit)
-    return RoiStats(n, area, unit, _stats(stored[mask]), _stats(values[mask]), value_unit)
+    rows, cols, inside = box
+    return RoiStats(n, area, unit, _stats(stored[rows, cols][inside]), _stats(values[rows, cols][inside]),
+                    value_unit)
 
 
 def measure_lines(ann: Annotation, spacing: Spacing | None, stored: np.ndarray | None = None,
@@ -350,8 +364,6 @@ class AnnotationStore:
     def __init__(self) -> None:
         self._items: dict[ImageKey, tuple[Annotation, ...]] = {}
         self._undo: dict[ImageKey, list[tuple[Annotation, ...]]] = {}
-        #: where each image's annotations were last loaded from or saved to (a GSPS path)
-        self.sources: dict[ImageKey, str] = {}
 
     def get(self, key: ImageKey) -> tuple[Annotation, ...]:
         return self._items.get(key, ())
@@ -394,9 +406,6 @@ class AnnotationStore:
         ann = items.pop(self.index_of(key, uid))
         self._set(key, tuple(items))
         return ann
-
-    def can_undo(self, key: ImageKey) -> bool:
-        return bool(self._undo.get(key))
 
     def undo(self, key: ImageKey) -> bool:
         """Back to before the last add, move or delete on this image; False when there is none."""

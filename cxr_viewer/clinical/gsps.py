@@ -32,7 +32,17 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from cxr_viewer import RESEARCH_NOTICE
-from cxr_viewer.clinical.annotations import Angle, Annotation, Arrow, EllipseRoi, RectRoi, Ruler, Text, label_anchor
+from cxr_viewer.clinical.annotations import (
+    ASCII_TEXT,
+    Angle,
+    Annotation,
+    Arrow,
+    EllipseRoi,
+    RectRoi,
+    Ruler,
+    Text,
+    label_anchor,
+)
 from cxr_viewer.clinical.dicom_results import (
     MANUFACTURER,
     SOFTWARE_VERSIONS,
@@ -68,12 +78,12 @@ class GspsContent:
     path: str = ""
 
 
-_ASCII = str.maketrans({"\u00b0": " deg", "\u00b2": "2", "\u00b1": "+/-", "\u2014": "-", "\u2013": "-"})
+
 
 
 def _ascii(text: str) -> str:
     """Text for the default character repertoire: degrees as " deg", mm² as "mm2"."""
-    return text.translate(_ASCII).encode("ascii", "replace").decode("ascii")
+    return text.translate(ASCII_TEXT).encode("ascii", "replace").decode("ascii")
 
 
 def _tracking(ann: Annotation) -> dict:
@@ -332,6 +342,23 @@ def gsps_in_folder(folder: str) -> dict[str, list[str]]:
             for uid in set(referenced_instances(ds)):
                 found.setdefault(uid, []).append((st.st_mtime, entry.path))
     return {uid: [p for _t, p in sorted(v, reverse=True)] for uid, v in found.items()}
+
+
+def load_image_and_gsps_task(ref, frame: int, folders: dict[str, dict[str, list[str]]],
+                             cancel=None):
+    """:func:`~cxr_viewer.io.image.load_image_task`, then, for a DICOM whose folder is not yet in
+    ``folders``, :func:`gsps_in_folder` of that folder stored there: the folder scan runs in the
+    loading worker, never on the GUI thread, and before the image is shown."""
+    from cxr_viewer.common.tasks import NEVER_CANCELLED
+    from cxr_viewer.io.image import load_image_task
+
+    cancel = cancel or NEVER_CANCELLED
+    image = yield from load_image_task(ref, frame, cancel)
+    if ref.kind == "dicom":
+        folder = os.path.dirname(os.path.abspath(ref.path))
+        if folder not in folders:
+            folders[folder] = gsps_in_folder(folder)  # one key set: atomic for the GUI thread's reads
+    return image
 
 
 def find_gsps(folder: str, sop_instance_uid: str) -> list[str]:

@@ -462,15 +462,15 @@ class ImageView(QWidget):
 
     def _show_loupe(self, scene_pos: QPointF) -> None:
         """A square around the mouse, LOUPE_FACTOR times the view's magnification, from the shown
-        8-bit picture turned as on screen (overlays are not in it)."""
-        shown = self.rendered()
+        8-bit picture turned as on screen (overlays are not in it); only the square is rendered."""
+        mapping = self._mapping
         px = self.screen_px_per_image_px()
         size = int(min(LOUPE_PX, 0.6 * min(self.width(), self.height())))
-        if shown is None or px is None or size < 40:
+        if mapping is None or px is None or size < 40:
             self.loupe.hide()
             return
         p = self.viewbox.mapSceneToView(scene_pos)
-        picture = self.orientation.orient(shown)
+        picture = self.orientation.orient(mapping.data)  # a view of the values, not a copy
         rows, cols = picture.shape[:2]
         scale = max(px * LOUPE_FACTOR, 1.0)  # screen pixels per image pixel in the loupe
         half = max(int(size / scale / 2), 2)
@@ -481,7 +481,7 @@ class ImageView(QWidget):
         crop = np.zeros((2 * half, 2 * half), dtype=np.uint8)
         y0, x0 = cy - half, cx - half
         sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(cy + half, rows), min(cx + half, cols)
-        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = picture[sy0:sy1, sx0:sx1]
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = render_uint8(replace(mapping, data=picture[sy0:sy1, sx0:sx1]))
         qimage = QImage(crop.data, crop.shape[1], crop.shape[0], crop.shape[1], QImage.Format.Format_Grayscale8)
         pixmap = QPixmap.fromImage(qimage.copy()).scaled(size, size,
                                                           Qt.AspectRatioMode.IgnoreAspectRatio,

@@ -39,9 +39,9 @@ from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.gui.worklist import Worklist
 from cxr_viewer.io.display import Voi, Window
 from cxr_viewer.io.hanging import compare_with_prior, study_of
-from cxr_viewer.io.image import LoadedImage, load_image_task
+from cxr_viewer.io.image import LoadedImage
 from cxr_viewer.io.index import index_paths, merge_indexes
-from cxr_viewer.io.study import ImageRef, OpenError, StudyIndex
+from cxr_viewer.io.study import ImageRef, OpenError, StudyIndex, iso_date
 from cxr_viewer.io.thumbnails import Thumbnail, thumbnails_task
 
 FILE_FILTER = "Images (*.dcm *.dicom *.DCM *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;All files (*)"
@@ -60,7 +60,7 @@ ABOUT_TEXT = (
 
 
 def _date_text(d: str) -> str:
-    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else (d or "unknown date")
+    return iso_date(d) or "unknown date"
 
 
 class ElidedLabel(QLabel):
@@ -237,7 +237,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.setText("Cancel")
         self.cancel_button.setToolTip("Stop fetching the priors from the PACS (Esc)")
         self.cancel_button.setVisible(False)
-        self.cancel_button.clicked.connect(self.priors_runner_cancel)
+        self.cancel_button.clicked.connect(self.priors_runner.cancel)
         bar.addPermanentWidget(self.progress)
         bar.addPermanentWidget(self.cancel_button)
         bar.addPermanentWidget(self.device_label)
@@ -591,7 +591,9 @@ class MainWindow(QMainWindow):
         if viewport == self.grid.active:
             self.current_ref = ref
         self._show_message(f"Loading {os.path.basename(ref.path)}...")
-        self.image_runners[viewport].submit(load_image_task, ref, frame)
+        from cxr_viewer.clinical.gsps import load_image_and_gsps_task
+
+        self.image_runners[viewport].submit(load_image_and_gsps_task, ref, frame, self._gsps_folders)
 
     def _on_image_loaded(self, image: LoadedImage, viewport: int = 0) -> None:
         view = self.grid.views[viewport]
@@ -643,9 +645,6 @@ class MainWindow(QMainWindow):
     def set_linked(self, on: bool) -> None:
         self.act_link.setChecked(on)
         self.grid.set_linked(on)
-
-    def set_active_viewport(self, index: int) -> None:
-        self.grid.set_active(index)
 
     def _on_active_changed(self, _index: int) -> None:
         """The panels, the studies list and the tools follow the active viewport."""
@@ -729,9 +728,6 @@ class MainWindow(QMainWindow):
         self.priors_runner.submit(fetch_priors_task, node, ref.meta.patient_id.strip(), study.uid, study.date, cache,
                                   password)
         return True
-
-    def priors_runner_cancel(self) -> None:
-        self.priors_runner.cancel()
 
     def _on_priors_progress(self, p: Progress) -> None:
         if p.total:
@@ -1180,7 +1176,7 @@ class MainWindow(QMainWindow):
             from cxr_viewer.clinical.gsps import gsps_in_folder
 
             folder = os.path.dirname(os.path.abspath(image.ref.path))
-            if folder not in self._gsps_folders:  # one scan of the folder serves all its images
+            if folder not in self._gsps_folders:  # scanned by the loading worker; here only if it was not
                 self._gsps_folders[folder] = gsps_in_folder(folder)
             found = self._gsps_folders[folder].get(image.ref.sop_instance_uid, []) if image.ref.sop_instance_uid else []
             if found:
@@ -1205,7 +1201,6 @@ class MainWindow(QMainWindow):
             self._show_message(f"{os.path.basename(path)} does not reference this image: nothing loaded.")
             return False
         self.annotation_store.set_all(key, content.annotations, undoable=key in self.annotation_store)
-        self.annotation_store.sources[key] = path
         if content.window is not None:
             self.view.set_voi(content.window)
         if content.inverse is not None:
@@ -1310,12 +1305,13 @@ class MainWindow(QMainWindow):
         return os.path.join(os.path.dirname(os.path.abspath(image.ref.path)),
                             gsps_name(image.ref.path, image.frame, image.ref.frames))
 
-    def save_annotations(self, path: str | None = None) -> str | None:
-        """Write the GSPS (atomically) to ``path``, by default beside the image; returns the path."""
+    def save_annotations(self, path: str | None = None, ds=None) -> str | None:
+        """Write the GSPS (atomically) to ``path``, by default beside the image; returns the path.
+        ``ds``: the GSPS when already built (Save As builds it before asking where)."""
         from cxr_viewer.clinical.dicom_results import write_dataset
         from cxr_viewer.common.errors import UserError
 
-        ds = self._build_gsps()
+        ds = ds if ds is not None else self._build_gsps()
         if ds is None:
             return None
         path = path or self.default_gsps_path()
@@ -1326,19 +1322,19 @@ class MainWindow(QMainWindow):
                                "another folder.")
             return None
         key = self._image_key()
-        self.annotation_store.sources[key] = path
         self._gsps_looked.add(key)
         self._gsps_folders.pop(os.path.dirname(os.path.abspath(path)), None)  # scanned again when needed
         self._show_message(f"Saved {len(self.annotation_store.get(key))} annotation(s) as a presentation state: {path}")
         return path
 
     def save_annotations_as(self) -> None:
-        if self._build_gsps() is None:
+        ds = self._build_gsps()
+        if ds is None:
             return
         path, _ = QFileDialog.getSaveFileName(self, "Save annotations (GSPS)", self.default_gsps_path() or "",
                                               "DICOM (*.dcm)")
         if path:
-            self.save_annotations(path)
+            self.save_annotations(path, ds)
 
     def _on_voi_changed(self, voi: Voi, _inverted: bool) -> None:
         self.side.controls.show_voi(voi, self.view.user_invert)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.io.display import Voi, Window
-from cxr_viewer.io.study import ImageMeta, Spacing
+from cxr_viewer.io.study import ImageMeta, Spacing, iso_date
 
 #: the patient directions of PatientOrientation and their opposites (PS3.3 C.7.6.1.1.1)
 OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
@@ -55,12 +55,7 @@ class ScaleBar:
     text: str
 
 
-def dicom_date(value: str) -> str:
-    """"20040826" -> "2004-08-26"; anything else as written."""
-    v = value.strip()
-    if len(v) == 8 and v.isdigit():
-        return f"{v[:4]}-{v[4:6]}-{v[6:]}"
-    return v
+dicom_date = iso_date  # "20040826" -> "2004-08-26"; anything else as written
 
 
 def age_text(value: str) -> str:
