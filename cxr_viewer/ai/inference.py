@@ -25,6 +25,7 @@ import torch
 
 from cxr_viewer.ai.gate import GateVerdict, InputChecks
 from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
+from cxr_viewer.ai.nodule import Companion, NoduleFinding
 from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_image, resize_square, standardise
 from cxr_viewer.common.errors import ImageOpenError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
@@ -51,6 +52,8 @@ class UnscorableImageError(ImageOpenError):
 NONFINITE_INPUT = "the image has non-finite pixel values (NaN or infinity) or model input; it is not scored"
 NONFINITE_OUTPUT = "the model gave a non-finite output for this image; it is not scored"
 
+
+LUNG = "lung_cancer_association"
 
 OUTSIDE = "not scored, outside this head's intended use: "
 OUTSIDE_SCORED = "scored anyway, outside this head's intended use: "
@@ -190,6 +193,9 @@ class HeadScore:
     meaning: str = ""
     #: scored | outside_intended_use | not_available | scored_outside_intended_use
     status: str = "scored"
+    #: the finding's box (x0, y0, x1, y1, image pixels) when the head marks where (the nodule/mass
+    #: model) and the score is at or above the threshold; None otherwise
+    location: tuple[float, float, float, float] | None = None
 
     @property
     def outside_intended_use(self) -> bool:
@@ -208,6 +214,8 @@ class ScoreResult:
     device: str = ""
     seconds: float = 0.0
     gate: GateVerdict | None = None  # what the image check said (None without one)
+    #: the second network's identity when a head was scored by it (the nodule/mass model): name, version, SHA-256
+    companion: tuple[str, str, str] | None = None
 
     def head(self, name: str) -> HeadScore:
         return next(h for h in self.heads if h.head == name)
@@ -234,7 +242,7 @@ class Scorer:
     """A loaded model on a device. Used from one worker thread at a time."""
 
     def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = "",
-                 checks: InputChecks | None = None):
+                 checks: InputChecks | None = None, nodule: Companion | None = None):
         self.meta, self.choice, self.path = meta, choice, path
         #: what is checked before a number is shown (header, image check, feature distance)
         self.checks = checks if checks is not None else InputChecks.for_model(path, meta)
@@ -246,17 +254,23 @@ class Scorer:
             torch.backends.cudnn.benchmark = True
         self.head_names = self.model.head_names
         self.trained = [h for h in self.head_names if meta.heads[h].trained]
+        #: the nodule/mass model scoring the lung-cancer association head (where loaded and available)
+        self.nodule = nodule if nodule is not None else Companion()
+        self.nodule.to(choice)
+        if self.nodule.available and LUNG in self.head_names and LUNG not in self.trained:
+            self.trained.append(LUNG)
         self._temperature = torch.tensor([meta.heads[h].temperature for h in self.head_names], dtype=torch.float32)
 
     @classmethod
     def from_file(cls, path: str, device: str = "auto", precision: str = "auto") -> "Scorer":
         model, meta = load_model(path)
-        return cls(model, meta, choose_device(device, precision), path)
+        return cls(model, meta, choose_device(device, precision), path, nodule=Companion.beside(path))
 
     def summary(self) -> ModelSummary:
         return ModelSummary(self.path, self.meta.name, self.meta.version, self.meta.weights_sha256,
                             tuple(self.trained), tuple(self.head_names), self.choice.label, self.meta.input_size,
-                            {h: i.note for h, i in self.meta.heads.items() if not i.trained and i.note},
+                            {h: self.unavailable_note(h) for h in self.head_names
+                             if h not in self.trained and self.unavailable_note(h)},
                             {h: u.describe() for h, u in self.checks.uses.items()},
                             "; ".join(filter(None, (self.checks.gate_problem, self.checks.distance_note))))
 
@@ -329,35 +343,76 @@ class Scorer:
             raise UnscorableImageError("the model gave a non-finite heatmap for this image; it is not scored")
         return probs, cams.clamp(0, 1).numpy(), self._distances(fmap)
 
+    def by_nodule_model(self, head: str) -> bool:
+        """Whether ``head`` is scored by the nodule/mass model (not by this model's own head)."""
+        return head == LUNG and self.nodule.available
+
+    def unavailable_note(self, head: str) -> str:
+        """Why an untrained head is not available (with the nodule model's numbers, where it has them)."""
+        if head == LUNG and self.nodule.note:
+            return self.nodule.note
+        return self.meta.heads[head].note
+
+    def head_info(self, head: str):
+        """(threshold, operating point) of a head, from whichever network scores it."""
+        if self.by_nodule_model(head):
+            meta = self.nodule.model.meta
+            return meta.threshold, meta.operating_point
+        info = self.meta.heads[head]
+        return info.threshold, info.operating_point
+
     def head_scores(self, probs: np.ndarray | None, reasons: dict[str, str | None] | None = None,
-                    score_anyway: bool = False) -> tuple[HeadScore, ...]:
+                    score_anyway: bool = False, nodule: NoduleFinding | None = None) -> tuple[HeadScore, ...]:
         """One HeadScore per head. A head with a reason (outside its intended use) gets no number
-        unless ``score_anyway``; then the number is marked as scored outside intended use."""
+        unless ``score_anyway``; then the number is marked as scored outside intended use. The
+        lung-cancer association comes from ``nodule`` where the nodule/mass model scores it."""
         reasons = reasons or {}
         out = []
         for i, h in enumerate(self.head_names):
             info = self.meta.heads[h]
-            if not info.trained:
-                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=unavailable_reason(h, info.note),
-                                     meaning=HEAD_MEANING[h], status="not_available"))
+            if h not in self.trained:
+                note = self.unavailable_note(h)
+                text = (f"not available: {note}" if h == LUNG and self.nodule.note
+                        else unavailable_reason(h, note))
+                out.append(HeadScore(h, HEAD_TITLES[h], False, reason=text, meaning=HEAD_MEANING[h],
+                                     status="not_available"))
                 continue
+            threshold, op = self.head_info(h)
             reason = reasons.get(h)
             if reason and reason == self.checks.gate_problem and not score_anyway:
-                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=info.threshold,
+                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=threshold,
                                      reason=f"not available: {reason}", meaning=HEAD_MEANING[h],
                                      status="not_available"))
                 continue
-            if reason and (not score_anyway or probs is None):
-                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=info.threshold, reason=OUTSIDE + reason,
+            missing = nodule is None if self.by_nodule_model(h) else probs is None
+            if reason and (not score_anyway or missing):
+                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=threshold, reason=OUTSIDE + reason,
                                      meaning=HEAD_MEANING[h], status="outside_intended_use"))
                 continue
-            p = float(probs[i])
-            op = info.operating_point or {}
-            out.append(HeadScore(h, HEAD_TITLES[h], True, p, p >= info.threshold, info.threshold,
+            if missing:  # not asked for (no image given), or the nodule model failed on this image
+                out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=threshold,
+                                     reason="not available: " + (self.nodule.failure or "not scored"),
+                                     meaning=HEAD_MEANING[h], status="not_available"))
+                continue
+            p = nodule.probability if self.by_nodule_model(h) else float(probs[i])
+            op = op or {}
+            where = nodule.box if self.by_nodule_model(h) and p >= threshold else None
+            out.append(HeadScore(h, HEAD_TITLES[h], True, p, p >= threshold, threshold,
                                  op.get("sensitivity"), op.get("specificity"), meaning=HEAD_MEANING[h],
                                  reason=OUTSIDE_SCORED + reason if reason else "",
-                                 status="scored_outside_intended_use" if reason else "scored"))
+                                 status="scored_outside_intended_use" if reason else "scored", location=where))
         return tuple(out)
+
+    def nodule_finding(self, image: LoadedImage) -> NoduleFinding | None:
+        """The nodule/mass model's finding for ``image`` (None where it failed: ``nodule.failure`` says why)."""
+        self.nodule.failure = ""
+        try:
+            return self.nodule.find(image.values, image.monochrome1, image.padding)
+        except MemoryError:
+            self.nodule.failure = "out of memory in the nodule/mass model"
+        except Exception as exc:  # noqa: BLE001 - this head's failure is its own; the other still shows
+            self.nodule.failure = failure_reason(exc, "scoring with the nodule/mass model")
+        return None
 
     def gate_verdicts(self, units: np.ndarray) -> list[GateVerdict | None]:
         """The image check of (B, S, S) gate units; Nones without a gate."""
@@ -376,8 +431,10 @@ class Scorer:
         x = x[None]
         verdict = self.gate_verdicts(unit[None])[0] if unit is not None else None
         reasons = self.checks.reasons(header, verdict, None)
-        probs, maps = None, {}
-        if score_anyway or any(reasons.get(h) is None for h in self.trained):
+        probs, maps, finding = None, {}, None
+        if self.nodule.available and (score_anyway or reasons.get(LUNG) is None):
+            finding = self.nodule_finding(image)
+        if score_anyway or any(reasons.get(h) is None for h in self.trained if not self.by_nodule_model(h)):
             if heatmaps:
                 probs, cams, dist = self.probabilities_cams_distances(x)
             else:
@@ -387,11 +444,15 @@ class Scorer:
             reasons = self.checks.reasons(header, verdict, None if dist is None else float(dist[0]))
             if heatmaps:
                 maps = {h: cams[0, i] for i, h in enumerate(self.head_names)
-                        if h in self.trained and (score_anyway or reasons.get(h) is None)}
+                        if h in self.trained and not self.by_nodule_model(h)
+                        and (score_anyway or reasons.get(h) is None)}
             probs = probs[0]
-        return ScoreResult(image.ref.path, image.frame, self.head_scores(probs, reasons, score_anyway), maps,
-                           self.meta.name, self.meta.version, self.meta.weights_sha256, self.choice.label,
-                           time.perf_counter() - t0, verdict)
+        if finding is not None and heatmaps and (score_anyway or reasons.get(LUNG) is None):
+            maps[LUNG] = finding.heatmap
+        heads = self.head_scores(probs, reasons, score_anyway, finding)
+        companion = self.nodule.identity if finding is not None else None
+        return ScoreResult(image.ref.path, image.frame, heads, maps, self.meta.name, self.meta.version,
+                           self.meta.weights_sha256, self.choice.label, time.perf_counter() - t0, verdict, companion)
 
 
 def score_image_task(scorer: Scorer, image: LoadedImage, heatmaps: bool = True,
@@ -414,6 +475,8 @@ class WorklistRow:
     reasons: dict[str, str] = field(default_factory=dict)  # per head, one line, when not simply scored
     #: per scored head: at or above its operating threshold
     positives: dict[str, bool] = field(default_factory=dict)
+    #: per head that marks where, when positive: the box (x0, y0, x1, y1) in image pixels
+    locations: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass
@@ -423,6 +486,7 @@ class _Prepared:
     header: dict = field(default_factory=dict)
     unit: np.ndarray | None = None
     error: str = ""
+    nodule_image: LoadedImage | None = None  # kept for the nodule/mass model, scored after the image check
 
 
 def _prepare(ref: ImageRef, scorer: Scorer) -> _Prepared:
@@ -431,7 +495,10 @@ def _prepare(ref: ImageRef, scorer: Scorer) -> _Prepared:
     try:
         image = load_image(ref, 0)
         x, unit = model_and_gate_inputs(image, scorer)
-        return _Prepared(ref, x, scorer.checks.header_reasons(image.ref.meta), unit)
+        prepared = _Prepared(ref, x, scorer.checks.header_reasons(image.ref.meta), unit)
+        if scorer.nodule.available:
+            prepared.nodule_image = image  # scored after the image check, in the scoring thread
+        return prepared
     except Exception as exc:  # noqa: BLE001 - MemoryError too: listed as this file's failure; the batch goes on
         return _Prepared(ref, error=failure_reason(exc, "decoding"))
 
@@ -440,11 +507,19 @@ def _failed(scorer: Scorer, path: str, error: str) -> WorklistRow:
     return WorklistRow(path, {h: None for h in scorer.head_names}, error)
 
 
-def _row(scorer: Scorer, path: str, probs: np.ndarray | None, reasons: dict, score_anyway: bool) -> WorklistRow:
-    scores = scorer.head_scores(probs, reasons, score_anyway)
+def _row(scorer: Scorer, path: str, probs: np.ndarray | None, reasons: dict, score_anyway: bool,
+         prepared: _Prepared | None = None) -> WorklistRow:
+    finding = None
+    image = prepared.nodule_image if prepared is not None else None
+    if image is not None and (score_anyway or reasons.get(LUNG) is None):
+        finding = scorer.nodule_finding(image)
+    if prepared is not None:
+        prepared.nodule_image = None
+    scores = scorer.head_scores(probs, reasons, score_anyway, finding)
     return WorklistRow(path, {s.head: s.probability for s in scores}, "",
                        {s.head: s.status for s in scores}, {s.head: s.reason for s in scores if s.reason},
-                       {s.head: bool(s.positive) for s in scores if s.probability is not None and s.positive is not None})
+                       {s.head: bool(s.positive) for s in scores if s.probability is not None and s.positive is not None},
+                       {s.head: s.location for s in scores if s.location is not None})
 
 
 def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = False
@@ -456,7 +531,8 @@ def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = Fals
         verdicts = (scorer.gate_verdicts(np.stack(units)) if all(u is not None for u in units)
                     else [None] * len(good))
         pre = [scorer.checks.reasons(g.header, v, None) for g, v in zip(good, verdicts)]
-        need = [score_anyway or any(r.get(h) is None for h in scorer.trained) for r in pre]
+        need = [score_anyway or any(r.get(h) is None for h in scorer.trained if not scorer.by_nodule_model(h))
+                for r in pre]
         todo = [i for i, n in enumerate(need) if n]
         probs = finite = dists = None
         if todo:
@@ -471,14 +547,14 @@ def _score_rows(scorer: Scorer, good: list[_Prepared], score_anyway: bool = Fals
     at = {i: k for k, i in enumerate(todo)}
     for i, g in enumerate(good):
         if i not in at:
-            yield _row(scorer, g.ref.path, None, pre[i], score_anyway)
+            yield _row(scorer, g.ref.path, None, pre[i], score_anyway, g)
             continue
         k = at[i]
         if not finite[k]:
             yield _failed(scorer, g.ref.path, NONFINITE_OUTPUT)
             continue
         reasons = scorer.checks.reasons(g.header, verdicts[i], None if dists is None else float(dists[k]))
-        yield _row(scorer, g.ref.path, probs[k], reasons, score_anyway)
+        yield _row(scorer, g.ref.path, probs[k], reasons, score_anyway, g)
 
 
 def score_many_task(scorer: Scorer, refs: Sequence[ImageRef], batch_size: int = 8,

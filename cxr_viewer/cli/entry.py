@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("info", "render", "predict", "train", "evaluate", "experiment", "export", "pacs",
-                                       "train-input-check", "train-anatomy"):
+                                       "train-input-check", "train-anatomy", "train-nodule"):
         return _gui(argv)
     parser = argparse.ArgumentParser(prog="cxr-viewer")
     sub = parser.add_subparsers(dest="command", required=True)

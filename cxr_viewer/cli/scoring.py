@@ -48,8 +48,13 @@ def _predict(args: argparse.Namespace) -> int:
             rec[f"{h}_reason"] = (None if error or row is None else
                                   row.reasons.get(h) or ("this model has no such head" if h not in heads else None))
             rec[f"{h}_probability"] = None if p is None else round(p, 6)
-            rec[f"{h}_label"] = None if p is None else ("positive" if p >= heads[h].threshold else "negative")
+            rec[f"{h}_label"] = None if p is None else ("positive" if row.positives.get(h) else "negative")
+            box = None if p is None else row.locations.get(h)
+            if box is not None:  # where the finding is (image pixels x0, y0, x1, y1), when positive
+                rec[f"{h}_box"] = [round(float(v), 1) for v in box]
         rec.update(model_sha256=scorer.meta.weights_sha256, device=scorer.choice.label)
+        if scorer.nodule.available:
+            rec["nodule_model_sha256"] = scorer.nodule.model.meta.weights_sha256
         if error:
             rec["error"] = error
         return rec

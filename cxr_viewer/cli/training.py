@@ -338,6 +338,36 @@ def _train_anatomy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_nodule(args: argparse.Namespace) -> int:
+    """Cross-validate the nodule/mass model on JSRT + NIH, then train it on every image."""
+    import json
+
+    from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+    from cxr_viewer.ai.inference import cpu_supports_bf16
+    from cxr_viewer.ai.model import ModelFileError
+    from cxr_viewer.common.fileio import write_bytes_atomic
+    from cxr_viewer.training.nodule import NoduleConfig, train_nodule
+
+    def line(event) -> None:
+        if event.detail and (event.done % 50 == 1 or event.done == event.total or "mined" in event.detail):
+            print(f"{event.stage} {event.done}/{event.total}: {event.detail}", file=sys.stderr, flush=True)
+
+    cfg = NoduleConfig(iterations=args.iterations, folds=args.folds, seed=args.seed, init=args.init or "",
+                       bf16=cpu_supports_bf16())
+    try:
+        anatomy = AnatomyModel.from_file(args.anatomy or default_anatomy_path())
+        anatomy.bf16 = cfg.bf16
+        report = run_with_bar(train_nodule(args.jsrt, args.nih, args.out, cfg, anatomy, args.cache,
+                                           cross_validation=args.folds > 1), line)
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ModelFileError, KeyError) as exc:
+        print(f"cxr-viewer train-nodule: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = json.dumps(report, indent=2)
+    write_bytes_atomic(os.path.splitext(args.out)[0] + ".report.json", text.encode())
+    print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))
+    return EXIT_OK
+
+
 def add_parsers(sub) -> None:
     p_anat = sub.add_parser("train-anatomy", help="train the lung and heart segmentation model (SCR masks of JSRT), "
                             "with patient-grouped cross-validation of Dice and the cardiothoracic ratio")
@@ -347,6 +377,18 @@ def add_parsers(sub) -> None:
     p_anat.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: no cross-validation)")
     p_anat.add_argument("--seed", type=int, default=0)
     p_anat.set_defaults(func=_train_anatomy)
+    p_nod = sub.add_parser("train-nodule", help="train the nodule/mass model (lung-cancer association) on JSRT "
+                           "nodule positions and NIH labels, with patient-grouped cross-validation")
+    p_nod.add_argument("--jsrt", default="", help="JSRT folder (images/, masks/, jsrt_metadata.csv)")
+    p_nod.add_argument("--nih", default="", help="NIH folder (images/, labels.csv with nodule_or_mass)")
+    p_nod.add_argument("--out", required=True, help="output .safetensors (.json, .report.json and .cv.json beside it)")
+    p_nod.add_argument("--init", help="a scoring model whose backbone the nodule model starts from")
+    p_nod.add_argument("--anatomy", help="the anatomy model that finds the lung box (default: the bundled one)")
+    p_nod.add_argument("--cache", default="", help="an .npz cache of the preprocessed lung boxes")
+    p_nod.add_argument("--iterations", type=int, default=400, help="training iterations of 16 patches per model")
+    p_nod.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: none)")
+    p_nod.add_argument("--seed", type=int, default=0)
+    p_nod.set_defaults(func=_train_nodule)
     p_gate = sub.add_parser("train-input-check", help="train the image check of each head's intended use "
                             "(child / adult / not a radiograph / negative) and fit a model's feature distance")
     p_gate.add_argument("--children", nargs="+", required=True, help="folders of the paediatric training images")
