@@ -31,10 +31,10 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from cxr_viewer.ai.inference import Scorer  # noqa: E402
 from cxr_viewer.ai.model_store import default_model_path  # noqa: E402
-from cxr_viewer.ai.overlay import annotated_rgb  # noqa: E402
 from cxr_viewer.clinical.deid import Deidentifier  # noqa: E402
 from cxr_viewer.clinical.dicom_results import build_secondary_capture, build_sr, read_source_header, write_dataset  # noqa: E402
 from cxr_viewer.clinical.export import report_page  # noqa: E402
+from cxr_viewer.clinical.finding_marks import marked_rgb  # noqa: E402
 from cxr_viewer.common.tasks import run_to_completion  # noqa: E402
 from cxr_viewer.io.image import open_image  # noqa: E402
 
@@ -64,7 +64,7 @@ def export_costs(scorer: Scorer, tmp: Path) -> list[dict]:
         header = read_source_header(str(path))
         t_deid, _ = timed(lambda: Deidentifier().dataset(pydicom.dcmread(path)))
         t_sr, _ = timed(lambda: write_dataset(build_sr(header, result), str(tmp / "sr.dcm")))
-        t_sc, _ = timed(lambda: write_dataset(build_secondary_capture(header, annotated_rgb(image, result), result),
+        t_sc, _ = timed(lambda: write_dataset(build_secondary_capture(header, marked_rgb(image, result)[0], result),
                                               str(tmp / "sc.dcm")))
         t_pdf, _ = timed(lambda: run_to_completion(write_pdf_task([report_page(image, result, scorer.meta)],
                                                                   str(tmp / "r.pdf"))))

@@ -98,3 +98,30 @@ def test_every_output_passes_dciodvfy(source, deidentify, scored, tmp_path):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
             assert b"00010101" not in path.read_bytes()[:200_000]
+
+
+@pytest.mark.parametrize("deidentify", [False, True], ids=["plain", "deidentified"])
+def test_marked_finding_outputs_pass_dciodvfy(deidentify, tmp_path):
+    """A positive nodule/mass finding with its box: the SR's planar ROI group (SCOORD POLYLINE on
+    the source image) and the Secondary Capture with the box burnt in still pass. The result is
+    hand-built (no network ran)."""
+    from model_fixtures import nodule_result
+
+    from cxr_viewer.clinical.export import ExportRequest, export_dicom_task
+    from cxr_viewer.common.tasks import run_to_completion
+    from cxr_viewer.io.image import open_image
+
+    source = SAMPLE_DIR / "NIH_DX_no_finding.dcm"
+    image = open_image(str(source))
+    result = nodule_result(image.ref.path, (400.0, 500.0, 620.0, 700.0))
+    paths = {kind: tmp_path / f"{kind}.dcm" for kind in ("sr", "sc")}
+    run_to_completion(export_dicom_task(image, result, ExportRequest(str(paths["sr"]), str(paths["sc"]), None,
+                                                                      deidentify)))
+    assert any(getattr(i, "ValueType", "") == "SCOORD" for i in _items(pydicom.dcmread(paths["sr"])))
+    assert {kind: dciodvfy(path)[0] for kind, path in paths.items()} == {"sr": [], "sc": []}
+
+
+def _items(ds):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)

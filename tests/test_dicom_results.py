@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from model_fixtures import nodule_result
 from PIL import Image
 from pydicom.uid import UID
 
@@ -22,6 +23,7 @@ from cxr_viewer.ai.inference import HeadScore, Scorer, ScoreResult
 from cxr_viewer.ai.model import unavailable_reason
 from cxr_viewer.ai.model_store import default_model_path
 from cxr_viewer.clinical import dicom_results as dr
+from cxr_viewer.clinical import finding_marks as fm
 from cxr_viewer.io.image import open_image
 
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
@@ -537,3 +539,97 @@ def test_sr_says_outside_intended_use_with_and_without_a_number(scorer, scored):
     assert ("Pneumonia: not scored, outside this head's intended use: adult radiograph (age 81 in the header); "
             "this head was trained on children aged 1-5") in texts
     assert not any("calibrated probability" in t for t in texts)
+
+
+# --- the nodule/mass finding's box: SR image region, burnt-in box --------------------------------
+# Hand-built results (no network ran): the lung-cancer association head positive with a box, or not.
+
+BOX = (100.0, 120.0, 300.0, 340.0)  # x0, y0, x1, y1 in image pixels (columns, rows)
+
+
+@pytest.fixture(scope="module")
+def nih():
+    return open_image(str(NIH)), dr.read_source_header(NIH)
+
+
+def scoords(ds) -> list:
+    return [i for i in content_items(ds) if i.ValueType == "SCOORD"]
+
+
+def test_finding_marks_only_for_a_positive_head_with_a_location():
+    assert fm.finding_marks(None) == ()
+    (mark,) = fm.finding_marks(nodule_result("x", BOX))
+    assert (mark.head, mark.label, mark.box) == ("lung_cancer_association", "Nodule/mass 73%", BOX)
+    assert fm.finding_marks(nodule_result("x", BOX, positive=False)) == ()
+    assert fm.finding_marks(nodule_result("x", None)) == ()
+    # clipped to the image; a box wholly outside is no mark
+    assert fm.finding_marks(nodule_result("x", (-10, 5, 50, 900)), (800, 600))[0].box == (0, 5, 50, 800)
+    assert fm.finding_marks(nodule_result("x", (700, 5, 750, 50)), (800, 600)) == ()
+
+
+def test_sr_marks_the_positive_finding_with_an_image_region(nih, tmp_path):
+    image, src = nih
+    path = tmp_path / "sr.dcm"
+    dr.write_dataset(dr.build_sr(src, nodule_result(image.ref.path, BOX)), path)
+    ds = pydicom.dcmread(path)
+    (region,) = scoords(ds)
+    assert region.GraphicType == "POLYLINE"
+    x0, y0, x1, y1 = BOX  # SCOORD: column\row pairs, closed (the last point is the first)
+    assert np.allclose(np.asarray(region.GraphicData, float), [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0])
+    (ref,) = region.ContentSequence  # SELECTED FROM the source image, the one the SR is about
+    assert ref.ValueType == "IMAGE" and ref.RelationshipType == "SELECTED FROM"
+    sop = ref.ReferencedSOPSequence[0]
+    assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (src.SOPClassUID, src.SOPInstanceUID)
+    # the planar ROI group (TID 1410) still carries the probability and "Present"
+    report = hd.sr.ComprehensiveSR.from_dataset(ds).content
+    (group,) = report.get_planar_roi_measurement_groups()
+    assert group.roi is not None and group.get_measurements()[0].value == pytest.approx(0.73)
+    assert [str(e.value.value) for e in group.get_qualitative_evaluations()] == ["52101004"]
+    texts_ = texts(ds)
+    assert any(t.startswith("Nodule/mass model: TEST FIXTURE nodule/mass") for t in texts_)
+    assert dr.vr_problems(ds) == []
+    problems = dsrdump_problems(path)
+    assert not problems, problems
+    # negative, or no location: no region, the plain TID 1501 group with the source image
+    for result in (nodule_result(image.ref.path, BOX, positive=False), nodule_result(image.ref.path, None)):
+        ds = dr.build_sr(src, result)
+        assert scoords(ds) == []
+        assert len(hd.sr.ComprehensiveSR.from_dataset(ds).content.get_image_measurement_groups()) == 1
+
+
+def outline_pixels(shape, box, width=2):
+    """A mask of the box's outline ring (``width`` px inside its edge)."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    mask[y0 + width:y1 - width, x0 + width:x1 - width] = False
+    return mask
+
+
+def test_secondary_capture_burns_in_the_box(nih, tmp_path):
+    image, src = nih
+    h, w = image.shape
+    box = (0.6 * w, 0.6 * h, 0.6 * w + 200, 0.6 * h + 220)  # away from the text box (top left)
+    marked, plain = nodule_result(image.ref.path, box), nodule_result(image.ref.path, None)
+    rgb, lines = fm.marked_rgb(image, marked)
+    rgb0, lines0 = fm.marked_rgb(image, plain)
+    ring = outline_pixels(image.shape, box)
+    changed = np.any(rgb != rgb0, axis=2)
+    assert changed[ring].mean() > 0.9  # the outline is drawn
+    orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 100) & (rgb[..., 1] < 180) & (rgb[..., 2] < 60)
+    assert orange[ring].mean() > 0.3
+    inner = np.zeros(image.shape, bool)
+    inner[round(box[1]) + 12:round(box[3]) - 12, round(box[0]) + 12:round(box[2]) - 12] = True
+    assert not changed[inner].any()  # the finding itself is not covered
+    (text,) = [t for t in lines if "marked on the image" in t]
+    assert text.startswith(f"Nodule/mass 73%: marked on the image (box x {box[0]:.0f}-{box[2]:.0f}")
+    assert not any("marked" in t for t in lines0)
+    sc = dr.build_secondary_capture(src, rgb, marked)
+    assert "finding boxes" in sc.ImageComments and "Nodule/mass 73%: marked on the image" in sc.ImageComments
+    assert "Nodule/mass model: TEST FIXTURE nodule/mass" in sc.DerivationDescription
+    assert "box (orange) drawn" in sc.DerivationDescription
+    assert np.array_equal(sc.pixel_array, rgb)
+    # a picture at half size: the box follows the scale
+    small = np.ascontiguousarray(rgb0[::2, ::2])
+    half = fm.draw_finding_boxes(small, marked, scale=0.5)
+    assert np.any(half != small, axis=2)[outline_pixels(half.shape[:2], [v / 2 for v in box])].mean() > 0.9

@@ -286,3 +286,32 @@ def test_deidentified_export_keeps_order_and_interval_of_two_studies(tmp_path):
         head = path.read_bytes()[:100_000]
         for value in originals:
             assert value not in head, (path.name, value)
+
+
+def test_pdf_page_shows_the_finding_box_and_the_nodule_model():
+    """A positive nodule/mass finding (hand-built result: no network ran): the page's picture has
+    the orange box, its caption says where, the model block names the nodule/mass model."""
+    from model_fixtures import nodule_result
+
+    from cxr_viewer.clinical.export import report_page
+    from cxr_viewer.io.image import open_image
+
+    image = open_image(str(NIH))
+    h, w = image.shape
+    box = (0.55 * w, 0.5 * h, 0.55 * w + 180, 0.5 * h + 160)
+    page = report_page(image, nodule_result(image.ref.path, box), None)
+    plain = report_page(image, nodule_result(image.ref.path, None), None)
+    x0, y0, x1, y1 = (round(v) for v in box)
+    ring = np.zeros(image.shape, bool)
+    ring[y0:y1, x0:x1] = True
+    ring[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = False
+    changed = np.any(page.rgb != plain.rgb, axis=2)
+    assert changed[ring].mean() > 0.9 and not changed[y0 + 12:y1 - 12, x0 + 12:x1 - 12].any()
+    assert "Nodule/mass 73%: marked on the image" in page.image_caption and "orange box" in page.image_caption
+    assert "marked" not in plain.image_caption
+    lung = next(s for s in page.scores if s.title.startswith("Lung"))
+    assert lung.label == "above threshold; marked on the image"
+    assert "Nodule/mass model: TEST FIXTURE nodule/mass (random weights) (version 0)" in page.model_lines
+    assert f"Nodule/mass model SHA-256: {'cd' * 32}" in page.model_lines
+    assert not any("Nodule/mass" in t for t in report_page(
+        image, nodule_result(image.ref.path, None, companion=False), None).model_lines)

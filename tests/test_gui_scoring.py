@@ -197,3 +197,74 @@ def test_another_model_clears_the_old_worklist_and_a_failed_load_rescores(qtbot,
         window.load_model(str(bad))
     assert "Loading model" not in window.findings.status.text()
     assert window.last_score is not None and window.last_score.model_sha256 == window.model_summary.sha256
+
+
+# --- the nodule/mass model's finding box ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nodule_path(tmp_path_factory) -> Path:
+    """A nodule/mass model with RANDOM weights and threshold 0.05 (NOT trained): every image is
+    positive, so the box is always drawn."""
+    from model_fixtures import make_test_nodule_model
+
+    return make_test_nodule_model(tmp_path_factory.mktemp("nodule") / "nodule.safetensors")
+
+
+def test_the_nodule_box_is_drawn_toggled_and_goes_with_the_image(qtbot, window, model_path, nodule_path,
+                                                                 monkeypatch, shared_data):
+    from dataclasses import replace
+
+    from cxr_viewer.clinical.finding_marks import finding_marks
+
+    monkeypatch.setenv("CXR_VIEWER_NODULE", str(nodule_path))
+    load(qtbot, window, model_path)
+    window.resize(1280, 720)
+    with qtbot.waitSignal(window.scored, timeout=120000) as b:
+        window.open_paths([str(shared_data / "jsrt" / "images" / "JPCLN001.png")])
+    result = b.args[0]
+    lung = result.head("lung_cancer_association")
+    assert lung.positive and lung.location is not None and result.companion[0].startswith("TEST FIXTURE")
+    x0, y0, x1, y1 = lung.location
+    view = window.view
+    # one box, in image pixel coordinates (the scene items' rect), with its label
+    (rect,) = view.finding_mark_rects()
+    assert rect == pytest.approx((x0, y0, x1 - x0, y1 - y0), abs=1e-3)
+    assert view.finding_marks_shown()
+    label = next(i for i in view.mark_items if hasattr(i, "textItem"))
+    assert label.textItem.toPlainText() == finding_marks(result)[0].label
+    assert label.textItem.toPlainText().startswith("Nodule/mass ")
+    assert "marked on the image" in window.findings.boxes["lung_cancer_association"].score.text()
+    assert "marked on the image" not in window.findings.boxes["pneumonia"].score.text()
+    qtbot.wait(200)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert window.grab().save(str(SCREENSHOTS / "nodule_box_1280x720.png"))
+    # it follows zoom and pan: the same image rect, another place on screen
+    outline = next(i for i in view.mark_items if i.zValue() == 25)
+    before = outline.sceneBoundingRect()
+    view.set_view_rect((x0 - 150, y0 - 150, x1 + 150, y1 + 150))
+    qtbot.wait(100)
+    after = outline.sceneBoundingRect()
+    assert after.width() > 1.5 * before.width()
+    assert view.finding_mark_rects() == [rect]
+    assert window.grab().save(str(SCREENSHOTS / "nodule_box_zoomed_1280x720.png"))
+    view.zoom_fit()
+    # View > AI Finding Marks hides and shows it
+    assert window.act_marks.isChecked()
+    window.act_marks.trigger()
+    assert not window.act_marks.isChecked() and not view.finding_marks_shown()
+    assert view.finding_mark_rects() == [rect]  # hidden, not forgotten
+    window.act_marks.trigger()
+    assert view.finding_marks_shown()
+    # a negative result (or no location) draws none
+    negative = replace(lung, positive=False, location=None)
+    window._on_scored(replace(result, heads=tuple(negative if h.head == lung.head else h for h in result.heads)))
+    assert view.finding_mark_rects() == [] and not view.finding_marks_shown()
+    assert "marked on the image" not in window.findings.boxes["lung_cancer_association"].score.text()
+    window._on_scored(result)
+    assert view.finding_mark_rects() == [rect]
+    # another image: the box goes at once (before its own scores arrive)
+    with qtbot.waitSignal(window.image_shown, timeout=30000):
+        window.open_paths([str(SAMPLES / "children_kermany" / "NORMAL")])
+    assert view.finding_mark_rects() == [] and view.mark_items == []
+    qtbot.waitUntil(lambda: not window.score_runner.busy, timeout=120000)

@@ -113,14 +113,14 @@ def _check_clinical(check, image, result) -> None:
     try:
         import pydicom
 
-        from cxr_viewer.ai.overlay import annotated_rgb
         from cxr_viewer.clinical.deid import Deidentifier
         from cxr_viewer.clinical.dicom_results import build_secondary_capture, build_sr, read_source_header
+        from cxr_viewer.clinical.finding_marks import marked_rgb
 
         t0 = time.perf_counter()
         header = Deidentifier().dataset(read_source_header(image.ref.path))
         back = []
-        for ds in (build_sr(header, result), build_secondary_capture(header, annotated_rgb(image, result), result)):
+        for ds in (build_sr(header, result), build_secondary_capture(header, marked_rgb(image, result)[0], result)):
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             back.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))

@@ -25,9 +25,15 @@ SR content tree (see ``build_sr``)::
                          CODE Pneumonia = (52101004, SCT, "Present") | (272519000, SCT, "Absent")
                          TEXT (121106, DCM, "Comment") = operating point, "not a diagnosis"
                          IMAGE Source of Measurement = the source image (frame if multi-frame)
+        CONTAINS       CONTAINER Measurement Group, instead, for a positive head that marks where
+                         (the nodule/mass model's lung-cancer association)   TID 1410 (planar ROI)
+                         the same items, but instead of the IMAGE item:
+                         SCOORD Image Region = POLYLINE, the finding's box as 5 closed (column,
+                           row) points, SELECTED FROM the source image (frame if multi-frame)
       CONTAINS         CONTAINER (C0034375, UMLS, "Qualitative Evaluations")  (TID 1500 row)
                          TEXT Comment = "Research use only. Not for diagnostic use."
                          TEXT Comment = "<head>: not available: <reason>" per unavailable head
+                         TEXT Comment = the model; the nodule/mass model too when it scored
 
 A result without any available head still gets one measurement group (source image and a
 comment, no measurement), since TID 1500 needs at least one.
@@ -56,7 +62,8 @@ from pydicom.valuerep import validate_value
 
 from cxr_viewer import RESEARCH_NOTICE, __version__
 from cxr_viewer.ai.inference import HeadScore, ScoreResult
-from cxr_viewer.ai.overlay import model_line, result_lines
+from cxr_viewer.ai.overlay import model_line
+from cxr_viewer.clinical.finding_marks import companion_line, finding_marks, marked_lines
 from cxr_viewer.common.errors import UserError
 from cxr_viewer.common.fileio import atomic_path
 
@@ -481,12 +488,35 @@ def _operating_point_note(score: HeadScore) -> str:
 # --- SR ------------------------------------------------------------------------------------
 
 
+def _shape(source: Dataset) -> tuple[int, int] | None:
+    """(Rows, Columns) of the source, None where it does not say."""
+    try:
+        return int(source.Rows), int(source.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def box_polyline(box: tuple[float, float, float, float]) -> np.ndarray:
+    """The box (x0, y0, x1, y1) as a closed SCOORD polyline: 5 (column, row) points, the last the first."""
+    x0, y0, x1, y1 = box
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def _box_region(source: Dataset, result: ScoreResult, box) -> hd.sr.ImageRegion:
+    """The finding's box on the source image (PS3.3 C.18.6.1.2: column\\row, 0\\0 the top-left corner of
+    the top-left pixel, the image pixel convention of the viewer and of ``HeadScore.location``)."""
+    ref = hd.sr.SourceImageForRegion(str(source.SOPClassUID), str(source.SOPInstanceUID), _frames(source, result))
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=box_polyline(box),
+                             source_image=ref)
+
+
 def build_measurement_report(source: Dataset, result: ScoreResult) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree for ``result`` on ``source`` (see the module docstring)."""
     result = _check_result(result)
     sha = _check_model(result)
     images = [hd.sr.SourceImageForMeasurementGroup(str(source.SOPClassUID), str(source.SOPInstanceUID),
                                                    _frames(source, result))]
+    marks = {m.head: m for m in finding_marks(result, _shape(source))}
     groups = []
     for score in result.heads:
         if not score.available or score.probability is None:
@@ -498,9 +528,15 @@ def build_measurement_report(source: Dataset, result: ScoreResult) -> hd.sr.Meas
         evaluations = []
         if score.positive is not None:
             evaluations.append(hd.sr.QualitativeEvaluation(name=finding, value=PRESENT if score.positive else ABSENT))
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, finding_type=finding, measurements=[measurement],
-            qualitative_evaluations=evaluations, source_images=images)
+        mark = marks.get(score.head)
+        if mark is not None:  # where: a planar ROI group (TID 1410) whose region is the finding's box
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, referenced_region=_box_region(source, result, mark.box),
+                finding_type=finding, measurements=[measurement], qualitative_evaluations=evaluations)
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, finding_type=finding, measurements=[measurement],
+                qualitative_evaluations=evaluations, source_images=images)
         group[0].ContentSequence.append(_comment(_operating_point_note(score)))
         groups.append(group)
     if not groups:
@@ -528,6 +564,8 @@ def build_measurement_report(source: Dataset, result: ScoreResult) -> hd.sr.Meas
         if not score.available or score.probability is None:
             notes.ContentSequence.append(_comment(unavailable_note(score)))
     notes.ContentSequence.append(_comment(model_line(result)))
+    if result.companion:
+        notes.ContentSequence.append(_comment(companion_line(result)))
     report[0].ContentSequence.append(notes)
     return report
 
@@ -587,9 +625,9 @@ def _orientation(source: Dataset) -> tuple[str, str] | None:
 def build_secondary_capture(source: Dataset, rgb: np.ndarray, result: ScoreResult, *, series_number: int = 9902,
                             instance_number: int = 1, lines: Iterable[str] | None = None,
                             derivation: str | None = None) -> Dataset:
-    """A Secondary Capture of ``rgb`` (the annotated picture, see ``overlay.annotated_rgb``).
+    """A Secondary Capture of ``rgb`` (the annotated picture, see ``finding_marks.marked_rgb``).
 
-    ``lines`` is the burnt-in text (default ``result_lines(result)``), repeated in Image
+    ``lines`` is the burnt-in text (default ``finding_marks.marked_lines(result)``), repeated in Image
     Comments; Burned In Annotation is YES. Same study as ``source``, a new series; the source is
     referenced in SourceImageSequence; Pixel Spacing is copied when the picture has the source's
     size and the source knows it.
@@ -623,12 +661,16 @@ def build_secondary_capture(source: Dataset, rgb: np.ndarray, result: ScoreResul
         sc.Laterality = laterality
     elif _laterality_unknown(sc):
         sc.Laterality = ""  # Type 2C (General Series): unknown body part, unknown laterality
-    text = [_ascii(t) for t in (lines if lines is not None else result_lines(result))]
+    text = [_ascii(t) for t in (lines if lines is not None else marked_lines(result))]
+    marked = bool(finding_marks(result))
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = _ascii(f"{RESEARCH_NOTICE} AI scores and heatmap burnt into the pixels: " + "; ".join(text))
+    what = "AI scores, heatmap and finding boxes" if marked else "AI scores and heatmap"
+    sc.ImageComments = _ascii(f"{RESEARCH_NOTICE} {what} burnt into the pixels: " + "; ".join(text))
+    models = "; ".join(filter(None, (model_line(result), companion_line(result))))
+    boxes = ", the positive finding's box (orange) drawn" if marked else ""
     sc.DerivationDescription = _ascii(
         derivation or (f"Source image rendered with its display window, AI heatmap (Grad-CAM, inferno colours) "
-                       f"blended and scores burnt in by {SOFTWARE_VERSIONS}; {model_line(result)}. "
+                       f"blended{boxes} and scores burnt in by {SOFTWARE_VERSIONS}; {models}. "
                        f"{RESEARCH_NOTICE}"))[:1024]
     ref = Dataset()
     ref.ReferencedSOPClassUID = src.SOPClassUID

@@ -22,7 +22,6 @@ import pydicom
 
 from cxr_viewer.ai.inference import ScoreResult
 from cxr_viewer.ai.model import ModelMeta
-from cxr_viewer.ai.overlay import annotated_rgb
 from cxr_viewer.clinical.dicom_results import (
     ExportError,
     build_secondary_capture,
@@ -31,6 +30,7 @@ from cxr_viewer.clinical.dicom_results import (
     read_source_header,
     write_dataset,
 )
+from cxr_viewer.clinical.finding_marks import marked_rgb
 from cxr_viewer.clinical.report import ReportPage, build_page
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import LoadedImage
@@ -190,14 +190,12 @@ def export_dicom_task(image: LoadedImage, result: ScoreResult, request: ExportRe
 
 
 def _secondary_capture(header, image: LoadedImage, result: ScoreResult, annotations=()):
-    rgb = annotated_rgb(image, result)
-    lines = None
+    rgb, lines = marked_rgb(image, result)
     if annotations:
-        from cxr_viewer.ai.overlay import result_lines
         from cxr_viewer.clinical.annotation_render import annotation_summary, draw_annotations
 
         rgb = draw_annotations(rgb, annotations, image)
-        lines = result_lines(result) + ["User annotations: " + "; ".join(annotation_summary(annotations, image))]
+        lines = lines + ["User annotations: " + "; ".join(annotation_summary(annotations, image))]
     return build_secondary_capture(header, rgb, result, lines=lines)
 
 

@@ -108,6 +108,8 @@ def _score_line(hs: HeadScore) -> ScoreLine:
     if hs.sensitivity is not None and hs.specificity is not None:
         op += f" (validation sensitivity {_percent(hs.sensitivity)}, specificity {_percent(hs.specificity)})"
     label = "above threshold" if hs.positive else "below threshold"
+    if hs.positive and hs.location is not None:
+        label += "; marked on the image"
     if hs.status == "scored_outside_intended_use":
         label += "; OUTSIDE INTENDED USE: " + hs.reason.split(": ", 1)[-1]
     return ScoreLine(hs.title, True, f"{hs.probability:.3f}", label, op, hs.meaning)
@@ -143,6 +145,9 @@ def model_lines(result: ScoreResult, meta: ModelMeta | None) -> tuple[str, ...]:
     lines = [f"Model: {result.model_name} (version {result.model_version})",
              f"Weights SHA-256: {result.model_sha256}",
              f"Run on: {result.device or 'unknown device'}"]
+    if result.companion:  # the second network that scored a head (the nodule/mass model)
+        name, version, sha = result.companion
+        lines[2:2] = [f"Nodule/mass model: {name} (version {version})", f"Nodule/mass model SHA-256: {sha}"]
     if meta is not None and meta.created:
         lines.append(f"Model created: {meta.created}")
     return tuple(lines)
@@ -154,15 +159,22 @@ def build_page(image: LoadedImage, result: ScoreResult, meta: ModelMeta | None, 
     """One page: ``header_ds`` is the (already de-identified, if asked) DICOM header or None;
     ``annotations`` (the user's rulers, ROIs, arrows, texts) are drawn on the image and listed."""
     from cxr_viewer.ai.overlay import composite_rgb, pick_heatmap_head
+    from cxr_viewer.clinical.finding_marks import MARK_TITLES, draw_finding_boxes, finding_marks, mark_line
 
     head = pick_heatmap_head(result, heatmap_head)
     rgb = composite_rgb(image, result.heatmaps.get(head) if head else None, voi=voi, opacity=opacity)
-    if head:
+    rgb = draw_finding_boxes(rgb, result)
+    if head in MARK_TITLES:
+        caption = f"Heatmap: {result.head(head).title} (the nodule/mass model's probability per cell)"
+    elif head:
         caption = f"Heatmap: {result.head(head).title} (Grad-CAM, where the score comes from)"
     else:
         caption = "No heatmap (no trained head)"
     frames = f", frame {image.frame + 1} of {image.ref.frames}" if image.ref.frames > 1 else ""
     caption += f"; {image.shape[1]} x {image.shape[0]} px{frames}"
+    marks = finding_marks(result, tuple(image.shape[:2]))
+    if marks:
+        caption += ". " + "; ".join(mark_line(m) for m in marks) + " (orange box)"
     if annotations:
         from cxr_viewer.clinical.annotation_render import annotation_summary, draw_annotations
 

@@ -24,6 +24,7 @@ from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.ai.inference import HEAD_MEANING, ModelSummary, ScoreResult, probability_text
 from cxr_viewer.ai.model import HEAD_TITLES, HEADS, unavailable_reason
 from cxr_viewer.ai.overlay import HEATMAP_COLORMAP, heatmap_alpha
+from cxr_viewer.clinical.finding_marks import MARK_HEX, MARK_TITLES
 from cxr_viewer.gui.anatomy_panel import AnatomyBox
 
 
@@ -72,7 +73,8 @@ class HeadBox(QFrame):
         self.meaning = small_label(HEAD_MEANING[head], self, muted=True)
         self.use = small_label("", self, muted=True)  # the head's intended use
         self.heatmap = QCheckBox("Heatmap", self)
-        self.heatmap.setToolTip("Show where the model looked (Grad-CAM) over the image")
+        self.heatmap.setToolTip("Show the nodule/mass model's probability per cell over the image"
+                                if head in MARK_TITLES else "Show where the model looked (Grad-CAM) over the image")
         self.heatmap.setEnabled(False)
         self.more = QToolButton(self)
         self.more.setText("Details")
@@ -223,6 +225,9 @@ class FindingsPanel(QGroupBox):
                 op = (f"; at this threshold the model had sensitivity {hs.sensitivity:.2f} and specificity "
                       f"{hs.specificity:.2f} on its validation data")
             detail = f"Calibrated probability; threshold {hs.threshold:.2f}{op}."
+            if hs.positive and hs.location is not None:  # the viewer draws the box (View > AI Finding Marks)
+                score += (f"<br><span style='font-size:8pt'><span style='color:{MARK_HEX}'>&#9632;</span> "
+                          "marked on the image</span>")
             if hs.status == "scored_outside_intended_use":
                 score += " <span style='color:#8a5a00'><b>outside intended use</b></span>"
                 why = hs.reason.split(": ", 1)[-1]

@@ -7,7 +7,9 @@ middle-drag = pan; right-drag and wheel = zoom. ImageItem gets float32 C-contigu
 Overlays, all in image pixel coordinates: the AI heatmap (an ImageItem stretched over the image),
 the anatomy outlines (line segments computed by the core, drawn as pairs with a cosmetic pen: a
 thin line at any zoom, over a dark halo) and the two CTR lines (horizontal line ROIs whose ends
-the user drags; the ratio is recomputed by the core's ``CtrMeasurement.with_lines``).
+the user drags; the ratio is recomputed by the core's ``CtrMeasurement.with_lines``), and the AI's
+finding marks (the box of a positive finding that says where, e.g. the nodule/mass model's, an
+orange cosmetic-pen rectangle over a dark halo with a short label: :mod:`cxr_viewer.clinical.finding_marks`).
 Fixed to the viewport instead (they stay put while zooming and panning): the corner text,
 orientation markers and scale bar of :class:`ViewportOverlay`, worded by :mod:`cxr_viewer.io.viewport`.
 """
@@ -20,10 +22,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap, QTransform
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
 
 from cxr_viewer.ai.anatomy import STRUCTURES, CtrMeasurement
 from cxr_viewer.ai.anatomy_tasks import AnatomyResult
+from cxr_viewer.clinical.finding_marks import MARK_HEX, FindingMark
 from cxr_viewer.gui.measure_layer import TOOLS, MeasureLayer
 from cxr_viewer.gui.viewport_overlay import ViewportOverlay
 from cxr_viewer.io.display import DisplayMapping, Voi, Window, display_mapping, render_uint8
@@ -164,6 +167,9 @@ class ImageView(QWidget):
         self.content.addItem(self.ctr_label)
         self.anatomy: AnatomyResult | None = None
         self.ctr: CtrMeasurement | None = None
+        self.marks: tuple[FindingMark, ...] = ()  # the AI's finding boxes on this image
+        self.mark_items: list = []  # per mark: halo, outline, label
+        self.marks_visible = True
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics)
@@ -224,6 +230,7 @@ class ImageView(QWidget):
         if self.image is None or self.image.ref.path != image.ref.path or self.image.frame != image.frame:
             self.set_heatmap(None)  # a heatmap belongs to one image
             self.set_anatomy(None)  # and so do outlines and CTR lines
+            self.set_finding_marks(())  # and the AI's finding boxes
         self.image = image
         if not (keep_view and same_size):
             self.orientation = DisplayOrientation()
@@ -241,6 +248,7 @@ class ImageView(QWidget):
         self.item.clear()
         self.set_heatmap(None)
         self.set_anatomy(None)
+        self.set_finding_marks(())
         self.measure.set_image(None)
         self._refresh_overlay()
 
@@ -302,6 +310,56 @@ class ImageView(QWidget):
 
     def heatmap_visible(self) -> bool:
         return self.heat_item.isVisible() and self.heat_item.image is not None
+
+    # --- AI finding marks: where a positive finding is -------------------------------------
+    def set_finding_marks(self, marks) -> None:
+        """Draw ``marks`` (FindingMark boxes in image pixels; empty: remove them). They are items of
+        the image's content, so they follow pan, zoom, flips and turns."""
+        for item in self.mark_items:
+            self.content.removeItem(item)
+        self.mark_items = []
+        self.marks = tuple(marks) if self.image is not None else ()
+        rows = self.image.shape[0] if self.image is not None else 0
+        for mark in self.marks:
+            x0, y0, x1, y1 = mark.box
+            rect = QRectF(x0, y0, x1 - x0, y1 - y0)
+            items = []
+            for colour, width, z in ((QColor(0, 0, 0, 170), 4, 24), (QColor(MARK_HEX), 2, 25)):
+                pen = QPen(colour, width)
+                pen.setCosmetic(True)  # the same width on screen at any zoom
+                item = QGraphicsRectItem(rect)
+                item.setPen(pen)
+                item.setZValue(z)
+                items.append(item)
+            items[-1].setToolTip(f"{mark.label}: where the AI finding is (above its threshold). Not a diagnosis.")
+            label = pg.TextItem(mark.label, color=MARK_HEX, fill=pg.mkBrush(0, 0, 0, 170))
+            font = label.textItem.font()
+            font.setPointSize(10)
+            font.setBold(True)
+            label.setFont(font)
+            above = y0 > 0.04 * rows  # above the box, below it at the image's top
+            label.setAnchor((0.0, 1.0) if above else (0.0, 0.0))
+            label.setPos(x0, y0 if above else y1)
+            label.setZValue(41)
+            items.append(label)
+            for item in items:
+                item.setVisible(self.marks_visible)
+                self.content.addItem(item)
+            self.mark_items += items
+
+    def set_finding_marks_visible(self, on: bool) -> None:
+        self.marks_visible = bool(on)
+        for item in self.mark_items:
+            item.setVisible(self.marks_visible)
+
+    def finding_marks_shown(self) -> bool:
+        return any(item.isVisible() for item in self.mark_items)
+
+    def finding_mark_rects(self) -> list[tuple[float, float, float, float]]:
+        """(x, y, width, height) of each drawn box in image pixels (what the scene items hold)."""
+        return [(r.x(), r.y(), r.width(), r.height())
+                for r in (item.rect() for item in self.mark_items if isinstance(item, QGraphicsRectItem)
+                          and item.zValue() == 25)]
 
     # --- anatomy: outlines and CTR lines ---------------------------------------------------
     def set_anatomy(self, result: AnatomyResult | None) -> None:

@@ -26,6 +26,7 @@ from cxr_viewer.ai.anatomy_tasks import AnatomyHolder, AnatomyModelSummary, Anat
 from cxr_viewer.ai.inference import ModelSummary, ScoreResult, WorklistRow, score_image_task
 from cxr_viewer.ai.model_store import ModelHolder, default_model_path
 from cxr_viewer.clinical.annotations import Annotation, AnnotationStore, label_text
+from cxr_viewer.clinical.finding_marks import finding_marks
 from cxr_viewer.common.tasks import Progress
 from cxr_viewer.gui.browser import StudyBrowser
 from cxr_viewer.gui.findings_panel import FindingsPanel, heatmap_lut
@@ -320,6 +321,11 @@ class MainWindow(QMainWindow):
                              checkable=True)
         self.act_overlay.setChecked(True)
         self.act_overlay.setIconText("Overlay")
+        self.act_marks = a("AI &Finding Marks", self.set_finding_marks_visible, "Shift+F",
+                           "The box around a finding the AI scored above its threshold and can place "
+                           "(nodule/mass), with its label", checkable=True)
+        self.act_marks.setChecked(True)
+        self.act_marks.setIconText("Marks")
         self.act_reset_ctr.setEnabled(False)
         self.act_next = a("Next Image", lambda: self.browser.step(1), "PgDown")
         self.act_prev = a("Previous Image", lambda: self.browser.step(-1), "PgUp")
@@ -385,7 +391,8 @@ class MainWindow(QMainWindow):
         for act in (self.act_fit, self.act_1to1, self.act_2to1, self.act_zoom_in, self.act_zoom_out, self.act_reset, None,
                     self.act_flip_h, self.act_flip_v, self.act_rotate_left, self.act_rotate_right,
                     self.act_reset_orientation, self.act_loupe, None,
-                    self.act_invert, self.act_auto, None, self.act_overlay, self.act_anatomy, self.act_reset_ctr, None,
+                    self.act_invert, self.act_auto, None, self.act_overlay, self.act_marks, self.act_anatomy, self.act_reset_ctr,
+                    None,
                     self.act_mode_window, self.act_mode_pan, None, self.act_next, self.act_prev, self.act_next_frame, self.act_prev_frame):
             view_menu.addSeparator() if act is None else view_menu.addAction(act)
         view_menu.addSeparator()
@@ -474,6 +481,7 @@ class MainWindow(QMainWindow):
         self.model_runner.failed.connect(self._on_model_failed)
         self.score_runner.finished.connect(self._on_scored)
         self.score_runner.failed.connect(lambda msg: self.findings.clear_result(f"scoring failed: {msg}"))
+        self.score_runner.failed.connect(lambda _msg: self.view.set_finding_marks(()))
         self.findings.heatmap_requested.connect(self._show_heatmap)
         self.findings.opacity_changed.connect(lambda v: self.view.set_heatmap_opacity(v))
         self.findings.score_anyway_requested.connect(lambda: self._score_current(score_anyway=True))
@@ -652,6 +660,7 @@ class MainWindow(QMainWindow):
         for other in self.grid.views:  # scores, heatmap and outlines belong to the active viewport only
             if other is not view:
                 other.set_heatmap(None)
+                other.set_finding_marks(())
                 other.set_anatomy(None)
         self.current_ref = image.ref if image is not None else None
         self.act_invert.setChecked(view.user_invert)
@@ -835,6 +844,7 @@ class MainWindow(QMainWindow):
             self.worklist.clear(f"Model changed to {summary.name} v{summary.version}: the worklist scores of the "
                                 "previous model were removed; score again.")
         self.view.set_heatmap(None)
+        self.view.set_finding_marks(())
         self.last_score = None
         self.findings.set_model(summary)
         self.findings.set_status("")
@@ -845,6 +855,7 @@ class MainWindow(QMainWindow):
     def _on_model_failed(self, message: str) -> None:
         # the previous model, if any, stays loaded: its scores of the shown image are made again
         self.view.set_heatmap(None)
+        self.view.set_finding_marks(())
         self.last_score = None
         self.findings.set_model(self.models.summary(), error=message)
         self.findings.set_status("")
@@ -867,6 +878,7 @@ class MainWindow(QMainWindow):
         self.last_score = result
         self.findings.set_result(result)
         self._show_heatmap(self.findings.shown_heatmap())
+        self.view.set_finding_marks(finding_marks(result, tuple(image.shape[:2])))
         self.scored.emit(result)
 
     def _show_heatmap(self, head: str) -> None:
@@ -1368,6 +1380,12 @@ class MainWindow(QMainWindow):
         self.message_label.setText(text)  # not showMessage: that would hide the pixel readout
         self.last_message = text
 
+    def set_finding_marks_visible(self, on: bool) -> None:
+        """The AI's finding boxes shown or hidden in every viewport (the scores stay)."""
+        self.act_marks.setChecked(on)
+        for view in self.grid.views:
+            view.set_finding_marks_visible(on)
+
     def set_overlay_visible(self, on: bool) -> None:
         self.act_overlay.setChecked(on)
         for view in self.grid.views:
@@ -1391,6 +1409,7 @@ class MainWindow(QMainWindow):
             "Left drag: window/level (right: wider window, down: higher centre, darker), or pan in pan mode (P / W).\n"
             "Middle drag: pan.  Right drag or wheel: zoom.\n"
             "F fit, 1 one-to-one, Ctrl+2 two-to-one, R reset, I invert, A auto window, O overlay text, Shift+A anatomy,\n"
+            "Shift+F AI finding marks (the box of a finding above its threshold, e.g. nodule/mass),\n"
             "2-9 presets. H / V flip, [ / ] rotate (display only), M magnifier, Ctrl+D DICOM tags.\n"
             "Compare: C compares with the prior (View > Layout: 1x1, 1x2, 2x2; click a viewport to make it active;\n"
             "Link Views moves zoom, pan and window/level together).\n"
