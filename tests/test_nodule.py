@@ -26,6 +26,7 @@ from cxr_viewer.ai.nodule import (
     masked_max,
     nodule_unit,
     peak_box,
+    windowed_maps,
 )
 from cxr_viewer.training import nodule as tn
 from model_fixtures import make_test_model, make_test_nodule_model
@@ -104,6 +105,21 @@ def test_net_gives_a_map_at_stride_16():
     assert out.shape == (1, 128 // STRIDE, 128 // STRIDE)
 
 
+class _CellMeans(torch.nn.Module):
+    """A stand-in network that is exactly translation-equivariant: the mean of each 16 px cell."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x[:, 0:1], STRIDE)[:, 0]
+
+
+@pytest.mark.parametrize("size", [512, 256, 128])
+def test_windowed_maps_tile_every_cell_exactly_once(size):
+    x = torch.rand(2, 3, size, size)
+    whole = _CellMeans()(x)
+    assert torch.allclose(windowed_maps(_CellMeans(), x, 128), whole)
+    assert torch.allclose(windowed_maps(_CellMeans(), x, 2048), whole)
+
+
 @pytest.fixture(scope="module")
 def nodule_file(tmp_path_factory):
     return make_test_nodule_model(tmp_path_factory.mktemp("nod") / "n.safetensors")
@@ -136,6 +152,7 @@ def _edit_description(path, **changes):
     ({"threshold": 1.5}, "threshold"),
     ({"architecture": "vgg"}, "architecture"),
     ({"stride": 32}, "stride"),
+    ({"window": 100}, "window"),
     ({"weights_sha256": "0" * 64}, "do not match"),
     ({"operating_point": {"sensitivity": 2}}, "sensitivity"),
 ])
@@ -310,7 +327,7 @@ def test_pasted_nodules_make_positive_patches_with_targets():
 def test_training_runs_and_losses_are_finite():
     data = _toy_data()
     cfg = tn.NoduleConfig(patch=64, batch=4, iterations=3, mine_start=1, mine_every=10, mine_negatives=4,
-                          warmup=1, bf16=False)
+                          warmup=1, bf16=False, whole_iterations=2, whole_batch=2, nih_positives=True)
     gen = tn.train_net(data, np.arange(len(data.ids)), cfg)
     events = []
     while True:
@@ -320,6 +337,7 @@ def test_training_runs_and_losses_are_finite():
             net = stop.value
             break
     assert any("mined" in e.detail for e in events) and all("nan" not in e.detail for e in events)
+    assert any("whole lung boxes" in e.stage for e in events)
     rows = tn.evaluate_fold(net, data, np.arange(len(data.ids)), False)
     assert len(rows) == len(data.ids) and all(math.isfinite(r["logit"]) for r in rows)
     assert all("peak_hit" in r for r in rows if r["source"] == "jsrt" and r["label"])

@@ -79,6 +79,34 @@ class NoduleNet(nn.Module):
         return self.head(p)[:, 0]
 
 
+def windowed_maps(net: NoduleNet, x: torch.Tensor, window: int, batch: int = 64) -> torch.Tensor:
+    """The logit map of standardised inputs (B, 3, S, S) from overlapping windows of the size the
+    model was trained on (stride half a window), each cell taken from the window whose centre half
+    holds it (image edges: the edge windows): what a patch-trained network says, without asking it
+    about contexts larger than it ever saw. ``window >= S``: the whole input at once."""
+    B, _, S, _ = x.shape
+    if window >= S:
+        return net(x)
+    step = window // 2
+    starts = list(range(0, S - window + 1, step))
+    if starts[-1] != S - window:
+        starts.append(S - window)
+    tiles = torch.stack([x[:, :, r:r + window, c:c + window] for r in starts for c in starts], 1)
+    tiles = tiles.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    outs = torch.cat([net(tiles[k:k + batch]) for k in range(0, len(tiles), batch)]).float()
+    outs = outs.view(B, len(starts), len(starts), window // STRIDE, window // STRIDE)
+    n, w, q = S // STRIDE, window // STRIDE, window // STRIDE // 4
+    out = torch.empty(B, n, n, dtype=outs.dtype)
+    for i, r in enumerate(starts):
+        r0 = 0 if i == 0 else r // STRIDE + q
+        r1 = n if i == len(starts) - 1 else r // STRIDE + w - q
+        for j, c in enumerate(starts):
+            c0 = 0 if j == 0 else c // STRIDE + q
+            c1 = n if j == len(starts) - 1 else c // STRIDE + w - q
+            out[:, r0:r1, c0:c1] = outs[:, i, j, r0 - r // STRIDE:r1 - r // STRIDE, c0 - c // STRIDE:c1 - c // STRIDE]
+    return out
+
+
 def masked_max(logit_map: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(image logits (B,), flat index of the peak (B,)): the highest cell where ``cells`` is true
     (all cells where a row has none)."""
@@ -96,6 +124,8 @@ class NoduleMeta:
     version: str
     preprocessing: PreprocessSpec = NODULE_SPEC
     width: int = 256
+    #: the square window (input px) the model was trained on and reads the lung box by (half-overlapping)
+    window: int = 128
     #: calibrated probability = sigmoid(slope * logit + intercept), fitted on out-of-fold logits
     slope: float = 1.0
     intercept: float = 0.0
@@ -112,7 +142,7 @@ class NoduleMeta:
     def to_dict(self) -> dict:
         return {"format": NODULE_FORMAT, "architecture": "resnet50-fpn-dense", "head": "lung_cancer_association",
                 "name": self.name, "version": self.version, "preprocessing": self.preprocessing.to_dict(),
-                "crop": "lung box (anatomy model), square, padded", "stride": STRIDE, "width": self.width,
+                "crop": "lung box (anatomy model), square, padded", "stride": STRIDE, "width": self.width, "window": self.window,
                 "calibration": {"slope": self.slope, "intercept": self.intercept}, "threshold": self.threshold,
                 "available": self.available, "note": self.note, "operating_point": self.operating_point,
                 "rule": self.rule, "weights_sha256": self.weights_sha256, "weights_dtype": "float16",
@@ -131,6 +161,9 @@ class NoduleMeta:
         spec = _preprocessing_from_doc(doc.get("preprocessing", {}), NODULE_SPEC, (128, 2048))
         if spec.input_size % 32:
             raise f.obj("preprocessing").invalid("input_size", "a multiple of 32", spec.input_size)
+        window = f.integer("window", 128, 64, 2048)
+        if window % 64:
+            raise f.invalid("window", "a multiple of 64", window)
         if f.integer("stride", STRIDE, 1, 64) != STRIDE:
             raise f.invalid("stride", str(STRIDE), doc.get("stride"))
         cal = f.obj("calibration")
@@ -144,7 +177,7 @@ class NoduleMeta:
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
                 raise f.obj("operating_point").invalid(k, "a number in [0, 1] or null", v)
         return cls(name=f.string("name"), version=f.string("version"), preprocessing=spec,
-                   width=f.integer("width", 256, 8, 1024),
+                   width=f.integer("width", 256, 8, 1024), window=window,
                    slope=cal.number("slope", 1.0, 1e-3, 100.0),
                    intercept=cal.number("intercept", 0.0, -100.0, 100.0),
                    threshold=f.number("threshold", 0.5, 0.0, 1.0, open_lo=True, open_hi=True),
@@ -280,7 +313,7 @@ class NoduleModel:
         dtype = torch.bfloat16 if self.device == "cpu" else torch.float16
         with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=dtype,
                                                     enabled=self.bf16 or self.device != "cpu"):
-            out = self.net(x.contiguous(memory_format=torch.channels_last)).float()
+            out = windowed_maps(self.net, x.contiguous(memory_format=torch.channels_last), self.meta.window).float()
         return out.cpu().numpy()
 
     def find(self, values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,

@@ -385,7 +385,7 @@ def add_parsers(sub) -> None:
     p_nod.add_argument("--init", help="a scoring model whose backbone the nodule model starts from")
     p_nod.add_argument("--anatomy", help="the anatomy model that finds the lung box (default: the bundled one)")
     p_nod.add_argument("--cache", default="", help="an .npz cache of the preprocessed lung boxes")
-    p_nod.add_argument("--iterations", type=int, default=400, help="training iterations of 16 patches per model")
+    p_nod.add_argument("--iterations", type=int, default=600, help="training iterations of 32 patches per model")
     p_nod.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: none)")
     p_nod.add_argument("--seed", type=int, default=0)
     p_nod.set_defaults(func=_train_nodule)

@@ -50,6 +50,7 @@ from cxr_viewer.ai.nodule import (
     NoduleNet,
     masked_max,
     nodule_unit,
+    windowed_maps,
 )
 from cxr_viewer.common.fileio import write_bytes_atomic
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
@@ -133,19 +134,23 @@ def load_cases(jsrt: str, nih: str, anatomy, cache: str = "",
 
 @dataclass
 class NoduleConfig:
-    iterations: int = 400
-    batch: int = 16
-    patch: int = 256
-    lr: float = 1e-3  # the head
-    backbone_lr: float = 2e-4
+    iterations: int = 600
+    batch: int = 32
+    patch: int = 128
+    lr: float = 2e-3  # the head
+    backbone_lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup: int = 30
-    mine_start: int = 150
-    mine_every: int = 100
+    mine_start: int = 200
+    mine_every: int = 150
     mine_negatives: int = 120
     ignore_mm: float = 12.0
-    paste: float = 0.0  # share of negative patches that get a training nodule pasted in
-    nih_positives: bool = True  # NIH nodule/mass images as multiple-instance positives (mined places)
+    paste: float = 0.3  # share of negative patches that get a training nodule pasted in
+    freeze_bn: bool = False  # tried: with the paediatric model's statistics it learned nothing in 400 iterations
+    whole_iterations: int = 40  # then this many iterations on whole lung boxes (multiple-instance for NIH)
+    whole_batch: int = 6
+    whole_lr: float = 1e-4
+    nih_positives: bool = False  # NIH nodule/mass images as multiple-instance positives (mined places)
     init: str = ""  # a scoring model whose backbone starts this one ("" : from scratch)
     folds: int = 5
     seed: int = 0
@@ -154,6 +159,12 @@ class NoduleConfig:
     name: str = "cxr_viewer nodule/mass ResNet50 (lung box, 512 px)"
     version: str = "1"
     bf16: bool = True
+
+
+def reading_window(cfg: NoduleConfig) -> int:
+    """The window the model reads a lung box by: the patch it was trained on, or the whole box
+    once it has been trained on whole boxes."""
+    return NODULE_SPEC.input_size if cfg.whole_iterations else cfg.patch
 
 
 def stratified_group_folds(data: NoduleData, k: int, seed: int) -> list[np.ndarray]:
@@ -352,15 +363,15 @@ def patch_losses(logits: torch.Tensor, target, known, lungs, label, dense) -> to
     return cell + F.binary_cross_entropy_with_logits(top, label)
 
 
-def full_logit_maps(net: NoduleNet, units: np.ndarray, bf16: bool, batch: int = 8) -> np.ndarray:
-    """(N, S, S) units -> (N, S/16, S/16) logit maps, eval mode."""
+def full_logit_maps(net: NoduleNet, units: np.ndarray, bf16: bool, batch: int = 8, window: int = 128) -> np.ndarray:
+    """(N, S, S) units -> (N, S/16, S/16) logit maps, eval mode, read by windows as at inference."""
     net.eval()
     out = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for s in range(0, len(units), batch):
             x = torch.from_numpy(units[s:s + batch].astype(np.float32))
             x = ((x - NODULE_SPEC.mean) / NODULE_SPEC.std)[:, None].expand(-1, 3, -1, -1)
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().numpy())
+            out.append(windowed_maps(net, x.contiguous(memory_format=torch.channels_last), window).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
 
 
@@ -373,14 +384,14 @@ def peaks(maps: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return v.numpy(), centres
 
 
-def train_mode(net: NoduleNet) -> None:
-    """Training mode with the backbone's BatchNorm statistics frozen (their scale and shift still
-    learn): small batches of lung patches would otherwise leave running statistics that do not
-    fit whole lung boxes at inference (a map near-constant everywhere), as detection models do."""
+def train_mode(net: NoduleNet, freeze_bn: bool = False) -> None:
+    """Training mode; with ``freeze_bn`` the backbone's BatchNorm statistics stay as initialised
+    (their scale and shift still learn), as detection models do with small batches."""
     net.train()
-    for m in net.backbone.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
+    if freeze_bn:
+        for m in net.backbone.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
 
 
 def train_net(data: NoduleData, train: np.ndarray, cfg: NoduleConfig, stage: str = "training",
@@ -404,10 +415,10 @@ def train_net(data: NoduleData, train: np.ndarray, cfg: NoduleConfig, stage: str
             if len(neg) > cfg.mine_negatives:
                 neg = sampler.rng.choice(neg, cfg.mine_negatives, replace=False)
             idx = np.concatenate([sampler.nih_pos, neg]).astype(int)
-            _, c = peaks(full_logit_maps(net, data.units[idx], cfg.bf16), data.cells[idx])
+            _, c = peaks(full_logit_maps(net, data.units[idx], cfg.bf16, window=cfg.patch), data.cells[idx])
             sampler.mined = {int(i): (float(x), float(y)) for i, (x, y) in zip(idx, c)}
             yield Progress(stage, it, cfg.iterations, f"mined the places of {len(idx)} images")
-        train_mode(net)
+        train_mode(net, cfg.freeze_bn)
         frac = it / max(cfg.iterations - 1, 1)
         scale = min(1.0, (it + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
         for g, b in zip(opt.param_groups, base):
@@ -424,14 +435,61 @@ def train_net(data: NoduleData, train: np.ndarray, cfg: NoduleConfig, stage: str
             rate = (it + 1) * cfg.batch / max(time.time() - t0, 1e-6)
             yield Progress(stage, it + 1, cfg.iterations,
                            f"loss {np.mean(losses[-10:]):.4f}, {rate:.1f} patches/s")
+    if cfg.whole_iterations:
+        yield from _train_whole(net, data, train, cfg, stage, gen, cancel)
     net.eval()
     return net
 
 
-def evaluate_fold(net: NoduleNet, data: NoduleData, idx: np.ndarray, bf16: bool) -> list[dict]:
+def _train_whole(net: NoduleNet, data: NoduleData, train: np.ndarray, cfg: NoduleConfig, stage: str,
+                 gen: torch.Generator, cancel: CancelToken) -> Generator[Progress, None, None]:
+    """Whole lung boxes at the model's size, half of each batch nodule/mass images: the image's
+    label against its highest lung cell (where NIH images say no place), plus the per-cell loss on
+    JSRT images. Light augmentation (flip, intensity) only: the image must stay whole."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    pos, neg = train[data.labels[train] == 1], train[data.labels[train] == 0]
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.whole_lr, weight_decay=cfg.weight_decay)
+    S, n = data.spec_size, data.spec_size // STRIDE
+    ctr = (torch.arange(n) + 0.5) * STRIDE
+    for it in range(cfg.whole_iterations):
+        cancel.raise_if_cancelled()
+        half = cfg.whole_batch // 2
+        idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, cfg.whole_batch - half)])
+        x = torch.from_numpy(data.units[idx].astype(np.float32))
+        target = torch.zeros(len(idx), n, n)
+        known = torch.ones(len(idx), n, n, dtype=torch.bool)
+        for b, i in enumerate(idx):
+            for (nx, ny, r) in data.nodules[i]:
+                dist = torch.hypot(ctr[None, :] - nx, ctr[:, None] - ny)
+                target[b] = torch.maximum(target[b], (dist <= r + STRIDE / 2).float())
+                known[b] &= ~((dist <= r + STRIDE / 2 + cfg.ignore_mm / data.mm_per_px[i]) & (target[b] == 0))
+        lungs = torch.from_numpy(data.cells[idx])
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None], x.flip(-1), x)
+        target = torch.where(flip[:, None, None], target.flip(-1), target)
+        known = torch.where(flip[:, None, None], known.flip(-1), known)
+        lungs = torch.where(flip[:, None, None], lungs.flip(-1), lungs)
+        x = _intensity(x, gen)
+        xs = ((x - NODULE_SPEC.mean) / NODULE_SPEC.std)[:, None].expand(-1, 3, -1, -1)
+        label = torch.from_numpy(data.labels[idx].astype(np.float32))
+        dense = torch.from_numpy(data.sources[idx] == "jsrt")
+        train_mode(net, cfg.freeze_bn)
+        for g in opt.param_groups:
+            g["lr"] = cfg.whole_lr * 0.5 * (1 + math.cos(math.pi * it / max(cfg.whole_iterations - 1, 1)))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = net(xs.contiguous(memory_format=torch.channels_last)).float()
+        loss = patch_losses(logits, target, known, lungs, label, dense)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 10 == 0 or it == cfg.whole_iterations - 1:
+            yield Progress(stage + ", whole lung boxes", it + 1, cfg.whole_iterations, f"loss {float(loss):.4f}")
+
+
+def evaluate_fold(net: NoduleNet, data: NoduleData, idx: np.ndarray, bf16: bool, window: int = 128) -> list[dict]:
     """Per held-out image: its logit, and for a JSRT nodule whether the peak lies within the
     nodule's radius + 10 mm."""
-    maps = full_logit_maps(net, data.units[idx], bf16)
+    maps = full_logit_maps(net, data.units[idx], bf16, window=window)
     logits, centres = peaks(maps, data.cells[idx])
     rows = []
     for j, i in enumerate(idx):
@@ -515,7 +573,7 @@ def cross_validate(data: NoduleData, cfg: NoduleConfig, progress_file: str = "",
             continue
         train = np.setdiff1d(np.arange(len(data.ids)), val)
         net = yield from train_net(data, train, cfg, f"fold {f + 1}/{cfg.folds}", cancel)
-        rows = evaluate_fold(net, data, val, cfg.bf16)
+        rows = evaluate_fold(net, data, val, cfg.bf16, reading_window(cfg))
         for r in rows:
             r["fold"] = f
         done[f] = rows
@@ -549,7 +607,7 @@ def train_nodule(jsrt: str, nih: str, out: str, cfg: NoduleConfig, anatomy, cach
     net = yield from train_net(data, np.arange(len(data.ids)), cfg, "final model", cancel)
     cal = summary.get("calibration", {})
     per = summary.get("per_source", {})
-    meta = NoduleMeta(cfg.name, cfg.version, NODULE_SPEC,
+    meta = NoduleMeta(cfg.name, cfg.version, NODULE_SPEC, window=reading_window(cfg),
                       slope=cal.get("slope", 1.0), intercept=cal.get("intercept", 0.0),
                       threshold=summary.get("threshold", 0.5), available=bool(summary.get("available", False)),
                       note=summary.get("note", "not cross-validated"),
