@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_viewer.ai.inference import Scorer  # noqa: E402
-from cxr_viewer.ai.model_store import default_model_path  # noqa: E402
-from cxr_viewer.ai.nodule import Companion, nodule_unit  # noqa: E402
-from cxr_viewer.io.image import open_image  # noqa: E402
+from cxr_viewer.ai.inference import Scorer
+from cxr_viewer.ai.model_store import default_model_path
+from cxr_viewer.ai.nodule import Companion, nodule_unit
+from cxr_viewer.io.image import open_image
 
 SHARED = REPO.parent / "shared" / "data"
 

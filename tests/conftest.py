@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # GUI tests run headless; the Xvfb tests start a server
+# Tests of the scoring plumbing use small random models and no nodule/mass model (a ResNet50 at 512 px
+# per scored image would double their time); tests of the nodule model and of the shipped models set
+# CXR_VIEWER_NODULE themselves (tests/test_nodule.py, tests/test_default_model.py).
+os.environ.setdefault("CXR_VIEWER_NODULE", "none")
 
 import cxr_testdata as td
 

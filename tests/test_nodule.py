@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from model_fixtures import make_test_model, make_test_nodule_model
 
 from cxr_viewer.ai.model import ModelFileError
 from cxr_viewer.ai.nodule import (
     HEATMAP_SIZE,
     STRIDE,
     LungBox,
-    NoduleMeta,
     NoduleModel,
     NoduleNet,
     crop_resize,
@@ -29,7 +30,6 @@ from cxr_viewer.ai.nodule import (
     windowed_maps,
 )
 from cxr_viewer.training import nodule as tn
-from model_fixtures import make_test_model, make_test_nodule_model
 
 
 def test_lung_box_is_square_padded_and_centred_on_the_lungs():
@@ -141,10 +141,10 @@ def test_model_file_round_trip_and_find(nodule_file):
 
 
 def _edit_description(path, **changes):
-    side = str(path).replace(".safetensors", ".json")
-    doc = json.loads(open(side).read())
+    side = Path(str(path).replace(".safetensors", ".json"))
+    doc = json.loads(side.read_text())
     doc.update(changes)
-    open(side, "w").write(json.dumps(doc))
+    side.write_text(json.dumps(doc))
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -307,7 +307,7 @@ def test_a_patch_on_a_nodule_has_positive_cells_there_and_a_positive_label():
     data = _toy_data()
     cfg = tn.NoduleConfig(patch=64, batch=2)
     s = tn._Sampler(data, np.arange(len(data.ids)), cfg, torch.Generator().manual_seed(0))
-    x, target, known, lungs, label, dense = s.batch([(0, 64.0, 48.0, False), (1, 64.0, 48.0, False)])
+    x, target, known, _lungs, label, _dense = s.batch([(0, 64.0, 48.0, False), (1, 64.0, 48.0, False)])
     assert x.shape == (2, 3, 64, 64)
     assert label.tolist() == [1.0, 0.0] and target[1].sum() == 0
     n = 64 // STRIDE
@@ -320,7 +320,7 @@ def test_pasted_nodules_make_positive_patches_with_targets():
     cfg = tn.NoduleConfig(patch=64, batch=4, paste=1.0)
     s = tn._Sampler(data, np.arange(len(data.ids)), cfg, torch.Generator().manual_seed(0))
     assert len(s.bank) == 5
-    x, target, known, lungs, label, dense = s.batch([(1, 64.0, 64.0, False)] * 4)
+    _x, target, _known, _lungs, label, _dense = s.batch([(1, 64.0, 64.0, False)] * 4)
     assert label.tolist() == [1.0] * 4 and all(t.sum() >= 1 for t in target)
 
 
@@ -361,3 +361,12 @@ def test_available_only_when_every_source_clears_the_bar():
     weak = tn.summarise(_rows(3.0, 0.2), cfg)
     assert not weak["available"] and "NIH cross-validated AUROC" in weak["note"] and "above 0.7" in weak["note"]
     assert weak["per_source"]["nih"]["always_negative_auroc"] == 0.5
+
+
+def test_top_places_are_the_highest_lung_cells_in_order():
+    maps = np.zeros((1, 4, 4), np.float32)
+    maps[0, 0, 0], maps[0, 1, 2], maps[0, 3, 3] = 9, 5, 4
+    cells = np.ones((1, 4, 4), bool)
+    cells[0, 0, 0] = False  # the highest cell is outside the lungs
+    places = tn.top_places(maps, cells, 2)[0]
+    assert places == [(2.5 * STRIDE, 1.5 * STRIDE), (3.5 * STRIDE, 3.5 * STRIDE)]

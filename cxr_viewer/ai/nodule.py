@@ -152,7 +152,7 @@ class NoduleMeta:
                 "notice": "Research use only. Not for diagnostic use."}
 
     @classmethod
-    def from_dict(cls, doc) -> "NoduleMeta":
+    def from_dict(cls, doc) -> NoduleMeta:
         if not isinstance(doc, dict) or doc.get("format") != NODULE_FORMAT:
             raise ModelFileError(f"not a cxr_viewer nodule-model description (format expected {NODULE_FORMAT!r})")
         f = _Fields(doc, "")
@@ -294,7 +294,7 @@ class NoduleModel:
         self.bf16 = bf16
 
     @classmethod
-    def from_file(cls, path: str, device: str = "cpu", bf16: bool = False) -> "NoduleModel":
+    def from_file(cls, path: str, device: str = "cpu", bf16: bool = False) -> NoduleModel:
         if not os.path.lexists(path):
             raise ModelFileError(f"nodule model not found: {path}")
         meta = NoduleMeta.from_dict(read_description(path, "the nodule-model description"))
@@ -361,8 +361,11 @@ def heatmap_over_image(cell_probs: np.ndarray, box: LungBox, shape: tuple[int, i
 
 
 def default_nodule_path() -> str:
-    """$CXR_VIEWER_NODULE if set, else ``models/nodule.safetensors``."""
-    return os.environ.get("CXR_VIEWER_NODULE") or str(models_dir() / NODULE_FILE)
+    """$CXR_VIEWER_NODULE if set ("none": no nodule model), else ``models/nodule.safetensors``."""
+    env = os.environ.get("CXR_VIEWER_NODULE")
+    if env == "none":
+        return ""
+    return env or str(models_dir() / NODULE_FILE)
 
 
 def mm_distance(a: tuple[float, float], b: tuple[float, float], mm_per_px: float) -> float:
@@ -372,7 +375,7 @@ def mm_distance(a: tuple[float, float], b: tuple[float, float], mm_per_px: float
 def nodule_path_for(model_path: str) -> str:
     """The nodule/mass model used with the scoring model ``model_path``: ``NAME.nodule.safetensors``
     beside it where present, else the bundled one (:func:`default_nodule_path`)."""
-    if model_path:
+    if model_path and os.environ.get("CXR_VIEWER_NODULE") != "none":
         sibling = os.path.splitext(model_path)[0] + ".nodule.safetensors"
         if os.path.exists(sibling):
             return sibling
@@ -400,9 +403,9 @@ class Companion:
         return None if m is None else (m.meta.name, m.meta.version, m.meta.weights_sha256)
 
     @classmethod
-    def beside(cls, model_path: str) -> "Companion":
+    def beside(cls, model_path: str) -> Companion:
         path = nodule_path_for(model_path)
-        if not os.path.lexists(path):
+        if not path or not os.path.lexists(path):
             return cls()
         try:
             model = NoduleModel.from_file(path)

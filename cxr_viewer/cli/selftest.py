@@ -44,7 +44,7 @@ def run_self_test(device: str = "auto") -> dict:
           f"{len(refs)} images ({', '.join(sorted(kinds))}) in {time.perf_counter() - t0:.2f} s; {len(found.errors)} errors")
     try:  # torchvision's compiled ops (a frozen bundle missing _C_stable.so fails here)
         import torch
-        import torchvision  # noqa: F401
+        import torchvision
 
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
         keep = torch.ops.torchvision.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
@@ -100,10 +100,48 @@ def run_self_test(device: str = "auto") -> dict:
           bool(kids) and all(e.get("statuses", {}).get("pneumonia") == "scored" for e in kids)
           and all(e.get("statuses", {}).get("pneumonia") == "outside_intended_use" for e in adults),
           f"{len(kids)} children, {len(adults)} adults")
+    _check_nodule(check, scorer, first_dicom[0] if first_dicom else None, report)
     if first_dicom is not None:
         _check_clinical(check, *first_dicom)
     report["ok"] = all(c["ok"] for c in report["checks"])
     return report
+
+
+def _check_nodule(check, scorer, image, report: dict) -> None:
+    """The nodule/mass model beside the default model: loaded and hashed, and either earning its
+    score (a probability on an adult sample) or saying, with its numbers, that it has not."""
+    from cxr_viewer.ai.nodule import default_nodule_path
+
+    comp = scorer.nodule
+    name = "nodule/mass model (lung-cancer association) loads and is honest about its score"
+    if not default_nodule_path():  # CXR_VIEWER_NODULE=none: not asked for
+        report["nodule_model"] = None
+        return
+    if comp.model is None:
+        import os
+
+        if not os.path.lexists(default_nodule_path()):  # none installed: the head says not available
+            note = scorer.unavailable_note("lung_cancer_association")
+            check(name, bool(note), f"no nodule/mass model installed; the head is not available: {note}")
+        else:
+            check(name, False, comp.note)
+        return
+    meta = comp.model.meta
+    report["nodule_model"] = {"sha256": meta.weights_sha256, "available": meta.available, "note": meta.note}
+    if not meta.available:
+        check(name, bool(meta.note), f"not available: {meta.note}")
+        return
+    if image is None:
+        check(name, True, f"SHA-256 {meta.weights_sha256[:12]}; no adult sample to score")
+        return
+    try:
+        t0 = time.perf_counter()
+        f = comp.find(image.values, image.monochrome1, image.padding)
+        check(name, 0.0 <= f.probability <= 1.0 and f.heatmap.max() <= 1.0,
+              f"SHA-256 {meta.weights_sha256[:12]}, probability {f.probability:.3f} on an adult sample "
+              f"in {time.perf_counter() - t0:.2f} s")
+    except Exception as exc:  # noqa: BLE001
+        check(name, False, f"{type(exc).__name__}: {exc}")
 
 
 def _check_clinical(check, image, result) -> None:
@@ -143,7 +181,7 @@ def _check_clinical(check, image, result) -> None:
         check("anatomy model: lungs and heart outlined on a sample", False, f"{type(exc).__name__}: {exc}")
     try:
         import dicomweb_client  # noqa: F401
-        import keyring  # noqa: F401
+        import keyring
         from pynetdicom import AE, StoragePresentationContexts
 
         ae = AE()

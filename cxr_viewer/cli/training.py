@@ -358,7 +358,7 @@ def _train_nodule(args: argparse.Namespace) -> int:
         anatomy = AnatomyModel.from_file(args.anatomy or default_anatomy_path())
         anatomy.bf16 = cfg.bf16
         report = run_with_bar(train_nodule(args.jsrt, args.nih, args.out, cfg, anatomy, args.cache,
-                                           cross_validation=args.folds > 1), line)
+                                           cross_validation=args.folds > 1, final_anyway=args.final_anyway), line)
     except (FileNotFoundError, NotADirectoryError, PermissionError, ModelFileError, KeyError) as exc:
         print(f"cxr-viewer train-nodule: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -385,9 +385,12 @@ def add_parsers(sub) -> None:
     p_nod.add_argument("--init", help="a scoring model whose backbone the nodule model starts from")
     p_nod.add_argument("--anatomy", help="the anatomy model that finds the lung box (default: the bundled one)")
     p_nod.add_argument("--cache", default="", help="an .npz cache of the preprocessed lung boxes")
-    p_nod.add_argument("--iterations", type=int, default=600, help="training iterations of 32 patches per model")
+    p_nod.add_argument("--iterations", type=int, default=400, help="training iterations of 32 patches per model")
     p_nod.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: none)")
     p_nod.add_argument("--seed", type=int, default=0)
+    p_nod.add_argument("--final-anyway", action="store_true",
+                       help="train the model on every image even when its cross-validation does not clear the bar "
+                            "(it is then written as not available)")
     p_nod.set_defaults(func=_train_nodule)
     p_gate = sub.add_parser("train-input-check", help="train the image check of each head's intended use "
                             "(child / adult / not a radiograph / negative) and fit a model's feature distance")

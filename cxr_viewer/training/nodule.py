@@ -34,8 +34,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Generator
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -134,7 +134,7 @@ def load_cases(jsrt: str, nih: str, anatomy, cache: str = "",
 
 @dataclass
 class NoduleConfig:
-    iterations: int = 600
+    iterations: int = 400
     batch: int = 32
     patch: int = 128
     lr: float = 2e-3  # the head
@@ -142,15 +142,18 @@ class NoduleConfig:
     weight_decay: float = 1e-4
     warmup: int = 30
     mine_start: int = 200
-    mine_every: int = 150
+    mine_every: int = 100
     mine_negatives: int = 120
     ignore_mm: float = 12.0
-    paste: float = 0.3  # share of negative patches that get a training nodule pasted in
+    paste: float = 0.0  # share of negative patches that get a training nodule pasted in
     freeze_bn: bool = False  # tried: with the paediatric model's statistics it learned nothing in 400 iterations
-    whole_iterations: int = 40  # then this many iterations on whole lung boxes (multiple-instance for NIH)
+    whole_iterations: int = 0  # then this many iterations on whole lung boxes (multiple-instance for NIH)
     whole_batch: int = 6
     whole_lr: float = 1e-4
     nih_positives: bool = False  # NIH nodule/mass images as multiple-instance positives (mined places)
+    mine_top: int = 1  # hard places mined per image (its highest lung cells)
+    hard_share: float = 0.15  # share of patches centred on a mined hard place
+    mine_known: bool = False  # mine hard places in every image whose places are known (JSRT nodules too), not only negatives
     init: str = ""  # a scoring model whose backbone starts this one ("" : from scratch)
     folds: int = 5
     seed: int = 0
@@ -208,7 +211,7 @@ class _Sampler:
         self.nih_pos = train[(lab == 1) & (src == "nih")] if cfg.nih_positives else train[:0]
         self.known = train[~((lab == 1) & (src == "nih"))]  # images whose every place's label is known
         self.negatives = train[lab == 0]
-        self.mined: dict[int, tuple[float, float]] = {}  # image -> place of its highest cell
+        self.mined: dict[int, list[tuple[float, float]]] = {}  # image -> places of its highest cells
         self.bank = self._nodule_bank() if cfg.paste > 0 else []
 
     def _nodule_bank(self) -> list[tuple[torch.Tensor, float, float]]:
@@ -274,7 +277,7 @@ class _Sampler:
         """(image, centre x, centre y, mined-positive) per patch of the batch."""
         out = []
         nih_mined = [i for i in self.nih_pos if i in self.mined]
-        hard = [i for i in self.negatives if i in self.mined]
+        hard = [i for i in (self.known if self.cfg.mine_known else self.negatives) if i in self.mined]
         P = self.cfg.patch
         for _ in range(self.cfg.batch):
             u = self.rng.random()
@@ -285,11 +288,12 @@ class _Sampler:
                 out.append((i, x + self.rng.uniform(-j, j), y + self.rng.uniform(-j, j), False))
             elif u < 0.45 and nih_mined:
                 i = int(self.rng.choice(nih_mined))
-                x, y = self.mined[i]
+                x, y = self.mined[i][0]
                 out.append((i, x + self.rng.uniform(-0.2, 0.2) * P, y + self.rng.uniform(-0.2, 0.2) * P, True))
-            elif u < 0.6 and hard:
+            elif u < 0.45 + self.cfg.hard_share and hard:
                 i = int(self.rng.choice(hard))
-                x, y = self.mined[i]
+                places = self.mined[i]
+                x, y = places[self.rng.integers(len(places))]
                 out.append((i, x + self.rng.uniform(-0.2, 0.2) * P, y + self.rng.uniform(-0.2, 0.2) * P, False))
             else:
                 i = int(self.rng.choice(self.known))
@@ -318,7 +322,6 @@ class _Sampler:
         n = P // STRIDE
         cgrid = F.affine_grid(theta, (B, 1, n, n), align_corners=False)
         ux, uy = (cgrid[..., 0] + 1) * S / 2, (cgrid[..., 1] + 1) * S / 2
-        ln = S // STRIDE
         lc = torch.from_numpy(np.stack([d.cells[p[0]] for p in picks]).astype(np.float32))[:, None]
         lungs = F.grid_sample(lc, cgrid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0] > 0
         target = torch.zeros(B, n, n)
@@ -343,7 +346,7 @@ class _Sampler:
 
 def _intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     B = x.shape[0]
-    r = lambda lo, hi: torch.empty(B, 1, 1).uniform_(lo, hi, generator=gen)  # noqa: E731
+    r = lambda lo, hi: torch.empty(B, 1, 1).uniform_(lo, hi, generator=gen)
     x = x.clamp(0, 1) ** r(0.7, 1.4)
     x = (x - 0.5) * r(0.8, 1.2) + 0.5 + r(-0.08, 0.08)
     blur = (torch.rand(B, generator=gen) < 0.2).view(B, 1, 1)
@@ -384,6 +387,15 @@ def peaks(maps: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return v.numpy(), centres
 
 
+def top_places(maps: np.ndarray, cells: np.ndarray, k: int) -> list[list[tuple[float, float]]]:
+    """Per image, the centres (unit px) of its ``k`` highest lung cells, highest first."""
+    n = maps.shape[-1]
+    flat = np.where(cells.reshape(len(maps), -1) | ~cells.reshape(len(maps), -1).any(1, keepdims=True),
+                    maps.reshape(len(maps), -1), -np.inf)
+    order = np.argsort(-flat, axis=1)[:, :k]
+    return [[(float((j % n + 0.5) * STRIDE), float((j // n + 0.5) * STRIDE)) for j in row] for row in order]
+
+
 def train_mode(net: NoduleNet, freeze_bn: bool = False) -> None:
     """Training mode; with ``freeze_bn`` the backbone's BatchNorm statistics stay as initialised
     (their scale and shift still learn), as detection models do with small batches."""
@@ -411,12 +423,13 @@ def train_net(data: NoduleData, train: np.ndarray, cfg: NoduleConfig, stage: str
     for it in range(cfg.iterations):
         cancel.raise_if_cancelled()
         if it >= cfg.mine_start and (it - cfg.mine_start) % cfg.mine_every == 0:
-            neg = sampler.negatives
+            neg = sampler.known if cfg.mine_known else sampler.negatives
             if len(neg) > cfg.mine_negatives:
                 neg = sampler.rng.choice(neg, cfg.mine_negatives, replace=False)
             idx = np.concatenate([sampler.nih_pos, neg]).astype(int)
-            _, c = peaks(full_logit_maps(net, data.units[idx], cfg.bf16, window=cfg.patch), data.cells[idx])
-            sampler.mined = {int(i): (float(x), float(y)) for i, (x, y) in zip(idx, c)}
+            places = top_places(full_logit_maps(net, data.units[idx], cfg.bf16, window=cfg.patch), data.cells[idx],
+                                cfg.mine_top)
+            sampler.mined = {int(i): p for i, p in zip(idx, places)}
             yield Progress(stage, it, cfg.iterations, f"mined the places of {len(idx)} images")
         train_mode(net, cfg.freeze_bn)
         frac = it / max(cfg.iterations - 1, 1)
@@ -449,7 +462,7 @@ def _train_whole(net: NoduleNet, data: NoduleData, train: np.ndarray, cfg: Nodul
     rng = np.random.default_rng(cfg.seed + 1)
     pos, neg = train[data.labels[train] == 1], train[data.labels[train] == 0]
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.whole_lr, weight_decay=cfg.weight_decay)
-    S, n = data.spec_size, data.spec_size // STRIDE
+    n = data.spec_size // STRIDE
     ctr = (torch.arange(n) + 0.5) * STRIDE
     for it in range(cfg.whole_iterations):
         cancel.raise_if_cancelled()
@@ -483,7 +496,7 @@ def _train_whole(net: NoduleNet, data: NoduleData, train: np.ndarray, cfg: Nodul
         loss.backward()
         opt.step()
         if it % 10 == 0 or it == cfg.whole_iterations - 1:
-            yield Progress(stage + ", whole lung boxes", it + 1, cfg.whole_iterations, f"loss {float(loss):.4f}")
+            yield Progress(stage + ", whole lung boxes", it + 1, cfg.whole_iterations, f"loss {float(loss.detach()):.4f}")
 
 
 def evaluate_fold(net: NoduleNet, data: NoduleData, idx: np.ndarray, bf16: bool, window: int = 128) -> list[dict]:
@@ -589,10 +602,11 @@ DATA_TEXT = ("JSRT (247 adult PA radiographs, 154 with a nodule; research use on
 
 
 def train_nodule(jsrt: str, nih: str, out: str, cfg: NoduleConfig, anatomy, cache: str = "",
-                 cross_validation: bool = True, cancel: CancelToken = NEVER_CANCELLED
+                 cross_validation: bool = True, final_anyway: bool = False, cancel: CancelToken = NEVER_CANCELLED
                  ) -> Generator[Progress, None, dict]:
     """Cross-validate the recipe, then train it on every image and save it to ``out`` with the
-    out-of-fold calibration, threshold and availability."""
+    out-of-fold calibration, threshold and availability. A recipe that does not clear the bar is
+    not trained on every image unless ``final_anyway`` (the report says why)."""
     data = yield from load_cases(jsrt, nih, anatomy, cache, cancel)
     report: dict = {"data": {"text": DATA_TEXT, "images": len(data.ids),
                              "by_source": {s: {"images": int((data.sources == s).sum()),
@@ -604,6 +618,9 @@ def train_nodule(jsrt: str, nih: str, out: str, cfg: NoduleConfig, anatomy, cach
         summary, rows = yield from cross_validate(data, cfg, os.path.splitext(out)[0] + ".cv.json", cancel)
         report["cross_validation"] = summary
         report["per_image"] = rows
+    if cross_validation and not summary.get("available") and not final_anyway:
+        report["final_model"] = "not trained: the cross-validated AUROC does not clear the bar (" + summary["note"] + ")"
+        return report
     net = yield from train_net(data, np.arange(len(data.ids)), cfg, "final model", cancel)
     cal = summary.get("calibration", {})
     per = summary.get("per_source", {})
