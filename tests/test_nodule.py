@@ -254,6 +254,36 @@ def test_a_broken_nodule_model_leaves_the_rest_working(tmp_path, scorer_with):
     assert "cannot be used" in result.head(LUNG).reason and result.head(LUNG).probability is None
 
 
+def test_the_batch_path_scores_the_nodule_head_only_where_the_checks_allow_and_lets_images_go(tmp_path, scorer_with):
+    from cxr_viewer.ai.inference import _prepare, _score_rows
+
+    scorer = scorer_with(make_test_nodule_model(tmp_path / "n.safetensors"))
+    img = _image(tmp_path)
+    calls, real = [], scorer.nodule.find
+    scorer.nodule.find = lambda *a, **k: calls.append(1) or real(*a, **k)
+    prepared = _prepare(img.ref, scorer)
+    assert prepared.nodule_image is not None
+    (row,) = _score_rows(scorer, [prepared])  # a random picture: the image check says no
+    assert row.probabilities[LUNG] is None and LUNG not in row.locations and not calls
+    assert prepared.nodule_image is None  # the full image is not kept once its row is out
+    prepared = _prepare(img.ref, scorer)
+    (row,) = _score_rows(scorer, [prepared], score_anyway=True)
+    assert calls and 0 < row.probabilities[LUNG] < 1 and len(row.locations[LUNG]) == 4
+    assert prepared.nodule_image is None
+
+
+def test_a_nodule_model_failing_on_an_image_is_that_head_s_one_line_reason(tmp_path, scorer_with):
+    scorer = scorer_with(make_test_nodule_model(tmp_path / "n.safetensors"))
+
+    def broken(*_a, **_k):
+        raise RuntimeError("kaput\nsecond line")
+    scorer.nodule.find = broken
+    result = scorer.score(_image(tmp_path), score_anyway=True)
+    assert result.head("pneumonia").available and result.companion is None
+    hs = result.head(LUNG)
+    assert hs.probability is None and hs.status == "not_available" and "kaput" in hs.reason and "\n" not in hs.reason
+
+
 def test_predict_json_reports_the_nodule_probability_and_box(tmp_path, monkeypatch, cli):
     model = make_test_model(tmp_path / "m.safetensors")
     monkeypatch.setenv("CXR_VIEWER_NODULE", str(make_test_nodule_model(tmp_path / "n.safetensors")))
@@ -370,3 +400,11 @@ def test_top_places_are_the_highest_lung_cells_in_order():
     cells[0, 0, 0] = False  # the highest cell is outside the lungs
     places = tn.top_places(maps, cells, 2)[0]
     assert places == [(2.5 * STRIDE, 1.5 * STRIDE), (3.5 * STRIDE, 3.5 * STRIDE)]
+
+
+def test_without_the_anatomy_model_the_nodule_model_gives_no_score(tmp_path, scorer_with, monkeypatch):
+    monkeypatch.setenv("CXR_VIEWER_ANATOMY", str(tmp_path / "missing_anatomy.safetensors"))
+    scorer = scorer_with(make_test_nodule_model(tmp_path / "n.safetensors"))
+    assert not scorer.nodule.available and LUNG not in scorer.trained
+    hs = scorer.score(_image(tmp_path), score_anyway=True).head(LUNG)
+    assert hs.probability is None and hs.status == "not_available" and "anatomy model" in hs.reason

@@ -255,7 +255,7 @@ class Scorer:
         self.head_names = self.model.head_names
         self.trained = [h for h in self.head_names if meta.heads[h].trained]
         #: the nodule/mass model scoring the lung-cancer association head (where loaded and available)
-        self.nodule = nodule if nodule is not None else Companion()
+        self.nodule = nodule if nodule is not None and LUNG in self.head_names else Companion()  # no head: unused
         self.nodule.to(choice)
         if self.nodule.available and LUNG in self.head_names and LUNG not in self.trained:
             self.trained.append(LUNG)
@@ -385,13 +385,16 @@ class Scorer:
                                      status="not_available"))
                 continue
             missing = nodule is None if self.by_nodule_model(h) else probs is None
-            if reason and (not score_anyway or missing):
+            # asked to score anyway and the nodule/mass model failed: say so, not "outside intended use"
+            failed = bool(score_anyway and missing and self.by_nodule_model(h) and self.nodule.failure)
+            if reason and not failed and (not score_anyway or missing):
                 out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=threshold, reason=OUTSIDE + reason,
                                      meaning=HEAD_MEANING[h], status="outside_intended_use"))
                 continue
             if missing:  # not asked for (no image given), or the nodule model failed on this image
                 out.append(HeadScore(h, HEAD_TITLES[h], False, threshold=threshold,
-                                     reason="not available: " + (self.nodule.failure or "not scored"),
+                                     reason="not available: " + ((self.nodule.failure if self.by_nodule_model(h)
+                                                                  else "") or "not scored"),
                                      meaning=HEAD_MEANING[h], status="not_available"))
                 continue
             p = nodule.probability if self.by_nodule_model(h) else float(probs[i])

@@ -12,7 +12,8 @@ X-ray AI products mark findings.
 Input: the one preprocessing function's steps 1-2 (modality values, MONOCHROME1 made MONOCHROME2,
 0.5-99.5 percentile normalisation) on the whole image, then the lung box cropped (outside the
 image: 0) and resized to 512, then standardised. Where the anatomy model finds no lungs the whole
-image is used and the result says so.
+image is used and ``NoduleFinding.lungs_found`` says so (not yet passed on to HeadScore or the
+reports).
 
 Loaded, hashed and checked like the other models (safetensors + JSON description, SHA-256 of the
 bytes parsed, every value validated, never a pickle). Qt-free; results are plain data.
@@ -382,6 +383,15 @@ def nodule_path_for(model_path: str) -> str:
     return default_nodule_path()
 
 
+def _one_line(exc: BaseException) -> str:
+    """A refused file's own message (ModelFileError: already one line), else the error's type and text on one line."""
+    if isinstance(exc, ModelFileError):
+        return str(exc)
+    detail = " ".join(str(exc).split())
+    line = type(exc).__name__ + (f": {detail}" if detail else "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 @dataclass
 class Companion:
     """The nodule/mass model beside a scoring model, with the anatomy model that finds its lung box.
@@ -395,7 +405,9 @@ class Companion:
 
     @property
     def available(self) -> bool:
-        return self.model is not None and self.model.meta.available
+        """A model that earned its score, with the anatomy model that finds the lung box it was
+        validated on (without it the model would read whole images, which it was never measured on)."""
+        return self.model is not None and self.model.meta.available and self.anatomy is not None
 
     @property
     def identity(self) -> tuple[str, str, str] | None:
@@ -409,15 +421,15 @@ class Companion:
             return cls()
         try:
             model = NoduleModel.from_file(path)
-        except ModelFileError as exc:
-            return cls(note=f"the nodule/mass model cannot be used: {exc}")
+        except Exception as exc:  # noqa: BLE001 - its failure (memory too) must not take the scoring model down
+            return cls(note=f"the nodule/mass model cannot be used: {_one_line(exc)}")
         anatomy, note = None, ""
         from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
 
         try:
             anatomy = AnatomyModel.from_file(default_anatomy_path())
-        except ModelFileError as exc:
-            note = f"the lung outline it needs cannot be found: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            note = f"the nodule/mass model needs the anatomy model's lung outline, which cannot be used: {_one_line(exc)}"
         if not model.meta.available:
             note = f"the nodule/mass model has not earned a score: {model.meta.note}"
         return cls(model, anatomy, note)
