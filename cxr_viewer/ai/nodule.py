@@ -21,7 +21,6 @@ bytes parsed, every value validated, never a pickle). Qt-free; results are plain
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -106,6 +105,12 @@ def windowed_maps(net: NoduleNet, x: torch.Tensor, window: int, batch: int = 64)
             c1 = n if j == len(starts) - 1 else c // STRIDE + w - q
             out[:, r0:r1, c0:c1] = outs[:, i, j, r0 - r // STRIDE:r1 - r // STRIDE, c0 - c // STRIDE:c1 - c // STRIDE]
     return out
+
+
+def cell_centre(index: int, n: int) -> tuple[float, float]:
+    """The centre (x, y, input px) of cell ``index`` of an n x n map, flattened row by row."""
+    r, c = divmod(int(index), n)
+    return (c + 0.5) * STRIDE, (r + 0.5) * STRIDE
 
 
 def masked_max(logit_map: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +268,6 @@ class NoduleFinding:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 of the cells around the peak
     heatmap: np.ndarray  # (HEATMAP_SIZE, HEATMAP_SIZE) cell probabilities over the whole image
     lungs_found: bool
-    lung_box: LungBox
 
 
 def peak_box(logit_map: np.ndarray, peak: int, drop: float = 1.0, max_cells: int = 6) -> tuple[int, int, int, int]:
@@ -327,9 +331,7 @@ class NoduleModel:
             raise ImageOpenError("the nodule/mass model gave a non-finite output for this image; it is not scored")
         logit, index = masked_max(torch.from_numpy(lmap[None]), torch.from_numpy(cells[None]))
         logit, index = float(logit[0]), int(index[0])
-        n = lmap.shape[1]
-        r, c = divmod(index, n)
-        peak = box.to_image((c + 0.5) * STRIDE, (r + 0.5) * STRIDE, spec.input_size)
+        peak = box.to_image(*cell_centre(index, lmap.shape[1]), spec.input_size)
         r0, c0, r1, c1 = peak_box(lmap, index)
         x0, y0 = box.to_image(c0 * STRIDE, r0 * STRIDE, spec.input_size)
         x1, y1 = box.to_image(c1 * STRIDE, r1 * STRIDE, spec.input_size)
@@ -337,7 +339,7 @@ class NoduleModel:
         bx = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
         probs = np.where(cells, self.calibrate(lmap), 0.0).astype(np.float32)
         return NoduleFinding(float(self.calibrate(logit)), logit, peak, bx,
-                             heatmap_over_image(probs, box, (h, w)), box.from_lungs, box)
+                             heatmap_over_image(probs, box, (h, w)), box.from_lungs)
 
     def save(self, path: str) -> None:
         """Weights (float16) then the description, each atomically; the SHA-256 is of the bytes written."""
@@ -368,9 +370,6 @@ def default_nodule_path() -> str:
         return ""
     return env or str(models_dir() / NODULE_FILE)
 
-
-def mm_distance(a: tuple[float, float], b: tuple[float, float], mm_per_px: float) -> float:
-    return math.hypot(a[0] - b[0], a[1] - b[1]) * mm_per_px
 
 
 def nodule_path_for(model_path: str) -> str:

@@ -315,11 +315,19 @@ def _train_input_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _train_anatomy(args: argparse.Namespace) -> int:
-    """Cross-validate the anatomy model on JSRT + SCR masks, then train it on every image."""
+def _write_report(out: str, report: dict) -> int:
+    """The whole report as OUT.report.json (atomically); on stdout without the per-image rows."""
     import json
 
     from cxr_viewer.common.fileio import write_bytes_atomic
+
+    write_bytes_atomic(os.path.splitext(out)[0] + ".report.json", json.dumps(report, indent=2).encode())
+    print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))
+    return EXIT_OK
+
+
+def _train_anatomy(args: argparse.Namespace) -> int:
+    """Cross-validate the anatomy model on JSRT + SCR masks, then train it on every image."""
     from cxr_viewer.training.anatomy import AnatomyConfig, train_anatomy
 
     def epoch_line(event) -> None:
@@ -332,20 +340,14 @@ def _train_anatomy(args: argparse.Namespace) -> int:
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"cxr-viewer train-anatomy: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    text = json.dumps(report, indent=2)
-    write_bytes_atomic(os.path.splitext(args.out)[0] + ".report.json", text.encode())
-    print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))
-    return EXIT_OK
+    return _write_report(args.out, report)
 
 
 def _train_nodule(args: argparse.Namespace) -> int:
     """Cross-validate the nodule/mass model on JSRT + NIH, then train it on every image."""
-    import json
-
     from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
     from cxr_viewer.ai.inference import cpu_supports_bf16
     from cxr_viewer.ai.model import ModelFileError
-    from cxr_viewer.common.fileio import write_bytes_atomic
     from cxr_viewer.training.nodule import NoduleConfig, train_nodule
 
     def line(event) -> None:
@@ -362,10 +364,7 @@ def _train_nodule(args: argparse.Namespace) -> int:
     except (FileNotFoundError, NotADirectoryError, PermissionError, ModelFileError, KeyError) as exc:
         print(f"cxr-viewer train-nodule: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    text = json.dumps(report, indent=2)
-    write_bytes_atomic(os.path.splitext(args.out)[0] + ".report.json", text.encode())
-    print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))
-    return EXIT_OK
+    return _write_report(args.out, report)
 
 
 def add_parsers(sub) -> None:

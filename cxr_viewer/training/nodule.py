@@ -48,9 +48,9 @@ from cxr_viewer.ai.nodule import (
     NoduleMeta,
     NoduleModel,
     NoduleNet,
+    cell_centre,
     masked_max,
     nodule_unit,
-    windowed_maps,
 )
 from cxr_viewer.common.fileio import write_bytes_atomic
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
@@ -204,7 +204,6 @@ class _Sampler:
 
     def __init__(self, data: NoduleData, train: np.ndarray, cfg: NoduleConfig, gen: torch.Generator):
         self.d, self.cfg, self.gen = data, cfg, gen
-        self.train = train
         self.rng = np.random.default_rng(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))
         lab, src = data.labels[train], data.sources[train]
         self.jsrt_pos = train[(lab == 1) & (src == "jsrt")]
@@ -367,24 +366,17 @@ def patch_losses(logits: torch.Tensor, target, known, lungs, label, dense) -> to
 
 
 def full_logit_maps(net: NoduleNet, units: np.ndarray, bf16: bool, batch: int = 8, window: int = 128) -> np.ndarray:
-    """(N, S, S) units -> (N, S/16, S/16) logit maps, eval mode, read by windows as at inference."""
-    net.eval()
-    out = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for s in range(0, len(units), batch):
-            x = torch.from_numpy(units[s:s + batch].astype(np.float32))
-            x = ((x - NODULE_SPEC.mean) / NODULE_SPEC.std)[:, None].expand(-1, 3, -1, -1)
-            out.append(windowed_maps(net, x.contiguous(memory_format=torch.channels_last), window).float().numpy())
+    """(N, S, S) units -> (N, S/16, S/16) logit maps, eval mode, by the inference path
+    (:meth:`ai.nodule.NoduleModel.logit_maps`, read by windows)."""
+    model = NoduleModel(net, NoduleMeta("in training", "", window=window), bf16=bf16)
+    out = [model.logit_maps(units[s:s + batch]) for s in range(0, len(units), batch)]
     return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
 
 
 def peaks(maps: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(image logits (N,), peak centres (N, 2) in unit px)."""
     v, idx = masked_max(torch.from_numpy(maps), torch.from_numpy(cells))
-    n = maps.shape[-1]
-    idx = idx.numpy()
-    centres = np.stack([(idx % n + 0.5) * STRIDE, (idx // n + 0.5) * STRIDE], 1)
-    return v.numpy(), centres
+    return v.numpy(), np.array([cell_centre(i, maps.shape[-1]) for i in idx.tolist()]).reshape(-1, 2)
 
 
 def top_places(maps: np.ndarray, cells: np.ndarray, k: int) -> list[list[tuple[float, float]]]:
@@ -393,7 +385,7 @@ def top_places(maps: np.ndarray, cells: np.ndarray, k: int) -> list[list[tuple[f
     flat = np.where(cells.reshape(len(maps), -1) | ~cells.reshape(len(maps), -1).any(1, keepdims=True),
                     maps.reshape(len(maps), -1), -np.inf)
     order = np.argsort(-flat, axis=1)[:, :k]
-    return [[(float((j % n + 0.5) * STRIDE), float((j // n + 0.5) * STRIDE)) for j in row] for row in order]
+    return [[cell_centre(j, n) for j in row] for row in order]
 
 
 def train_mode(net: NoduleNet, freeze_bn: bool = False) -> None:
