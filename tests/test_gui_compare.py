@@ -292,3 +292,35 @@ def test_open_replaces_the_list_and_the_worklist_or_adds_to_them(qtbot, window, 
     assert sorted(r.path for r in window.browser.refs()) == sorted([str(studies["prior"]), str(studies["older"])])
     assert window.worklist.table.rowCount() == 1  # kept
     assert shown.args[0].ref.path in (str(studies["older"]), str(studies["prior"]))
+
+
+def test_clicking_back_into_a_viewport_shows_its_score_again_without_rescoring(qtbot, window, studies, tmp_path):
+    """Each viewport keeps the score of what it shows (with the model that made it): clicking between
+    the current and the prior does not score them again; another model does."""
+    from model_fixtures import make_test_model
+
+    model = make_test_model(tmp_path / "m.safetensors")
+    with qtbot.waitSignal(window.model_changed, timeout=60000):
+        window.load_model(str(model))
+    with qtbot.waitSignal(window.scored, timeout=60000):
+        _compare(qtbot, window, studies)
+    left, right = window.grid.views[:2]
+    submitted = []
+    real_submit = window.score_runner.submit
+    window.score_runner.submit = lambda *a, **k: (submitted.append(a[1:3]), real_submit(*a, **k))
+    with qtbot.waitSignal(window.scored, timeout=60000) as prior:
+        qtbot.mouseClick(right.graphics.viewport(), Qt.MouseButton.LeftButton)
+    assert prior.args[0].path == str(studies["prior"]) and len(submitted) == 1  # never scored before: scored
+    with qtbot.waitSignal(window.scored, timeout=5000) as again:
+        qtbot.mouseClick(left.graphics.viewport(), Qt.MouseButton.LeftButton)
+    assert again.args[0].path == str(studies["current"]) and len(submitted) == 1  # shown again, not re-scored
+    assert window.last_score is again.args[0] and window.findings.boxes["pneumonia"].score.text()
+    with qtbot.waitSignal(window.scored, timeout=5000):
+        qtbot.mouseClick(right.graphics.viewport(), Qt.MouseButton.LeftButton)
+    assert len(submitted) == 1
+    with qtbot.waitSignal(window.model_changed, timeout=60000):
+        window.load_model(str(model))  # another load: another scorer, so its own scores
+    qtbot.waitUntil(lambda: len(submitted) >= 2, timeout=30000)
+    with qtbot.waitSignal(window.scored, timeout=60000):
+        qtbot.mouseClick(left.graphics.viewport(), Qt.MouseButton.LeftButton)
+    assert len(submitted) == 3

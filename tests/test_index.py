@@ -4,6 +4,7 @@ header-only reading (no pixel decoding while indexing)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -282,3 +283,27 @@ def test_files_are_sniffed_by_content_not_suffix(tmp_path, shared_data):
     assert kinds == {str(jpeg): "raster", str(dcm_png): "dicom"}
     np.testing.assert_array_equal(load_image(index([str(jpeg)]).patients[0].studies[0].series[0].images[0]).stored,
                                   td.kermany_grey(td.kermany_jpegs(shared_data, 1)[0]))
+
+
+def test_folders_are_listed_depth_first_in_name_order(tmp_path):
+    """As a file manager's tree lists them: a folder's subfolders (natural name order) before the
+    folders beside it, the paths in the order given; deep and wide trees alike."""
+    from cxr_viewer.common.tasks import run_to_completion
+    from cxr_viewer.io.index import collect_files
+
+    layout = ["b/2/x.png", "b/10/y.png", "b/z.png", "a/1/2/w.png", "a/v.png", "c/u.png"]
+    for rel in layout:
+        (tmp_path / "t" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "t" / rel).write_bytes(b"x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "o.png").write_bytes(b"x")
+    files, errors = run_to_completion(collect_files([str(tmp_path / "other"), str(tmp_path / "t")]))
+    rel = [os.path.relpath(f, tmp_path) for f in files]
+    assert not errors
+    assert rel == ["other/o.png", "t/a/v.png", "t/a/1/2/w.png", "t/b/z.png", "t/b/2/x.png", "t/b/10/y.png", "t/c/u.png"]
+    wide = tmp_path / "wide"
+    for i in range(300):
+        (wide / f"d{i}" / "e").mkdir(parents=True)
+        (wide / f"d{i}" / "e" / "f.png").write_bytes(b"x")
+    files, _ = run_to_completion(collect_files([str(wide)]))
+    assert [os.path.relpath(f, wide) for f in files] == [f"d{i}/e/f.png" for i in range(300)]

@@ -142,6 +142,10 @@ class MainWindow(QMainWindow):
         self.models = ModelHolder()
         self.model_summary: ModelSummary | None = None
         self.last_score: ScoreResult | None = None
+        #: per viewport, the last score and outlines of what it shows (emptied when a model is loaded):
+        #: clicking back into a viewport shows them again instead of scoring and outlining anew
+        self._view_scores: dict = {}
+        self._view_anatomy: dict = {}
         self.anatomy_models = AnatomyHolder()
         self.anatomy_summary: AnatomyModelSummary | None = None
         self.anatomy_result: AnatomyResult | None = None  # of the shown image, while Anatomy is on
@@ -674,8 +678,8 @@ class MainWindow(QMainWindow):
         self._on_voi_changed(view.voi, view.inverted)
         self.browser.select(image.ref, quiet=True)
         self._show_annotations(image)
-        self._score_current()
-        self._segment_current()
+        self._score_current(reuse=True)
+        self._segment_current(reuse=True)
 
     def compare_with_prior(self) -> bool:
         """The chest protocol: the current PA left, the newest earlier study of the same patient right."""
@@ -836,6 +840,7 @@ class MainWindow(QMainWindow):
         dialog.show()
 
     def _on_model_loaded(self, summary: ModelSummary) -> None:
+        self._view_scores.clear()  # scores of the model before are not this one's
         previous = self.model_summary
         self.model_summary = summary
         if summary.path != default_model_path():
@@ -863,10 +868,14 @@ class MainWindow(QMainWindow):
         self.model_changed.emit(self.models.summary())
         self._score_current()
 
-    def _score_current(self, score_anyway: bool = False) -> None:
+    def _score_current(self, score_anyway: bool = False, reuse: bool = False) -> None:
         image = self.view.image
         scorer = self.models.scorer
         if image is None or scorer is None:
+            return
+        result = self._view_scores.get(self.view)
+        if reuse and result is not None and (result.path, result.frame) == (image.ref.path, image.frame):
+            self._on_scored(result)  # this viewport's image, scored by this model: shown again as it was
             return
         self.findings.clear_result("scoring...")
         self.score_runner.submit(score_image_task, scorer, image, True, score_anyway=score_anyway)
@@ -876,6 +885,7 @@ class MainWindow(QMainWindow):
         if image is None or (result.path, result.frame) != (image.ref.path, image.frame):
             return  # scores of an image no longer shown
         self.last_score = result
+        self._view_scores[self.view] = result
         self.findings.set_result(result)
         self._show_heatmap(self.findings.shown_heatmap())
         self.view.set_finding_marks(finding_marks(result, tuple(image.shape[:2])))
@@ -948,6 +958,7 @@ class MainWindow(QMainWindow):
             self.findings.anatomy.show_off()
 
     def _on_anatomy_model_loaded(self, summary: AnatomyModelSummary) -> None:
+        self._view_anatomy.clear()
         self.anatomy_summary = summary
         self.anatomy_error = ""
         self.findings.anatomy.set_model(summary)
@@ -971,7 +982,7 @@ class MainWindow(QMainWindow):
         self.findings.anatomy.show_unavailable(message)
         self.anatomy_model_changed.emit(None)
 
-    def _segment_current(self) -> None:
+    def _segment_current(self, reuse: bool = False) -> None:
         image, result = self.view.image, self.anatomy_result
         if result is not None and self.view.anatomy is result:
             return  # already drawn on this image (the same frame shown again)
@@ -980,6 +991,11 @@ class MainWindow(QMainWindow):
         model = self.anatomy_models.model
         if not self.act_anatomy.isChecked() or image is None or model is None:
             return  # off, nothing shown, or the model is loading (it segments when loaded)
+        cached = self._view_anatomy.get(self.view)
+        if (reuse and cached is not None
+                and (cached.path, cached.frame, cached.shape) == (image.ref.path, image.frame, tuple(image.shape))):
+            self._on_anatomy(cached)  # this viewport's outlines by this model: drawn again
+            return
         self.findings.anatomy.show_status("Outlining the lungs and heart...")
         self.anatomy_runner.submit(segment_image_task, model, image)
 
@@ -989,6 +1005,7 @@ class MainWindow(QMainWindow):
                 or (result.path, result.frame, result.shape) != (image.ref.path, image.frame, tuple(image.shape))):
             return  # outlines of an image no longer shown
         self.anatomy_result = result
+        self._view_anatomy[self.view] = result
         self.view.set_anatomy(result)
         self.act_reset_ctr.setEnabled(result.ctr is not None)
         self.findings.anatomy.show_result(result, result.ctr, image.ref.meta.spacing)

@@ -95,9 +95,10 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
             visit(entry.path, from_folder=True)
             if len(files) % 200 == 0:
                 yield Progress("listing", len(files), 0, folder)
-        # depth first, in name order, as a file manager's tree lists them: this folder's subfolders
-        # come before the folders that were waiting beside it
-        pending[:] = pending[before:] + pending[:before]
+        # depth first, in name order, as a file manager's tree lists them: ``pending`` is a stack, so
+        # this folder's subfolders (pushed in name order, reversed here) come off it before the folders
+        # that were waiting beside it; each folder costs its own subfolders, not the whole stack
+        pending[before:] = pending[before:][::-1]
 
     def visit(p: str, from_folder: bool):
         try:
@@ -130,9 +131,10 @@ def collect_files(paths: Iterable[str], cancel: CancelToken = NEVER_CANCELLED
     dicomdir_folders: set[str] = set()
     for p in paths:
         visit(os.fspath(p), from_folder=False)
+    pending.reverse()  # the first path given is walked first
     while pending:
         cancel.raise_if_cancelled()
-        folder = pending.pop(0)
+        folder = pending.pop()
         yield from walk(folder)
     return files, errors
 
