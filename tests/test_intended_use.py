@@ -14,6 +14,7 @@ import cxr_testdata as td
 import numpy as np
 import pydicom
 import pytest
+from model_fixtures import make_test_model
 from PIL import Image, ImageDraw
 
 from cxr_viewer.ai.gate import FeatureDistance, Gate, InputChecks, default_gate_path, ood_path
@@ -22,6 +23,7 @@ from cxr_viewer.ai.intended_use import LUNG_CANCER_USE, PNEUMONIA_USE, IntendedU
 from cxr_viewer.ai.model import ModelFileError, read_meta
 from cxr_viewer.ai.model_store import default_model_path
 from cxr_viewer.io.image import open_image
+from cxr_viewer.training.shift import SHIFTS
 
 SAMPLES = td.REPO_ROOT / "resources" / "samples"
 KIDS = sorted((SAMPLES / "children_kermany").rglob("*.jpeg"))
@@ -248,3 +250,114 @@ def test_the_first_sample_a_new_user_sees_is_inside_the_intended_use(scorer):
     first = next(index([str(SAMPLES)]).images())
     assert "children_kermany" in Path(first.path).parts
     assert scorer.score(open_image(first.path), heatmaps=False).head("pneumonia").status == "scored"
+
+
+# --- the image check's network, its file and its training -------------------------------------------
+
+def _randomise_batchnorm(net):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("width", [64, 16])
+def test_the_fused_gate_computes_what_the_trained_one_does(width):
+    import torch
+
+    from cxr_viewer.ai.gate import GateNet, fused_for_inference
+
+    net = _randomise_batchnorm(GateNet(width))
+    fused = fused_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()), "the trained net is left as it was"
+    x = torch.randn(3, 1, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = net(x), fused(x)
+    assert torch.allclose(a, b, atol=1e-3 * float(a.abs().max())), float((a - b).abs().max())
+
+
+def test_a_narrow_gate_round_trips_and_a_wrong_width_is_refused(tmp_path):
+    from cxr_viewer.ai.gate import GATE_SPEC, GateMeta, GateNet
+
+    gate = Gate(_randomise_batchnorm(GateNet(16)), GateMeta("t", "1", GATE_SPEC, 0.6, 0.5, width=16), "")
+    units = np.random.default_rng(0).random((2, 128, 128)).astype(np.float32)
+    before = [v.probabilities for v in gate.classify_units(units)]
+    gate.save(str(tmp_path / "g.safetensors"))
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert doc["width"] == 16
+    loaded = Gate.from_file(str(tmp_path / "g.safetensors"))
+    after = [v.probabilities for v in loaded.classify_units(units)]
+    for p, q in zip(before, after):  # the file holds float16 weights
+        assert all(abs(p[c] - q[c]) < 0.02 for c in p)
+    doc["width"] = 32
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError):
+        Gate.from_file(str(tmp_path / "g.safetensors"))
+
+
+def test_feature_distance_is_the_documented_formula():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 32)) @ rng.normal(size=(32, 32))
+    fd = FeatureDistance.fit(train, "0" * 64, components=8)
+    x = rng.normal(size=(5, 32)).astype(np.float32)
+    z = x.astype(np.float64) - fd.mean
+    proj = z @ fd.components.T.astype(np.float64)
+    inside = (proj ** 2 / fd.variances).sum(1)
+    resid = np.maximum((z ** 2).sum(1) - (proj ** 2).sum(1), 0) / fd.residual_variance
+    expected = np.sqrt((inside + resid) / z.shape[1])
+    assert np.allclose(fd.distance(x), expected, rtol=1e-4)
+    assert fd.distance(train[:50].astype(np.float32)).mean() < fd.distance(x * 10).mean()
+
+
+def test_the_augmentation_keeps_a_unit_a_unit():
+    from cxr_viewer.training.intended_use import augment
+
+    unit = (np.random.default_rng(0).random((160, 160)) * 255).astype(np.uint8)
+    r = np.random.default_rng(1)
+    outs = [augment(unit, r, 96) for _ in range(40)]
+    assert all(o.shape == (96, 96) and o.dtype == np.float32 and 0 <= o.min() and o.max() <= 1 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 40  # every draw differs
+
+
+def test_train_input_check_end_to_end(tmp_path, cli, shared_data):
+    """The command trains a (tiny, narrow) check on real folders, writes a file that loads, and reports;
+    too few children to set its threshold is refused with the number needed."""
+    kids = tmp_path / "kids" / "train"
+    for cls, n in (("NORMAL", 100), ("PNEUMONIA", 160)):
+        (kids / cls).mkdir(parents=True)
+        for p in sorted((shared_data / "kermany" / "train" / cls).glob("*.jpeg"))[:n]:
+            shutil.copy(p, kids / cls / p.name)
+    adults = tmp_path / "adults"
+    adults.mkdir()
+    for p in sorted((shared_data / "nih" / "images").glob("*.png"))[:20]:
+        shutil.copy(p, adults / p.name)
+    out = tmp_path / "check.safetensors"
+    model = make_test_model(tmp_path / "m.safetensors")
+    args = ("train-input-check", "--adults", str(adults), "--out", str(out), "--epochs", "1", "--per-epoch", "64",
+            "--width", "8", "--input-size", "64")
+    r = cli(*args, "--children", str(kids), "--model", str(model), timeout=600)
+    assert r.returncode == 0, r.stderr
+    gate = Gate.from_file(str(out))
+    assert gate.meta.width == 8 and gate.meta.preprocessing.input_size == 64
+    report = json.loads((tmp_path / "check.json").read_text())["metrics"]
+    assert 0 < report["child_min"] < 1 and report["validation_children"] >= 20 and "generated_text" in report
+    assert set(report["shifted_validation_children_scored"]) == set(SHIFTS)  # child_min saw shifted children too
+    # the model's feature distance: fitted on children as they are and shifted, its own SHA-256
+    fd = FeatureDistance.from_file(ood_path(str(model)))
+    assert fd.model_sha256 == read_meta(str(model)).weights_sha256 and np.isfinite(fd.threshold)
+    passed = fd.fitted_on["validation_children_passed"]
+    assert set(passed) == {"none", *SHIFTS} and all(0 <= v <= 1 for v in passed.values())
+    assert any(k.startswith("refused_") and k.endswith("/adults") for k in fd.fitted_on)
+    few = tmp_path / "few" / "train" / "NORMAL"
+    few.mkdir(parents=True)
+    for p in KIDS:
+        shutil.copy(p, few / p.name)
+    r = cli(*args, "--children", str(few.parent), timeout=600)
+    assert r.returncode != 0 and "at least 20 are needed" in r.stderr

@@ -4,7 +4,7 @@ does the scoring model's own feature space know images like it.
 Two parts, both loaded, hashed and checked like the scoring model (safetensors + JSON, SHA-256 of
 the bytes loaded, every value validated, never a pickle):
 
-- :class:`Gate` (``models/intended_use.safetensors``): a small ResNet18 on one grey channel that
+- :class:`Gate` (``models/intended_use.safetensors``): a small ResNet18 (half width) on one grey channel that
   classifies the preprocessed image (the one preprocessing function, with the gate's own spec)
   as ``child`` (a chest radiograph like the paediatric training set), ``adult`` (an adult chest
   radiograph), ``other`` (not a chest radiograph: photographs, documents, masks, CT/MR slices,
@@ -55,18 +55,52 @@ MAX_GATE_BYTES = 256 << 20
 
 
 class GateNet(nn.Module):
-    """torchvision's ResNet18 with a one-channel stem and four classes."""
+    """torchvision's ResNet18 (BasicBlocks, 2-2-2-2) with a one-channel stem and four classes;
+    ``width`` channels in the first stage (64 is torchvision's ResNet18; 32 has a quarter of its work)."""
 
-    def __init__(self):
+    def __init__(self, width: int = 64):
         super().__init__()
-        from torchvision.models import resnet18
+        from torchvision.models.resnet import BasicBlock, ResNet
 
-        net = resnet18(num_classes=len(GATE_CLASSES))
-        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=len(GATE_CLASSES))
+        net.inplanes = width
+        net.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
+        net.bn1 = nn.BatchNorm2d(width)
+        net.layer1 = net._make_layer(BasicBlock, width, 2)
+        net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+        net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+        net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+        net.fc = nn.Linear(8 * width, len(GATE_CLASSES))
         self.net = net
+        self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def fused_for_inference(net: nn.Module) -> nn.Module:
+    """A copy of an eval-mode ``net`` with every BatchNorm folded into the convolution before it
+    (torch's ``fuse_conv_bn_eval``): the same function, about a fifth fewer layers to run."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net = copy.deepcopy(net).eval()
+
+    def fold(module: nn.Module) -> None:
+        names = list(module._modules)
+        for i, name in enumerate(names):
+            child = module._modules[name]
+            after = module._modules[names[i + 1]] if i + 1 < len(names) else None
+            if isinstance(child, nn.Conv2d) and isinstance(after, nn.BatchNorm2d):
+                module._modules[name] = fuse_conv_bn_eval(child, after)
+                module._modules[names[i + 1]] = nn.Identity()
+            elif child is not None:
+                fold(child)
+        # torchvision's downsample is Sequential(conv, bn): handled by the loop above
+
+    fold(net)
+    return net
 
 
 @dataclass
@@ -78,13 +112,14 @@ class GateMeta:
     #: (chosen on validation so that nearly all validation images of the population pass)
     child_min: float
     adult_min: float
+    width: int = 64  # GateNet's first-stage channels
     weights_sha256: str = ""
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format": GATE_FORMAT, "architecture": "resnet18-1ch", "classes": list(GATE_CLASSES),
-                "name": self.name, "version": self.version, "preprocessing": self.preprocessing.to_dict(),
+        return {"format": GATE_FORMAT, "architecture": "resnet18-1ch", "width": self.width,
+                "classes": list(GATE_CLASSES), "name": self.name, "version": self.version, "preprocessing": self.preprocessing.to_dict(),
                 "child_min": self.child_min, "adult_min": self.adult_min, "weights_sha256": self.weights_sha256,
                 "weights_dtype": "float16", "training": self.training, "metrics": self.metrics}
 
@@ -103,7 +138,7 @@ class GateMeta:
         return cls(name=f.string("name"), version=f.string("version"), preprocessing=spec,
                    child_min=f.number("child_min", 0.5, 0.0, 1.0, open_lo=True, open_hi=True),
                    adult_min=f.number("adult_min", 0.5, 0.0, 1.0, open_lo=True, open_hi=True),
-                   weights_sha256=sha, training=dict(f.obj("training").doc), metrics=dict(f.obj("metrics").doc))
+                   width=f.integer("width", 64, 8, 256), weights_sha256=sha, training=dict(f.obj("training").doc), metrics=dict(f.obj("metrics").doc))
 
 
 def _read_description(path: str) -> dict:
@@ -145,6 +180,7 @@ class Gate:
     def __init__(self, net: GateNet, meta: GateMeta, path: str):
         # channels_last: faster convolutions with oneDNN on the CPU
         self.net, self.meta, self.path = net.eval().to(memory_format=torch.channels_last), meta, path
+        self._fused: nn.Module | None = None  # made on the first verdict: the net is not trained after that
         #: run in bf16 autocast (set where the CPU has native bf16): probabilities within 0.006 of
         #: fp32 and the same labels on 250 real images (children, NIH and JSRT adults), 3x faster
         self.bf16 = False
@@ -155,7 +191,7 @@ class Gate:
             raise ModelFileError(f"input-check file not found: {path}")
         meta = GateMeta.from_dict(_read_description(path))
         state = _read_tensors(path, meta.weights_sha256)
-        net = GateNet()
+        net = GateNet(meta.width)
         net.load_state_dict(_checked_weights(state, net.state_dict(), "float16"))
         return cls(net, meta, path)
 
@@ -166,8 +202,10 @@ class Gate:
     def classify_units(self, units: np.ndarray) -> list[GateVerdict]:
         """Verdicts for (B, S, S) preprocessed units in [0, 1]."""
         x = torch.from_numpy(standardise(units, self.meta.preprocessing))
+        if self._fused is None:
+            self._fused = fused_for_inference(self.net).to(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            probs = torch.softmax(self.net(x.contiguous(memory_format=torch.channels_last)).float(), dim=1).numpy()
+            probs = torch.softmax(self._fused(x.contiguous(memory_format=torch.channels_last)).float(), dim=1).numpy()
         out = []
         for row in probs:
             p = {c: float(v) for c, v in zip(GATE_CLASSES, row)}
@@ -224,11 +262,13 @@ class FeatureDistance:
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(B,) distances: Mahalanobis in the K components plus the residual's norm over its variance."""
-        z = np.asarray(features, np.float32) - self.mean
-        proj = z @ self.components.T
-        inside = (proj ** 2 / self.variances).sum(1)
-        resid = np.maximum((z ** 2).sum(1) - (proj ** 2).sum(1), 0.0) / self.residual_variance
-        return np.sqrt((inside + resid) / (len(self.variances) + z.shape[1] - len(self.variances)))
+        # torch, not numpy: the product runs in torch's own threads instead of a second BLAS pool
+        # that would wait on the model's spinning threads (measured: 15 ms per batch of 16 with numpy)
+        z = torch.as_tensor(np.asarray(features, np.float32)) - torch.from_numpy(self.mean)
+        proj = z @ torch.from_numpy(self.components).T
+        inside = (proj ** 2 / torch.from_numpy(self.variances)).sum(1)
+        resid = torch.clamp((z ** 2).sum(1) - (proj ** 2).sum(1), min=0.0) / self.residual_variance
+        return torch.sqrt((inside + resid) / z.shape[1]).numpy()
 
     def save(self, path: str) -> None:
         from safetensors.numpy import save
