@@ -361,3 +361,17 @@ def test_train_input_check_end_to_end(tmp_path, cli, shared_data):
         shutil.copy(p, few / p.name)
     r = cli(*args, "--children", str(few.parent), timeout=600)
     assert r.returncode != 0 and "at least 20 are needed" in r.stderr
+
+
+def test_a_gate_whose_width_disagrees_with_its_description_is_refused_and_bad_widths_are_not_trained():
+    from cxr_viewer.ai.gate import GATE_SPEC, GateMeta, GateNet
+    from cxr_viewer.training.intended_use import GateConfig, GateData, train_gate
+
+    with pytest.raises(ModelFileError, match="width"):
+        Gate(GateNet(16), GateMeta("t", "1", GATE_SPEC, 0.6, 0.5, width=32), "")
+    n = 60
+    data = GateData(np.zeros((n, 160, 160), np.uint8), np.array(["child"] * 40 + ["adult"] * 20),
+                    np.array(["k"] * 40 + ["a"] * 20), np.array([f"p{i}" for i in range(n)]),
+                    np.array([f"f{i}" for i in range(n)]))
+    with pytest.raises(ValueError, match="width must be from 8 to 256"):
+        next(train_gate(data, GateConfig(width=4, val_fraction=0.5)))

@@ -441,6 +441,43 @@ def test_strong_augmentation_ema_and_shifted_selection_choose_on_the_shifted_cop
         tiny_config(tiny_root, tmp_path / "x.safetensors", select_on="test").validate()
 
 
+def test_mixup_blends_images_and_labels_alike_and_keeps_missing_labels_missing(tiny_root, tmp_path):
+    from cxr_viewer.training.engine import masked_bce, mixup_batch
+
+    x = torch.eye(6).reshape(6, 1, 1, 6)  # image i: a 1 at pixel i, so each blend says who it was mixed with
+    y = torch.tensor([[1.0, -1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    xm, ym = mixup_batch(x, y, 0.4, torch.Generator().manual_seed(0))
+    lam = float(xm[0, 0, 0, 0]) if float(xm[0, 0, 0, 0]) < 1 else None
+    for i in range(6):
+        v = xm[i, 0, 0]
+        assert float(v.sum()) == pytest.approx(1.0)  # a convex blend of two images
+        j = int(torch.argmax(torch.where(torch.arange(6) == i, torch.zeros(6), v))) if float(v[i]) < 1 else i
+        w = float(v[i]) if j != i else 1.0
+        if lam is not None and j != i:
+            assert w == pytest.approx(lam)  # one blend per batch
+        for h in range(2):
+            if y[i, h] < 0 or y[j, h] < 0:
+                assert ym[i, h] == -1  # unknown stays unknown
+            else:
+                assert float(ym[i, h]) == pytest.approx(w * float(y[i, h]) + (1 - w) * float(y[j, h]), abs=1e-5)
+    assert not torch.equal(xm, x)
+    assert torch.isfinite(masked_bce(torch.zeros(6, 2), ym))
+    with pytest.raises(DataError, match="mixup"):
+        tiny_config(tiny_root, tmp_path / "x.safetensors", mixup=-1.0).validate()
+
+
+def test_the_mixup_option_reaches_the_training_config():
+    import argparse
+
+    from cxr_viewer.cli.training import _train_config, add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "DATA", "--out", "m.safetensors", "--mixup", "0.4"])
+    assert _train_config(args).mixup == 0.4
+    assert _train_config(parser.parse_args(["train", "DATA", "--out", "m.safetensors"])).mixup == 0.0
+
+
 def test_shifts_change_the_image_and_keep_the_pipeline_range():
     from cxr_viewer.training.shift import SHIFTS, shifted
 

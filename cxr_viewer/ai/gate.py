@@ -55,8 +55,9 @@ MAX_GATE_BYTES = 256 << 20
 
 
 class GateNet(nn.Module):
-    """torchvision's ResNet18 (BasicBlocks, 2-2-2-2) with a one-channel stem and four classes;
-    ``width`` channels in the first stage (64 is torchvision's ResNet18; 32 has a quarter of its work)."""
+    """torchvision's ResNet18 layout (BasicBlocks, 2-2-2-2) with a one-channel stem and four classes;
+    ``width`` channels in the first stage (64: a ResNet18's widths; 32: a quarter of its work). The
+    replaced layers keep PyTorch's default initialisation, as the shipped check was trained."""
 
     def __init__(self, width: int = 64):
         super().__init__()
@@ -175,12 +176,17 @@ class GateVerdict:
 
 
 class Gate:
-    """The loaded image check. Used from one worker thread at a time."""
+    """The loaded image check. Inference only, read-only after loading: the viewer's scoring and Score All
+    workers may use it at once."""
 
     def __init__(self, net: GateNet, meta: GateMeta, path: str):
+        if getattr(net, "width", meta.width) != meta.width:
+            raise ModelFileError(f"the input check's network has width {net.width}, its description {meta.width}")
         # channels_last: faster convolutions with oneDNN on the CPU
         self.net, self.meta, self.path = net.eval().to(memory_format=torch.channels_last), meta, path
-        self._fused: nn.Module | None = None  # made on the first verdict: the net is not trained after that
+        #: what gives the verdicts: a snapshot of ``net`` with BatchNorm folded into the convolutions,
+        #: made here once (read-only afterwards, so two worker threads may share it); ``save`` writes ``net``
+        self._fused = fused_for_inference(self.net).to(memory_format=torch.channels_last)
         #: run in bf16 autocast (set where the CPU has native bf16): probabilities within 0.006 of
         #: fp32 and the same labels on 250 real images (children, NIH and JSRT adults), 3x faster
         self.bf16 = False
@@ -202,8 +208,6 @@ class Gate:
     def classify_units(self, units: np.ndarray) -> list[GateVerdict]:
         """Verdicts for (B, S, S) preprocessed units in [0, 1]."""
         x = torch.from_numpy(standardise(units, self.meta.preprocessing))
-        if self._fused is None:
-            self._fused = fused_for_inference(self.net).to(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             probs = torch.softmax(self._fused(x.contiguous(memory_format=torch.channels_last)).float(), dim=1).numpy()
         out = []
@@ -264,7 +268,7 @@ class FeatureDistance:
         """(B,) distances: Mahalanobis in the K components plus the residual's norm over its variance."""
         # torch, not numpy: the product runs in torch's own threads instead of a second BLAS pool
         # that would wait on the model's spinning threads (measured: 15 ms per batch of 16 with numpy)
-        z = torch.as_tensor(np.asarray(features, np.float32)) - torch.from_numpy(self.mean)
+        z = torch.tensor(np.asarray(features, np.float32)) - torch.from_numpy(self.mean)
         proj = z @ torch.from_numpy(self.components).T
         inside = (proj ** 2 / torch.from_numpy(self.variances)).sum(1)
         resid = torch.clamp((z ** 2).sum(1) - (proj ** 2).sum(1), min=0.0) / self.residual_variance

@@ -239,7 +239,8 @@ class ModelSummary:
 
 
 class Scorer:
-    """A loaded model on a device. Used from one worker thread at a time."""
+    """A loaded model on a device. Inference only, no state changed by scoring: the viewer's scoring and
+    Score All workers may use it at once."""
 
     def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = "",
                  checks: InputChecks | None = None, nodule: Companion | None = None):

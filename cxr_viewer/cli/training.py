@@ -20,7 +20,7 @@ def _train_config(args: argparse.Namespace):
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "num_workers",
                 "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
-                "augment_strength", "select_on", "ema"):
+                "augment_strength", "select_on", "ema", "mixup"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -253,6 +253,7 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                    help="choose the epoch, calibration and threshold on the validation split (default) or on it "
                         "pooled with its shifted copies (images changed the way other hospitals' differ)")
     p.add_argument("--ema", type=float, help="exponential moving average of the weights, e.g. 0.995 (default 0: off)")
+    p.add_argument("--mixup", type=float, help="mixup: blend each batch with a shuffled copy, Beta(A, A) (e.g. 0.4; default 0: off)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--init", help="scratch (default), a cxr_viewer model .safetensors, or local ImageNet ResNet50 weights")
@@ -299,6 +300,7 @@ def _train_input_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for path, reason in data.skipped:
         print(f"cxr-viewer train-input-check: skipped {path}: {reason}", file=sys.stderr)
+    cfg = GateConfig(seed=args.seed)
     if not args.feature_distance_only:
         cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
                          width=args.width,
@@ -314,7 +316,7 @@ def _train_input_check(args: argparse.Namespace) -> int:
         scorer = load_scorer("train-input-check", args.model, "cpu")
         if scorer is None:
             return EXIT_BAD_INPUT
-        fd = run_with_bar(fit_feature_distance(scorer, data))
+        fd = run_with_bar(fit_feature_distance(scorer, data, cfg=cfg))
         fd.save(ood_path(args.model))
         print(json.dumps({"feature_distance": {"threshold": fd.threshold, **fd.fitted_on}}, indent=2))
     return EXIT_OK

@@ -873,9 +873,10 @@ class MainWindow(QMainWindow):
         scorer = self.models.scorer
         if image is None or scorer is None:
             return
-        result = self._view_scores.get(self.view)
-        if reuse and result is not None and (result.path, result.frame) == (image.ref.path, image.frame):
-            self._on_scored(result)  # this viewport's image, scored by this model: shown again as it was
+        shown, result = self._view_scores.get(self.view, (None, None))
+        if reuse and shown is image and result.model_sha256 == scorer.meta.weights_sha256:
+            self.score_runner.cancel()  # the other viewport's score, if still running, is not wanted now
+            self._on_scored(result)  # this very image, scored by this model: shown again as it was
             return
         self.findings.clear_result("scoring...")
         self.score_runner.submit(score_image_task, scorer, image, True, score_anyway=score_anyway)
@@ -885,7 +886,7 @@ class MainWindow(QMainWindow):
         if image is None or (result.path, result.frame) != (image.ref.path, image.frame):
             return  # scores of an image no longer shown
         self.last_score = result
-        self._view_scores[self.view] = result
+        self._view_scores[self.view] = (image, result)
         self.findings.set_result(result)
         self._show_heatmap(self.findings.shown_heatmap())
         self.view.set_finding_marks(finding_marks(result, tuple(image.shape[:2])))
@@ -991,10 +992,10 @@ class MainWindow(QMainWindow):
         model = self.anatomy_models.model
         if not self.act_anatomy.isChecked() or image is None or model is None:
             return  # off, nothing shown, or the model is loading (it segments when loaded)
-        cached = self._view_anatomy.get(self.view)
-        if (reuse and cached is not None
-                and (cached.path, cached.frame, cached.shape) == (image.ref.path, image.frame, tuple(image.shape))):
-            self._on_anatomy(cached)  # this viewport's outlines by this model: drawn again
+        shown, made_by, cached = self._view_anatomy.get(self.view, (None, None, None))
+        if reuse and shown is image and made_by is model:
+            self.anatomy_runner.cancel()
+            self._on_anatomy(cached)  # this very image's outlines by this model: drawn again
             return
         self.findings.anatomy.show_status("Outlining the lungs and heart...")
         self.anatomy_runner.submit(segment_image_task, model, image)
@@ -1005,7 +1006,7 @@ class MainWindow(QMainWindow):
                 or (result.path, result.frame, result.shape) != (image.ref.path, image.frame, tuple(image.shape))):
             return  # outlines of an image no longer shown
         self.anatomy_result = result
-        self._view_anatomy[self.view] = result
+        self._view_anatomy[self.view] = (image, self.anatomy_models.model, result)
         self.view.set_anatomy(result)
         self.act_reset_ctr.setEnabled(result.ctr is not None)
         self.findings.anatomy.show_result(result, result.ctr, image.ref.meta.spacing)

@@ -81,6 +81,9 @@ class TrainConfig:
     select_on: str = "validation"
     #: exponential moving average of the weights (0: off), evaluated and saved instead of the raw weights
     ema: float = 0.0
+    #: mixup (Zhang et al. 2018): each batch blended with a shuffled copy of itself, labels alike,
+    #: the blend drawn from Beta(mixup, mixup); 0: off
+    mixup: float = 0.0
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -113,6 +116,8 @@ class TrainConfig:
             raise DataError("select-on must be validation or shifted")
         if not 0.0 <= self.ema < 1.0:
             raise DataError("ema must be in [0, 1)")
+        if not 0.0 <= self.mixup <= 10.0:
+            raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
         if self.schedule not in ("cosine", "constant"):
             raise DataError("schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -518,6 +523,18 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, g: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch blended with a shuffled copy of itself (mixup): images and labels alike, one blend
+    per batch from Beta(alpha, alpha). A head's label missing (-1) in either image stays missing: a
+    head labelled on a share p of the images keeps about p squared of its labels under mixup."""
+    lam = float(np.random.default_rng(int(torch.randint(1 << 30, (1,), generator=g))).beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=g).to(x.device)
+    known = (y >= 0) & (y[perm] >= 0)
+    mixed = lam * y.clamp(min=0).float() + (1 - lam) * y[perm].clamp(min=0).float()
+    return lam * x + (1 - lam) * x[perm], torch.where(known, mixed, torch.full_like(mixed, -1.0))
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy over labelled (head, image) pairs only; unlabelled (-1) are ignored."""
     mask = labels >= 0
@@ -772,6 +789,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         for step, (x, y) in enumerate(loader):
             cancel.raise_if_cancelled()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.mixup > 0:
+                x, y = mixup_batch(x, y, cfg.mixup, g)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(choice):
                 logits = net(x)
