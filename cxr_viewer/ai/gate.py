@@ -210,6 +210,11 @@ class Gate:
         x = torch.from_numpy(standardise(units, self.meta.preprocessing))
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             probs = torch.softmax(self._fused(x.contiguous(memory_format=torch.channels_last)).float(), dim=1).numpy()
+        return self.verdicts_from(probs)
+
+    def verdicts_from(self, probs: np.ndarray) -> list[GateVerdict]:
+        """Verdicts for (B, 4) class probabilities: ``other`` / ``inverted`` when likeliest, else
+        ``child`` from ``child_min``, ``adult`` from ``adult_min``, else ``unsure``."""
         out = []
         for row in probs:
             p = {c: float(v) for c, v in zip(GATE_CLASSES, row)}

@@ -300,12 +300,10 @@ def _train_input_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for path, reason in data.skipped:
         print(f"cxr-viewer train-input-check: skipped {path}: {reason}", file=sys.stderr)
-    cfg = GateConfig(seed=args.seed)
+    cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
+                     width=args.width, hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
+                     hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
     if not args.feature_distance_only:
-        cfg = GateConfig(epochs=args.epochs, per_epoch=args.per_epoch, seed=args.seed, input_size=args.input_size,
-                         width=args.width,
-                         hold_out_adults=tuple(filter(None, args.hold_out_adults.split(","))),
-                         hold_out_others=tuple(filter(None, args.hold_out_others.split(","))))
         try:
             _gate, report = run_with_bar(train_gate(data, cfg, args.out), epoch_line)
         except ValueError as exc:

@@ -609,6 +609,8 @@ class MainWindow(QMainWindow):
 
     def _on_image_loaded(self, image: LoadedImage, viewport: int = 0) -> None:
         view = self.grid.views[viewport]
+        self._view_scores.pop(view, None)  # results of the image it showed before (never this object)
+        self._view_anatomy.pop(view, None)
         keep_view = view.image is not None and view.image.ref.path == image.ref.path
         keep_voi = view.voi if keep_view and isinstance(view.voi, Window) else None
         if view is not self.view:  # a prior or another viewport: drawn, the panels stay with the active one

@@ -413,11 +413,16 @@ def _units_to_input(units: np.ndarray, size: int) -> np.ndarray:
 
 
 def _probs(gate: Gate, units: np.ndarray) -> np.ndarray:
+    """(N, 4) class probabilities of (N, 160, 160) uint8 units, 128 at a time."""
     out = []
     for i in range(0, len(units), 128):
         v = gate.classify_units(_units_to_input(units[i:i + 128], gate.meta.preprocessing.input_size))
         out += [[p.probabilities[c] for c in GATE_CLASSES] for p in v]
     return np.array(out).reshape(-1, len(GATE_CLASSES))
+
+
+def _labels(gate: Gate, probs: np.ndarray) -> list[str]:
+    return [v.label for v in gate.verdicts_from(probs)]
 
 
 def _shifted_units(units: np.ndarray, seed: int = 0, per_image: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -446,14 +451,12 @@ def validate_gate(gate: Gate, data: GateData, val: np.ndarray, cfg: GateConfig) 
                                            "copies (training.shift)"}
 
     def verdicts(units):
-        out = []
-        for i in range(0, len(units), 128):
-            out += [v.label for v in gate.classify_units(_units_to_input(units[i:i + 128], gate.meta.preprocessing.input_size))]
-        return out
+        return _labels(gate, _probs(gate, units))
 
-    labels = verdicts(data.units[val])
-    report["validation_children_scored"] = round(float(np.mean([lab == "child" for lab in labels])), 4)
-    labels = np.array(verdicts(shifted_units))
+    n = int(val.sum())  # the children's labels come from the probabilities above: no second pass
+    labels = np.array(_labels(gate, kids))
+    report["validation_children_scored"] = round(float(np.mean(labels[:n] == "child")), 4)
+    labels = labels[n:]
     report["shifted_validation_children_scored"] = {
         name: round(float(np.mean(labels[shift_names == name] == "child")), 4) for name in sorted(set(shift_names))}
     train, _ = _split(data, cfg)
