@@ -1,7 +1,8 @@
 """Inference benchmark: batch-1 latency (open -> scores + heatmap) and folder throughput end to end
 (decode + preprocess + model) beside model-only throughput, same device and precision, as a ratio;
-and what the input checks (header, image check, feature distance) add to scoring, side by side
-with the same model without them.
+what the input checks (header, image check, feature distance) add to scoring, side by side
+with the same model without them; and, for a model that reads the lung box, what finding the box
+costs beside the whole score.
 
     python bench/inference.py [--model models/default.safetensors] [--images 256] [--batch 16]
 
@@ -24,9 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_viewer.ai.inference import Scorer, choose_device, score_many_task  # noqa: E402
+from cxr_viewer.ai.inference import Scorer, choose_device, model_input, score_many_task  # noqa: E402
 from cxr_viewer.ai.model_store import default_model_path  # noqa: E402
-from cxr_viewer.ai.preprocess import preprocess_image  # noqa: E402
 from cxr_viewer.common.tasks import run_to_completion  # noqa: E402
 from cxr_viewer.io.image import open_image  # noqa: E402
 from cxr_viewer.io.index import read_any  # noqa: E402
@@ -57,7 +57,7 @@ def throughput(scorer: Scorer, files: list[Path], batch: int) -> dict:
     t0 = time.perf_counter()
     n = run_to_completion(score_many_task(scorer, refs, batch_size=batch))
     end_to_end = n / (time.perf_counter() - t0)
-    x = np.stack([preprocess_image(open_image(str(f)), scorer.meta.preprocessing) for f in files[: batch * 4]])
+    x = np.stack([model_input(open_image(str(f)), scorer) for f in files[: batch * 4]])
     scorer.probabilities(x[:batch])  # warm-up
     t0 = time.perf_counter()
     done = 0
@@ -108,6 +108,27 @@ def checks_overhead(scorer: Scorer, files: list[Path], batch: int, rounds: int =
     return out
 
 
+def lung_box_cost(scorer: Scorer, files: list[Path]) -> dict:
+    """For a model that reads the lung box: the anatomy model's box alone per image (ms, median),
+    beside the whole score of the same image."""
+    if scorer.anatomy is None:
+        return {}
+    out = {}
+    for f in files:
+        im = open_image(str(f))
+        box, whole = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            scorer.lung_box_of(im)
+            box.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            scorer.score(im, heatmaps=True)
+            whole.append(time.perf_counter() - t0)
+        out[f.name] = {"lung_box_ms": round(statistics.median(box) * 1000, 1),
+                       "score_ms": round(statistics.median(whole) * 1000, 1)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=default_model_path())
@@ -132,7 +153,8 @@ def main() -> None:
         run = {"device": choice.label,
                "latency_ms_open_to_scores_and_heatmap": latency(scorer, [files[0], *big, *dcm]),
                **throughput(scorer, files, args.batch),
-               "input_checks": checks_overhead(scorer, files[:64], args.batch)}
+               "input_checks": checks_overhead(scorer, files[:64], args.batch),
+               "lung_box": lung_box_cost(scorer, [files[0], *big, *dcm])}
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
     print(json.dumps(report, indent=2))

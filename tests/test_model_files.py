@@ -503,7 +503,7 @@ def test_one_bad_file_of_any_kind_never_ends_the_batch(scorer, real_images, monk
 
 def test_a_batch_the_model_fails_on_is_scored_image_by_image(scorer, real_images, monkeypatch):
     refs = [open_image(str(p)).ref for p in real_images]
-    poisoned = inference.preprocess_image(open_image(refs[3].path), scorer.meta.preprocessing)
+    poisoned = inference.model_input(open_image(refs[3].path), scorer)
     real = scorer.batch_probabilities_and_distances
 
     def failing(x):

@@ -41,6 +41,7 @@ STRUCTURES = ("right_lung", "left_lung", "heart")
 MAX_ANATOMY_BYTES = 64 << 20
 ANATOMY_SPEC = PreprocessSpec(input_size=256, channels=1)
 WORK_SIZE = 1024
+LUNG_BOX_WORK = 256  # the lung box is found on masks of at most this size
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -270,6 +271,22 @@ class AnatomyModel:
                                      tuple((x * sx, y * sy) for x, y in ctr.thorax))
         problem = ctr_problem(masks, ctr)
         return Anatomy(masks, None if problem else ctr, self.meta.name, problem or "")
+
+    def lung_box(self, values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
+                 pad: float = 0.1, work: int = LUNG_BOX_WORK):
+        """The padded square box around both lungs (``ai.preprocess.LungBox``, image pixels), found on
+        masks of at most ``work`` px a side (the model sees 256: a 2000 px image needs no finer mask
+        for a box, and cleaning it at full size would cost a second)."""
+        from cxr_viewer.ai.preprocess import LungBox, lung_box
+
+        h, w = values.shape[:2]
+        s = min(1.0, work / max(h, w))
+        wh, ww = max(1, round(h * s)), max(1, round(w * s))
+        small = lung_box(self.segment(values, monochrome1, padding, (wh, ww)).lungs, (wh, ww), pad)
+        if not small.from_lungs:
+            return lung_box(None, (h, w), pad)
+        sx, sy = w / ww, h / wh
+        return LungBox(small.x0 * sx, small.y0 * sy, small.side * max(sx, sy), True)
 
     def segment_image(self, image) -> Anatomy:
         return self.segment(image.values, image.monochrome1, image.padding)

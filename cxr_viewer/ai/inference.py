@@ -26,7 +26,7 @@ import torch
 from cxr_viewer.ai.gate import GateVerdict, InputChecks
 from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
 from cxr_viewer.ai.nodule import Companion, NoduleFinding
-from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_image, resize_square, standardise
+from cxr_viewer.ai.preprocess import LungBox, map_over_image, normalise_intensity, resize_square, standardise, unit_and_box
 from cxr_viewer.common.errors import ImageOpenError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import LoadedImage, load_image
@@ -69,24 +69,27 @@ def check_model_input(x: np.ndarray) -> np.ndarray:
 def model_input(image: LoadedImage, scorer: Scorer) -> np.ndarray:
     """The preprocessed input (3, S, S) of ``image``. A non-finite pixel is refused even where the
     percentile clipping would hide it (an infinite pixel would become a plausible white one)."""
-    return model_and_gate_inputs(image, scorer)[0]
+    return model_gate_box(image, scorer)[0]
 
 
-def model_and_gate_inputs(image: LoadedImage, scorer: Scorer) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's input and the image check's unit of one image, from one intensity normalisation
-    when both specs normalise alike (the one preprocessing function, steps 1-2 done once)."""
+def model_gate_box(image: LoadedImage, scorer: Scorer) -> tuple[np.ndarray, np.ndarray | None, LungBox | None]:
+    """The model's input, the image check's unit and, for a model that reads the lung box, that box
+    (image pixels), from one intensity normalisation when both specs normalise alike (the one
+    preprocessing function, steps 1-2 done once)."""
     if not np.isfinite(image.values).all():
         raise UnscorableImageError(NONFINITE_INPUT)
     spec = scorer.meta.preprocessing
     gate = scorer.checks.gate
-    same = gate is not None and (gate.meta.preprocessing.low_percentile, gate.meta.preprocessing.high_percentile) \
-        == (spec.low_percentile, spec.high_percentile)
-    if not same:
-        unit = None if gate is None else gate.unit(image.values, image.monochrome1, image.padding)
-        return check_model_input(preprocess_image(image, spec)), unit
     norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
-    x = standardise(resize_square(norm, spec.input_size), spec)
-    return check_model_input(x), resize_square(norm, gate.meta.preprocessing.input_size)
+    box = scorer.lung_box_of(image) if spec.crop == "lungs" else None
+    unit, box = unit_and_box(norm, spec, box=box)
+    x = check_model_input(standardise(unit, spec))
+    if gate is None:
+        return x, None, box
+    gspec = gate.meta.preprocessing
+    if (gspec.low_percentile, gspec.high_percentile) == (spec.low_percentile, spec.high_percentile):
+        return x, resize_square(norm, gspec.input_size), box
+    return x, gate.unit(image.values, image.monochrome1, image.padding), box
 
 
 def failure_reason(exc: BaseException, doing: str) -> str:
@@ -238,13 +241,37 @@ class ModelSummary:
     checks_note: str = ""  # what the input checks lack, if anything (no gate, no feature distance)
 
 
+def anatomy_for(meta: ModelMeta):
+    """The anatomy model a ``crop="lungs"`` model needs (None for a whole-image model); the one it
+    was trained with where its description names it. ModelFileError when it cannot be used."""
+    if meta.preprocessing.crop != "lungs":
+        return None
+    from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+    from cxr_viewer.ai.model import ModelFileError
+
+    try:
+        anatomy = AnatomyModel.from_file(default_anatomy_path())
+    except ModelFileError as exc:
+        raise ModelFileError(f"this model reads the lung box, which needs the anatomy model: {exc}") from None
+    want = meta.training.get("anatomy_sha256")
+    if want and want != anatomy.meta.weights_sha256:
+        raise ModelFileError("this model reads the lung box found by another anatomy model (SHA-256 "
+                             f"{str(want)[:12]}..., this one {anatomy.meta.weights_sha256[:12]}...); "
+                             "its scores were not measured with this one")
+    return anatomy
+
+
 class Scorer:
     """A loaded model on a device. Inference only, no state changed by scoring: the viewer's scoring and
     Score All workers may use it at once."""
 
     def __init__(self, model: CxrNet, meta: ModelMeta, choice: DeviceChoice, path: str = "",
-                 checks: InputChecks | None = None, nodule: Companion | None = None):
+                 checks: InputChecks | None = None, nodule: Companion | None = None, anatomy=None):
         self.meta, self.choice, self.path = meta, choice, path
+        #: the anatomy model that finds the lung box a ``crop="lungs"`` model reads (None: not needed)
+        self.anatomy = anatomy_for(meta) if anatomy is None else anatomy
+        if self.anatomy is not None:
+            self.anatomy.bf16 = choice.precision == "bf16" and choice.device == "cpu"
         #: what is checked before a number is shown (header, image check, feature distance)
         self.checks = checks if checks is not None else InputChecks.for_model(path, meta)
         if self.checks.gate is not None:
@@ -266,6 +293,10 @@ class Scorer:
     def from_file(cls, path: str, device: str = "auto", precision: str = "auto") -> "Scorer":
         model, meta = load_model(path)
         return cls(model, meta, choose_device(device, precision), path, nodule=Companion.beside(path))
+
+    def lung_box_of(self, image: LoadedImage) -> LungBox:
+        """The box around both lungs that this lung-box model reads (image pixels)."""
+        return self.anatomy.lung_box(image.values, image.monochrome1, image.padding, self.meta.preprocessing.crop_pad)
 
     def summary(self) -> ModelSummary:
         return ModelSummary(self.path, self.meta.name, self.meta.version, self.meta.weights_sha256,
@@ -344,6 +375,11 @@ class Scorer:
             raise UnscorableImageError("the model gave a non-finite heatmap for this image; it is not scored")
         return probs, cams.clamp(0, 1).numpy(), self._distances(fmap)
 
+    def heatmap_over_image(self, cam: np.ndarray, box: LungBox | None, shape: tuple[int, int]) -> np.ndarray:
+        """A heatmap over the model's input as the viewer stretches it over the whole image: as it is
+        for a whole-image model, placed where the lung box lies for a lung-box model."""
+        return cam if box is None else map_over_image(cam, box, shape, self.meta.input_size)
+
     def by_nodule_model(self, head: str) -> bool:
         """Whether ``head`` is scored by the nodule/mass model (not by this model's own head)."""
         return head == LUNG and self.nodule.available
@@ -370,7 +406,6 @@ class Scorer:
         reasons = reasons or {}
         out = []
         for i, h in enumerate(self.head_names):
-            info = self.meta.heads[h]
             if h not in self.trained:
                 note = self.unavailable_note(h)
                 text = (f"not available: {note}" if h == LUNG and self.nodule.note
@@ -431,7 +466,7 @@ class Scorer:
         if not np.isfinite(image.values).all():
             raise UnscorableImageError(NONFINITE_INPUT)
         header = self.checks.header_reasons(image.ref.meta)
-        x, unit = model_and_gate_inputs(image, self)
+        x, unit, box = model_gate_box(image, self)
         x = x[None]
         verdict = self.gate_verdicts(unit[None])[0] if unit is not None else None
         reasons = self.checks.reasons(header, verdict, None)
@@ -447,7 +482,8 @@ class Scorer:
                     raise UnscorableImageError(NONFINITE_OUTPUT)
             reasons = self.checks.reasons(header, verdict, None if dist is None else float(dist[0]))
             if heatmaps:
-                maps = {h: cams[0, i] for i, h in enumerate(self.head_names)
+                maps = {h: self.heatmap_over_image(cams[0, i], box, image.values.shape[:2])
+                        for i, h in enumerate(self.head_names)
                         if h in self.trained and not self.by_nodule_model(h)
                         and (score_anyway or reasons.get(h) is None)}
             probs = probs[0]
@@ -498,7 +534,7 @@ def _prepare(ref: ImageRef, scorer: Scorer) -> _Prepared:
     any failure of one file is its own."""
     try:
         image = load_image(ref, 0)
-        x, unit = model_and_gate_inputs(image, scorer)
+        x, unit, _box = model_gate_box(image, scorer)
         prepared = _Prepared(ref, x, scorer.checks.header_reasons(image.ref.meta), unit)
         if scorer.nodule.available:
             prepared.nodule_image = image  # scored after the image check, in the scoring thread

@@ -266,9 +266,11 @@ def _intended_use_from_doc(doc: dict, head: str) -> dict:
 
 
 def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec(),
-                            sizes: tuple[int, int] = INPUT_SIZE_RANGE) -> PreprocessSpec:
+                            sizes: tuple[int, int] = INPUT_SIZE_RANGE, crops: tuple[str, ...] = ("none",)
+                            ) -> PreprocessSpec:
     """The checked preprocessing of a description; the input channels must be ``default``'s
-    (3 for the scoring model, 1 for the image check and the anatomy model)."""
+    (3 for the scoring model, 1 for the image check and the anatomy model); only the scoring model
+    may read the lung box (``crops``)."""
     f = _Fields(doc, "preprocessing")
     spec = PreprocessSpec(
         input_size=f.integer("input_size", default.input_size, *sizes),
@@ -279,6 +281,8 @@ def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec()
         mean=f.number("mean", default.mean, -1e6, 1e6),
         std=f.number("std", default.std, 0.0, 1e6, open_lo=True),
         version=f.integer("version", default.version, 1, 1),
+        crop=f.choice("crop", crops, "none"),
+        crop_pad=f.number("crop_pad", default.crop_pad, 0.0, 0.5),
     )
     if spec.low_percentile >= spec.high_percentile:
         raise f.invalid("low_percentile", f"below high_percentile ({spec.high_percentile:g})", spec.low_percentile)
@@ -304,7 +308,7 @@ def _meta_from_doc(doc: Any) -> ModelMeta:
         raise ModelFileError(f"the model description is invalid: unknown heads {_shown(unknown)} "
                              f"(known: {', '.join(HEADS)})")
     heads = {h: _head_from_doc(v, h) for h, v in heads_doc.items()}
-    spec = _preprocessing_from_doc(doc.get("preprocessing", {}))
+    spec = _preprocessing_from_doc(doc.get("preprocessing", {}), crops=("none", "lungs"))
     if "input_size" in doc and f.integer("input_size", spec.input_size, *INPUT_SIZE_RANGE) != spec.input_size:
         raise f.invalid("input_size", f"the preprocessing input size {spec.input_size}", doc["input_size"])
     classes = f.obj("classes")

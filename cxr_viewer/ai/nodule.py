@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -41,7 +40,15 @@ from cxr_viewer.ai.model import (
     save_fp16_described,
     verified_tensors,
 )
-from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, standardise
+from cxr_viewer.ai.preprocess import (
+    LungBox,
+    PreprocessSpec,
+    crop_resize,
+    lung_box,
+    map_over_image,
+    normalise_intensity,
+    standardise,
+)
 from cxr_viewer.common.errors import ImageOpenError
 
 NODULE_FORMAT = "cxr_viewer.nodule/1"
@@ -49,8 +56,6 @@ NODULE_FILE = "nodule.safetensors"
 NODULE_SPEC = PreprocessSpec(input_size=512, channels=3)
 STRIDE = 16  # one map cell per 16 x 16 input pixels
 MAX_NODULE_BYTES = 256 << 20
-LUNG_PAD = 0.06  # the lung box grows by this share of its side on each side
-MIN_LUNG_SHARE = 0.04  # lungs smaller than this share of the image: none found
 HEATMAP_SIZE = 256  # the heatmap handed to the viewer covers the whole image at this size
 
 
@@ -192,51 +197,6 @@ class NoduleMeta:
                    weights_sha256=sha, training=dict(f.obj("training").doc), metrics=dict(f.obj("metrics").doc))
 
 
-@dataclass(frozen=True)
-class LungBox:
-    """The square region (image pixels, may reach outside the image) the model sees, and whether
-    it came from the lungs (False: the whole image, no lungs found)."""
-
-    x0: float
-    y0: float
-    side: float
-    from_lungs: bool
-
-    def to_image(self, u: float, v: float, size: int) -> tuple[float, float]:
-        """Model-input pixel (u, v) of a ``size`` input -> image pixel (x, y)."""
-        s = self.side / size
-        return self.x0 + u * s, self.y0 + v * s
-
-
-def lung_box(lungs: np.ndarray | None, shape: tuple[int, int]) -> LungBox:
-    """The square box around both lungs (bool mask at the image's size), padded; the whole image
-    (squared) where the mask is missing or too small to be lungs."""
-    h, w = shape
-    if lungs is not None and lungs.shape == (h, w) and lungs.sum() >= MIN_LUNG_SHARE * h * w:
-        ys, xs = np.nonzero(lungs)
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * LUNG_PAD)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        return LungBox(float(cx - side / 2), float(cy - side / 2), float(side), True)
-    side = float(max(h, w))
-    return LungBox((w - side) / 2, (h - side) / 2, side, False)
-
-
-def crop_resize(img: np.ndarray, box: LungBox, size: int) -> np.ndarray:
-    """The box of a float image as (size, size) float32 (bilinear; area-averaged first when the box
-    is more than 1.5 x larger); outside the image is 0."""
-    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
-    x0, y0, side = box.x0, box.y0, box.side
-    if side > 1.5 * size:
-        shrink = side / (2 * size)
-        pil = pil.resize((max(1, round(pil.width / shrink)), max(1, round(pil.height / shrink))), Image.Resampling.BOX)
-        x0, y0, side = x0 / shrink, y0 / shrink, side / shrink
-    # Pillow's EXTENT transform maps the box (x0, y0, x1, y1) onto the output
-    out = pil.transform((size, size), Image.Transform.EXTENT, (x0, y0, x0 + side, y0 + side),
-                        Image.Resampling.BILINEAR, fillcolor=0.0)
-    return np.asarray(out, dtype=np.float32)
-
-
 def nodule_unit(values: np.ndarray, monochrome1: bool, padding: np.ndarray | None, lungs: np.ndarray | None,
                 spec: PreprocessSpec = NODULE_SPEC) -> tuple[np.ndarray, np.ndarray, LungBox]:
     """The one preprocessing function's steps 1-2, then the lung box at the model's size:
@@ -348,19 +308,8 @@ class NoduleModel:
 
 def heatmap_over_image(cell_probs: np.ndarray, box: LungBox, shape: tuple[int, int],
                        size: int = HEATMAP_SIZE) -> np.ndarray:
-    """Cell probabilities of the lung box placed on the whole image, squashed to (size, size) as
-    the viewer stretches heatmaps over the image; 0 outside the box."""
-    h, w = shape
-    # the image's (size x size) grid in image pixels, mapped into the box's cell grid
-    n = cell_probs.shape[0]
-    xs = (np.arange(size) + 0.5) * w / size
-    ys = (np.arange(size) + 0.5) * h / size
-    u = np.floor((xs - box.x0) / box.side * n).astype(int)
-    v = np.floor((ys - box.y0) / box.side * n).astype(int)
-    okx, oky = (u >= 0) & (u < n), (v >= 0) & (v < n)
-    out = np.zeros((size, size), np.float32)
-    out[np.ix_(oky, okx)] = cell_probs[np.ix_(v[oky], u[okx])]
-    return out
+    """Cell probabilities of the lung box placed on the whole image (:func:`map_over_image`)."""
+    return map_over_image(cell_probs, box, shape, size)
 
 
 def default_nodule_path() -> str:

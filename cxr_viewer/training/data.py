@@ -250,11 +250,21 @@ def default_cache_dir() -> str:
 
 class PreprocessCache:
     """Caches :func:`preprocess_unit` output per file as uint16 ``.npy`` (keyed by path, size,
-    mtime and the preprocessing), so epochs after the first skip decoding."""
+    mtime and the preprocessing), so epochs after the first skip decoding. A ``crop="lungs"`` spec
+    finds each image's lungs with ``anatomy`` (default: the bundled anatomy model), whose SHA-256
+    is part of the key."""
 
-    def __init__(self, folder: str | None, spec: PreprocessSpec):
+    def __init__(self, folder: str | None, spec: PreprocessSpec, anatomy=None):
         self.spec = spec
-        tag = hashlib.sha1(repr(sorted(spec.to_dict().items())).encode()).hexdigest()[:12]
+        self.anatomy = anatomy
+        key = repr(sorted(spec.to_dict().items()))
+        if spec.crop == "lungs":
+            if self.anatomy is None:
+                from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+
+                self.anatomy = AnatomyModel.from_file(default_anatomy_path())
+            key += self.anatomy.meta.weights_sha256
+        tag = hashlib.sha1(key.encode()).hexdigest()[:12]
         self.folder = os.path.join(folder, tag) if folder else None
         if self.folder:
             try:
@@ -278,7 +288,10 @@ class PreprocessCache:
                 except (OSError, ValueError):
                     pass  # a damaged cache entry is recomputed
         image = open_image(path)
-        unit = preprocess_unit(image.values, image.monochrome1, image.padding, self.spec)
+        box = None
+        if self.spec.crop == "lungs":
+            box = self.anatomy.lung_box(image.values, image.monochrome1, image.padding, self.spec.crop_pad)
+        unit = preprocess_unit(image.values, image.monochrome1, image.padding, self.spec, box=box)
         if cached:
             tmp = f"{cached}.{os.getpid()}.tmp.npy"
             try:

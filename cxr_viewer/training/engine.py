@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Generator
 
 import numpy as np
@@ -84,6 +84,8 @@ class TrainConfig:
     #: mixup (Zhang et al. 2018): each batch blended with a shuffled copy of itself, labels alike,
     #: the blend drawn from Beta(mixup, mixup); 0: off
     mixup: float = 0.0
+    #: "lungs": the model reads the box around both lungs (the anatomy model's), not the whole image
+    crop: str = "none"
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -118,6 +120,8 @@ class TrainConfig:
             raise DataError("ema must be in [0, 1)")
         if not 0.0 <= self.mixup <= 10.0:
             raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
+        if self.crop not in ("none", "lungs"):
+            raise DataError("crop must be none or lungs")
         if self.schedule not in ("cosine", "constant"):
             raise DataError("schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -695,7 +699,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
     validate_for_training(train_s)  # before decoding anything
-    spec = PreprocessSpec(input_size=cfg.input_size)
+    spec = PreprocessSpec(input_size=cfg.input_size, crop=cfg.crop)
     cache = PreprocessCache(cfg.cache_dir, spec)
     train_x, train_s, bad_train = yield from prepare_images(train_s, cache, cancel, "preparing training images")
     val_x, val_s, bad_val = yield from prepare_images(val_s, cache, cancel, "preparing validation images")
@@ -717,8 +721,12 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     if cfg.select_on == "shifted":
         from cxr_viewer.training.shift import shifted_set
 
-        units, src, shift_kinds = yield from shifted_set(val_x.astype(np.float32) / 65535.0, spec, per_image=3,
-                                                         seed=cfg.seed, cancel=cancel)
+        whole = val_x
+        if spec.crop == "lungs":  # other hospitals' images change before the lung box is found in them
+            whole, _, _ = yield from prepare_images(val_s, PreprocessCache(cfg.cache_dir, replace(spec, crop="none")),
+                                                    cancel, "preparing validation images")
+        units, src, shift_kinds = yield from shifted_set(whole.astype(np.float32) / 65535.0, spec, per_image=3,
+                                                         seed=cfg.seed, cancel=cancel, anatomy=cache.anatomy)
         shift_x, shift_y = np.rint(units * 65535.0).astype(np.uint16), val_y[src]
 
     # model, optimiser, schedule
@@ -906,6 +914,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
         "history": history, "device": choice.label, "world_size": world,
     }
+    if cache.anatomy is not None:  # the lung box's anatomy model: a scorer refuses another one
+        meta.training["anatomy_sha256"] = cache.anatomy.meta.weights_sha256
     meta.metrics = {"validation": {h: {k: v for k, v in r.items() if k not in ("roc_curve", "calibration_curve")}
                                    for h, r in reports.items()}}
     meta.created = now.isoformat(timespec="seconds")

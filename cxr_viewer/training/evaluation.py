@@ -198,13 +198,14 @@ def evaluate_test_split_task(model_path: str, data_dir: str, device: str = "auto
     return result
 
 
-def _units(samples: list[Sample], spec, cancel: CancelToken) -> Generator[Progress, None, tuple]:
+def _units(samples: list[Sample], spec, cancel: CancelToken, anatomy=None) -> Generator[Progress, None, tuple]:
     """(units (N, S, S) float32 in [0, 1], kept samples, unreadable ones): the one preprocessing
-    function's output through the training cache, as training saw these images."""
+    function's output through the training cache, as training saw these images (``anatomy``: the
+    one that finds the lung box of a ``crop="lungs"`` spec)."""
     from cxr_viewer.training.data import PreprocessCache, default_cache_dir
     from cxr_viewer.training.engine import prepare_images
 
-    stored, kept, bad = yield from prepare_images(samples, PreprocessCache(default_cache_dir(), spec), cancel,
+    stored, kept, bad = yield from prepare_images(samples, PreprocessCache(default_cache_dir(), spec, anatomy), cancel,
                                                   "reading images")
     return stored.astype(np.float32) / 65535.0, kept, bad
 
@@ -218,10 +219,13 @@ def evaluate_shifted_task(scorer: Scorer, samples: list[Sample], split_note: str
     from cxr_viewer.training.shift import shift_report, shifted_set
 
     spec = scorer.meta.preprocessing
-    units, kept, bad = yield from _units(samples, spec, cancel)
+    units, kept, bad = yield from _units(samples, spec, cancel, scorer.anatomy)
     if not kept:
         raise DataError("no readable labelled images to evaluate")
-    sh, src, kinds = yield from shifted_set(units, spec, cancel=cancel)
+    whole = units
+    if spec.crop == "lungs":  # the images change first; the lung box is then found in the changed image
+        whole, _, _ = yield from _units(kept, replace(spec, crop="none"), cancel)
+    sh, src, kinds = yield from shifted_set(whole, spec, cancel=cancel, anatomy=scorer.anatomy)
 
     def probs(u: np.ndarray, stage: str) -> np.ndarray:
         out = []
@@ -261,31 +265,34 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     positives of ``head`` (all labelled images with ``positives_only=False``). A heatmap that
     lights the heart, mediastinum, markers or leads scores low."""
     from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
-    from cxr_viewer.ai.preprocess import resize_square, standardise
+    from cxr_viewer.ai.preprocess import map_over_image, resize_square, standardise, unit_and_box
 
     j = HEADS.index(head)
     chosen = [s for s in samples if s.labels[j] is not None and (s.labels[j] == 1 or not positives_only)]
     if not chosen:
         raise DataError(f"no labelled images for the {head} head")
     spec = scorer.meta.preprocessing
-    units, _kept, _bad = yield from _units(chosen, spec, cancel)
+    # whole images; a lung-box model's input is cut from them with the lungs found here, and its
+    # heatmap put back where the box lies, so that every model is measured on the whole image
+    whole, _kept, _bad = yield from _units(chosen, replace(spec, crop="none"), cancel)
     k = scorer.head_names.index(head)
     size = spec.input_size
     aspec = anatomy.meta.preprocessing
     shares, in_lung_area = [], []
-    for i in range(0, len(units), batch_size):
+    for i in range(0, len(whole), batch_size):
         cancel.raise_if_cancelled()
-        u = units[i:i + batch_size]
-        _p, cams, _d = scorer.probabilities_cams_distances(standardise(u, spec))
-        au = np.stack([resize_square(x, aspec.input_size) for x in u])
-        probs = anatomy.probabilities_units(au)
-        for cam, pr in zip(cams[:, k], probs):
-            masks = clean_masks(resize_probabilities(pr, (size, size)) >= anatomy.meta.threshold)
-            lungs = masks[0] | masks[1]
+        w = whole[i:i + batch_size]
+        probs = anatomy.probabilities_units(np.stack([resize_square(x, aspec.input_size) for x in w]))
+        lungs = [(lambda m: m[0] | m[1])(clean_masks(resize_probabilities(pr, (size, size)) >= anatomy.meta.threshold))
+                 for pr in probs]
+        inputs = [unit_and_box(x, spec, lu) for x, lu in zip(w, lungs)]
+        _p, cams, _d = scorer.probabilities_cams_distances(standardise(np.stack([u for u, _ in inputs]), spec))
+        for cam, lu, (_u, box) in zip(cams[:, k], lungs, inputs):
+            cam = cam if box is None else map_over_image(cam, box, (size, size), size)
             total = float(cam.sum())
-            shares.append(float((cam * lungs).sum()) / total if total > 0 else float("nan"))
-            in_lung_area.append(float(lungs.mean()))
-        yield Progress("heatmaps", min(i + batch_size, len(units)), len(units))
+            shares.append(float((cam * lu).sum()) / total if total > 0 else float("nan"))
+            in_lung_area.append(float(lu.mean()))
+        yield Progress("heatmaps", min(i + batch_size, len(whole)), len(whole))
     s = np.array(shares)
     ok = np.isfinite(s)
     return {"head": head, "images": int(ok.sum()), "positives_only": positives_only,

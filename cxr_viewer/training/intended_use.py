@@ -486,7 +486,9 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     each). Fitted on unshifted children only, the distance called 95% of the validation children
     "unlike the training images" once their field of view was 30% wider, 16% once rotated by 6
     degrees: another hospital's children would have been refused as out of distribution."""
-    from cxr_viewer.ai.preprocess import preprocess_unit, standardise
+    from dataclasses import replace
+
+    from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_unit, standardise, unit_and_box
     from cxr_viewer.training.shift import SHIFTS, shifted
 
     cfg = cfg or GateConfig()  # the image check's own split: the same validation children for both
@@ -494,8 +496,15 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     kids_train = np.where(train & (data.kinds == "child"))[0]
     kids_val = np.where(val)[0]
     spec = scorer.meta.preprocessing
+    whole_spec = replace(spec, crop="none")  # the shifts change whole images; a lung box is found after
     names = list(SHIFTS)
     r = np.random.default_rng(cfg.seed)
+
+    def model_unit(image) -> np.ndarray:
+        if spec.crop != "lungs":
+            return preprocess_unit(image.values, image.monochrome1, image.padding, spec)
+        norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
+        return unit_and_box(norm, spec, box=scorer.lung_box_of(image))[0]
 
     def features(idx, shifts_per_image: int, what: str):
         """The real scoring path (each file decoded and preprocessed as for a score), then the same
@@ -503,14 +512,16 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
         feats, kinds = [], []
         for i in range(0, len(idx), 32):
             cancel.raise_if_cancelled()
-            units = []
+            units, wholes = [], []
             for p in data.paths[idx[i:i + 32]]:
                 image = open_image(str(p))
-                units.append(preprocess_unit(image.values, image.monochrome1, image.padding, spec))
+                units.append(model_unit(image))
+                wholes.append(units[-1] if spec.crop != "lungs" else
+                              preprocess_unit(image.values, image.monochrome1, image.padding, whole_spec))
             rows, row_kinds = list(units), ["none"] * len(units)
-            for k, u in enumerate(units):
+            for k, u in enumerate(wholes):
                 for name in r.choice(names, size=shifts_per_image, replace=False):
-                    rows.append(shifted(u, str(name), spec, int(r.integers(1 << 30))))
+                    rows.append(shifted(u, str(name), spec, int(r.integers(1 << 30)), scorer.anatomy))
                     row_kinds.append(str(name))
             for j in range(0, len(rows), 32):
                 feats.append(scorer.pooled_features(standardise(np.stack(rows[j:j + 32]), spec)))

@@ -17,13 +17,18 @@ from typing import Callable, Generator
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, resize_square
+from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, resize_square, unit_and_box
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 
-def _renormalise(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """What the pipeline does to any raw image: percentile window to [0, 1], resize."""
-    return resize_square(normalise_intensity(x, False, None, spec), spec.input_size)
+def _renormalise(x: np.ndarray, spec: PreprocessSpec, anatomy=None) -> np.ndarray:
+    """What the pipeline does to any raw image: percentile window to [0, 1], resize; for a
+    ``crop="lungs"`` spec the lung box ``anatomy`` finds in the changed image."""
+    norm = normalise_intensity(x, False, None, spec)
+    if spec.crop != "lungs":
+        return resize_square(norm, spec.input_size)
+    box = None if anatomy is None else anatomy.lung_box(norm, pad=spec.crop_pad)
+    return unit_and_box(norm, spec, box=box)[0]
 
 
 def _pil(x: np.ndarray) -> Image.Image:
@@ -102,17 +107,20 @@ SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 }
 
 
-def shifted(unit: np.ndarray, shift: str, spec: PreprocessSpec, seed: int = 0) -> np.ndarray:
-    """One preprocessed unit (S, S) in [0, 1] changed by ``shift`` and normalised again."""
+def shifted(unit: np.ndarray, shift: str, spec: PreprocessSpec, seed: int = 0, anatomy=None) -> np.ndarray:
+    """One preprocessed whole-image unit (S, S) in [0, 1] changed by ``shift`` and preprocessed
+    again by ``spec`` (for ``crop="lungs"``: the lung box that ``anatomy`` finds after the change)."""
     r = np.random.default_rng(seed)
-    return _renormalise(np.asarray(SHIFTS[shift](np.asarray(unit, np.float32), r), np.float32), spec)
+    return _renormalise(np.asarray(SHIFTS[shift](np.asarray(unit, np.float32), r), np.float32), spec, anatomy)
 
 
 def shifted_set(units: np.ndarray, spec: PreprocessSpec, per_image: int | None = None, seed: int = 0,
-                cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray,
-                                                                                         list[str]]]:
+                cancel: CancelToken = NEVER_CANCELLED, anatomy=None
+                ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, list[str]]]:
     """The shifted validation set: every shift of every unit (``per_image`` None), or ``per_image``
-    shifts drawn at random per unit. Returns (units (M, S, S) float32, source index (M,), shift names (M))."""
+    shifts drawn at random per unit. ``units`` show whole images; ``spec`` and ``anatomy`` make the
+    model's input of each changed one (:func:`shifted`). Returns (units (M, S, S) float32, source
+    index (M,), shift names (M))."""
     names = list(SHIFTS)
     r = np.random.default_rng(seed)
     out, src, kinds = [], [], []
@@ -120,7 +128,7 @@ def shifted_set(units: np.ndarray, spec: PreprocessSpec, per_image: int | None =
         cancel.raise_if_cancelled()
         chosen = names if per_image is None else list(r.choice(names, size=per_image, replace=False))
         for k, name in enumerate(chosen):
-            out.append(shifted(u, name, spec, seed * 100003 + i * 101 + k))
+            out.append(shifted(u, name, spec, seed * 100003 + i * 101 + k, anatomy))
             src.append(i)
             kinds.append(name)
         if i % 50 == 0:
