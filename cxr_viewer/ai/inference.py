@@ -87,7 +87,8 @@ def model_gate_box(image: LoadedImage, scorer: Scorer) -> tuple[np.ndarray, np.n
     if gate is None:
         return x, None, box
     gspec = gate.meta.preprocessing
-    if (gspec.low_percentile, gspec.high_percentile) == (spec.low_percentile, spec.high_percentile):
+    if (gspec.low_percentile, gspec.high_percentile, gspec.intensity) == \
+            (spec.low_percentile, spec.high_percentile, spec.intensity):
         return x, resize_square(norm, gspec.input_size), box
     return x, gate.unit(image.values, image.monochrome1, image.padding), box
 

@@ -283,6 +283,7 @@ def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec()
         version=f.integer("version", default.version, 1, 1),
         crop=f.choice("crop", crops, "none"),
         crop_pad=f.number("crop_pad", default.crop_pad, 0.0, 0.5),
+        intensity=f.choice("intensity", ("percentile", "equalize"), default.intensity),
     )
     if spec.low_percentile >= spec.high_percentile:
         raise f.invalid("low_percentile", f"below high_percentile ({spec.high_percentile:g})", spec.low_percentile)

@@ -3,7 +3,10 @@
 From the modality-corrected pixel values (never the screen's windowed picture):
 1. MONOCHROME1 is made MONOCHROME2 (negated, so that bone is bright for every input);
 2. robust intensity normalisation: the 0.5 and 99.5 percentiles of the non-padding pixels map to
-   0 and 1, values beyond are clipped (the same percentiles the viewer's Auto window uses);
+   0 and 1, values beyond are clipped (the same percentiles the viewer's Auto window uses); with
+   ``intensity="equalize"`` each pixel then becomes the share of the image's pixels darker than it
+   (histogram equalisation, 1,024 levels), which no monotone change of the grey scale (exposure,
+   gamma, a vendor's processing curve) alters;
 3. resized to the model's square input (``squash``: the aspect ratio is not kept, because the
    Kermany training images were squashed to 224 x 224 by their redistributor); with
    ``crop="lungs"`` instead the square box around both lungs (found by the anatomy model, padded)
@@ -39,11 +42,14 @@ class PreprocessSpec:
     version: int = 1
     crop: str = "none"  # "none": the whole image; "lungs": the lung box (needs the lung mask)
     crop_pad: float = 0.1  # the lung box grows by this share of its side on each side
+    intensity: str = "percentile"  # or "equalize": histogram equalisation after the percentile window
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.crop == "none":  # files written before the lung box existed read the same
             del d["crop"], d["crop_pad"]
+        if self.intensity == "percentile":  # and before equalisation existed
+            del d["intensity"]
         return d
 
 
@@ -121,9 +127,26 @@ def normalise_intensity(values: np.ndarray, monochrome1: bool, padding: np.ndarr
     lo, hi = win.center - win.width / 2.0, win.center + win.width / 2.0
     out = (v - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
     np.clip(out, 0.0, 1.0, out=out)
+    if spec.intensity == "equalize":
+        out = equalise(out, padding)
     if padding is not None:
         out[padding] = 0.0
     return out
+
+
+EQUALISE_LEVELS = 1024
+
+
+def equalise(img01: np.ndarray, padding: np.ndarray | None = None) -> np.ndarray:
+    """Histogram equalisation of a [0, 1] image: each pixel -> the share of the (non-padding)
+    pixels below its level plus half of those at it (1,024 levels), float32 in [0, 1]."""
+    x = np.asarray(img01, dtype=np.float32)
+    levels = np.minimum((x * EQUALISE_LEVELS).astype(np.int32), EQUALISE_LEVELS - 1)
+    counted = levels if padding is None else levels[~padding]
+    hist = np.bincount(counted.ravel(), minlength=EQUALISE_LEVELS).astype(np.float64)
+    total = max(hist.sum(), 1.0)
+    mid = (np.cumsum(hist) - hist / 2) / total
+    return mid.astype(np.float32)[levels]
 
 
 def resize_square(img01: np.ndarray, size: int) -> np.ndarray:
@@ -135,10 +158,12 @@ def resize_square(img01: np.ndarray, size: int) -> np.ndarray:
 
 
 def restretch(unit: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The percentile stretch of step 2 again, on an already normalised [0, 1] image (the lung box)."""
+    """Step 2 again (percentile stretch, equalisation where the spec says so) on an already
+    normalised [0, 1] image (the lung box)."""
     lo, hi = np.percentile(unit, (spec.low_percentile, spec.high_percentile))
     out = (unit - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    out = np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    return equalise(out) if spec.intensity == "equalize" else out
 
 
 def unit_and_box(norm: np.ndarray, spec: PreprocessSpec, lungs: np.ndarray | None = None,

@@ -86,6 +86,8 @@ class TrainConfig:
     mixup: float = 0.0
     #: "lungs": the model reads the box around both lungs (the anatomy model's), not the whole image
     crop: str = "none"
+    #: "equalize": histogram equalisation after the percentile window (ai.preprocess), in training and scoring
+    intensity: str = "percentile"
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -122,6 +124,8 @@ class TrainConfig:
             raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
         if self.crop not in ("none", "lungs"):
             raise DataError("crop must be none or lungs")
+        if self.intensity not in ("percentile", "equalize"):
+            raise DataError("intensity must be percentile or equalize")
         if self.schedule not in ("cosine", "constant"):
             raise DataError("schedule must be cosine or constant")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -363,10 +367,12 @@ class Augment:
     brightness, contrast and gamma. No flips: left-right anatomy (heart side, markers) matters.
     ``strength="strong"``: see :class:`TrainConfig`."""
 
-    def __init__(self, size: int, strength: str = "standard"):
+    def __init__(self, size: int, strength: str = "standard", equalize: bool = False):
         from torchvision.transforms import v2
 
         self.strong = strength == "strong"
+        #: end as the pipeline does for an ``intensity="equalize"`` model (ai.preprocess.equalise)
+        self.equalize = equalize
         if self.strong:
             self.affine = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.75, 1.25))
         else:
@@ -375,12 +381,18 @@ class Augment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine(x)
         if self.strong:
-            return self._strong(x)
-        gamma = math.exp(random.uniform(math.log(0.75), math.log(1.33)))
-        x = x.clamp(0, 1) ** gamma
-        contrast = random.uniform(0.75, 1.3)
-        brightness = random.uniform(-0.08, 0.08)
-        return ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+            x = self._strong(x)
+        else:
+            gamma = math.exp(random.uniform(math.log(0.75), math.log(1.33)))
+            x = x.clamp(0, 1) ** gamma
+            contrast = random.uniform(0.75, 1.3)
+            brightness = random.uniform(-0.08, 0.08)
+            x = ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+        if self.equalize:
+            from cxr_viewer.ai.preprocess import equalise
+
+            x = torch.from_numpy(equalise(x[0].numpy()))[None]
+        return x
 
 
     @staticmethod
@@ -417,7 +429,7 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool,
                  strength: str = "standard"):
         self.images, self.labels, self.spec = images, labels, spec
-        self.augment = Augment(spec.input_size, strength) if augment else None
+        self.augment = Augment(spec.input_size, strength, spec.intensity == "equalize") if augment else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -699,7 +711,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
     validate_for_training(train_s)  # before decoding anything
-    spec = PreprocessSpec(input_size=cfg.input_size, crop=cfg.crop)
+    spec = PreprocessSpec(input_size=cfg.input_size, crop=cfg.crop, intensity=cfg.intensity)
     cache = PreprocessCache(cfg.cache_dir, spec)
     train_x, train_s, bad_train = yield from prepare_images(train_s, cache, cancel, "preparing training images")
     val_x, val_s, bad_val = yield from prepare_images(val_s, cache, cancel, "preparing validation images")

@@ -185,6 +185,8 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
         "config": {k: v for k, v in vars(cfg).items() if k != "cache_dir"},
         "skipped": len(bad),
     })
+    if cache.anatomy is not None:  # the lung box these heads were fitted on: a scorer refuses another one
+        meta.training["anatomy_sha256"] = cache.anatomy.meta.weights_sha256
     meta.metrics.setdefault("cross_validation", {}).update(
         {h: {k: v for k, v in r.items() if k not in ("roc_curve", "calibration_curve")} for h, r in reports.items()})
     if cfg.version:
