@@ -14,7 +14,6 @@ images (the shipped model's rule). Needs ../shared/data/kermany. Research use on
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from cxr_viewer.ai.inference import Scorer  # noqa: E402
 from cxr_viewer.ai.preprocess import resize_square, standardise, unit_and_box  # noqa: E402
 from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
 from cxr_viewer.training.evaluation import _units, select_samples  # noqa: E402
-from cxr_viewer.training.shift import shifted_set  # noqa: E402
+from cxr_viewer.training.shift import shifted_set, whole_spec  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kermany"
 
@@ -59,10 +58,8 @@ def logits(scorer: Scorer, whole: np.ndarray, view) -> np.ndarray:
     out = []
     for i in range(0, len(whole), 64):
         us = [view(u) for u in whole[i:i + 64]]
-        if spec.crop == "lungs":
-            us = [unit_and_box(u, spec, box=scorer.anatomy.lung_box(u, pad=spec.crop_pad))[0] for u in us]
-        else:
-            us = [resize_square(u, spec.input_size) for u in us]
+        us = [unit_and_box(u, spec, box=scorer.anatomy.lung_box(u, pad=spec.crop_pad) if spec.crop == "lungs"
+                           else None)[0] for u in us]
         p, _ = scorer.batch_probabilities(standardise(np.stack(us), spec))
         out.append(p[:, scorer.head_names.index("pneumonia")])
     p = np.clip(np.concatenate(out).astype(np.float64), 1e-7, 1 - 1e-7)
@@ -80,11 +77,11 @@ def main() -> None:
         sys.exit(__doc__)
     a = Scorer.from_file(sys.argv[1], "cpu", "auto")
     b = Scorer.from_file(sys.argv[2], "cpu", "auto") if len(sys.argv) > 2 else None
-    whole_spec = replace(a.meta.preprocessing, crop="none")
+    whole = whole_spec(a.meta.preprocessing)
     samples, _note = select_samples(str(DATA), "validation", a.meta.training)
-    units, kept, _bad = run_to_completion(_units(samples, whole_spec, NEVER_CANCELLED))
+    units, kept, _bad = run_to_completion(_units(samples, whole, NEVER_CANCELLED))
     y = np.array([s.labels[0] for s in kept])
-    sh, src, _kinds = run_to_completion(shifted_set(units, whole_spec, per_image=3, seed=0))
+    sh, src, _kinds = run_to_completion(shifted_set(units, whole, per_image=3, seed=0))
     whole, yy = np.concatenate([units, sh]), np.concatenate([y, y[src]])
     n = len(y)
     rows = {}

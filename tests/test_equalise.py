@@ -40,10 +40,19 @@ def test_padding_does_not_count_and_stays_black():
     out = equalise(img, pad)
     assert out[:, 5:].min() > 0.0 and out[:, 5:].max() < 1.0
     assert out[:, 5:].mean() == pytest.approx(0.5, abs=0.02)  # equalised over the unpadded half only
-    spec = PreprocessSpec(input_size=10, intensity="equalize")
-    from cxr_viewer.ai.preprocess import normalise_intensity
+    unit = preprocess_unit(img * 1000, padding=pad, spec=PreprocessSpec(input_size=10, intensity="equalize"))
+    assert (unit[pad] == 0).all() and unit[:, 5:].mean() == pytest.approx(0.5, abs=0.03)
 
-    assert (normalise_intensity(img, False, pad, spec)[pad] == 0).all()
+
+def test_equalisation_happens_at_the_models_size_as_on_the_training_images():
+    """Training images are 224 px: equalised at 224. A 2,000 px image is resized first, then
+    equalised at 224, the way the training images were made (and 50x cheaper than at full size)."""
+    from cxr_viewer.ai.preprocess import normalise_intensity, resize_square
+
+    big = _chest_like(896)
+    spec = PreprocessSpec(input_size=64, intensity="equalize")
+    expected = equalise(resize_square(normalise_intensity(big, False, None, spec), 64))
+    assert np.allclose(preprocess_unit(big, spec=spec), expected, atol=1e-6)
 
 
 def test_the_intensity_is_stored_only_when_it_is_equalisation():
@@ -53,6 +62,11 @@ def test_the_intensity_is_stored_only_when_it_is_equalisation():
     assert _preprocessing_from_doc(doc).intensity == "equalize"
     with pytest.raises(ModelFileError, match="intensity"):
         _preprocessing_from_doc({**doc, "intensity": "clahe"})
+    # version 2 marks a pipeline that readers knowing only version 1 must refuse, not half-follow
+    assert doc["version"] == 2 and PreprocessSpec().to_dict()["version"] == 1
+    assert PreprocessSpec(crop="lungs").to_dict()["version"] == 2
+    with pytest.raises(ModelFileError, match="version"):
+        _preprocessing_from_doc({**doc, "version": 3})
 
 
 def test_augmentation_ends_equalised_for_an_equalising_model():

@@ -228,7 +228,7 @@ def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarra
 
 
 class AnatomyModel:
-    """The loaded anatomy model. Used from one worker thread at a time."""
+    """The loaded anatomy model. Inference only (no state changes), so threads may share it."""
 
     def __init__(self, net: AnatomyNet, meta: AnatomyMeta, path: str = ""):
         self.net, self.meta, self.path = net.eval().to(memory_format=torch.channels_last), meta, path

@@ -26,7 +26,7 @@ import torch
 from cxr_viewer.ai.gate import GateVerdict, InputChecks
 from cxr_viewer.ai.model import HEAD_TITLES, CxrNet, ModelMeta, load_model, unavailable_reason
 from cxr_viewer.ai.nodule import Companion, NoduleFinding
-from cxr_viewer.ai.preprocess import LungBox, map_over_image, normalise_intensity, resize_square, standardise, unit_and_box
+from cxr_viewer.ai.preprocess import LungBox, map_over_image, normalise_intensity, standardise, unit_and_box
 from cxr_viewer.common.errors import ImageOpenError
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.io.image import LoadedImage, load_image
@@ -82,14 +82,13 @@ def model_gate_box(image: LoadedImage, scorer: Scorer) -> tuple[np.ndarray, np.n
     gate = scorer.checks.gate
     norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
     box = scorer.lung_box_of(image) if spec.crop == "lungs" else None
-    unit, box = unit_and_box(norm, spec, box=box)
+    unit, box = unit_and_box(norm, spec, box=box, padding=image.padding)
     x = check_model_input(standardise(unit, spec))
     if gate is None:
         return x, None, box
     gspec = gate.meta.preprocessing
-    if (gspec.low_percentile, gspec.high_percentile, gspec.intensity) == \
-            (spec.low_percentile, spec.high_percentile, spec.intensity):
-        return x, resize_square(norm, gspec.input_size), box
+    if (gspec.low_percentile, gspec.high_percentile) == (spec.low_percentile, spec.high_percentile):
+        return x, unit_and_box(norm, gspec, padding=image.padding)[0], box
     return x, gate.unit(image.values, image.monochrome1, image.padding), box
 
 
@@ -270,9 +269,7 @@ class Scorer:
                  checks: InputChecks | None = None, nodule: Companion | None = None, anatomy=None):
         self.meta, self.choice, self.path = meta, choice, path
         #: the anatomy model that finds the lung box a ``crop="lungs"`` model reads (None: not needed)
-        self.anatomy = anatomy_for(meta) if anatomy is None else anatomy
-        if self.anatomy is not None:
-            self.anatomy.bf16 = choice.precision == "bf16" and choice.device == "cpu"
+        self.anatomy = anatomy_for(meta) if anatomy is None else anatomy  # fp32, as training found its boxes
         #: what is checked before a number is shown (header, image check, feature distance)
         self.checks = checks if checks is not None else InputChecks.for_model(path, meta)
         if self.checks.gate is not None:

@@ -280,11 +280,11 @@ def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec()
         channels=f.integer("channels", default.channels, default.channels, default.channels),
         mean=f.number("mean", default.mean, -1e6, 1e6),
         std=f.number("std", default.std, 0.0, 1e6, open_lo=True),
-        version=f.integer("version", default.version, 1, 1),
         crop=f.choice("crop", crops, "none"),
         crop_pad=f.number("crop_pad", default.crop_pad, 0.0, 0.5),
         intensity=f.choice("intensity", ("percentile", "equalize"), default.intensity),
     )
+    f.integer("version", default.version, 1, 2)  # 2: the lung box or equalisation (``to_dict`` writes it)
     if spec.low_percentile >= spec.high_percentile:
         raise f.invalid("low_percentile", f"below high_percentile ({spec.high_percentile:g})", spec.low_percentile)
     if spec.std < 1e-6:

@@ -3,15 +3,16 @@
 From the modality-corrected pixel values (never the screen's windowed picture):
 1. MONOCHROME1 is made MONOCHROME2 (negated, so that bone is bright for every input);
 2. robust intensity normalisation: the 0.5 and 99.5 percentiles of the non-padding pixels map to
-   0 and 1, values beyond are clipped (the same percentiles the viewer's Auto window uses); with
-   ``intensity="equalize"`` each pixel then becomes the share of the image's pixels darker than it
-   (histogram equalisation, 1,024 levels), which no monotone change of the grey scale (exposure,
-   gamma, a vendor's processing curve) alters;
+   0 and 1, values beyond are clipped (the same percentiles the viewer's Auto window uses);
 3. resized to the model's square input (``squash``: the aspect ratio is not kept, because the
    Kermany training images were squashed to 224 x 224 by their redistributor); with
    ``crop="lungs"`` instead the square box around both lungs (found by the anatomy model, padded)
    is cut out and resized, and its own 0.5-99.5 percentiles are stretched to 0-1 again, so that the
    field of view, collimation and what lies outside the chest (markers, text, arms) stop mattering;
+   with ``intensity="equalize"`` each pixel of the resized image then becomes the share of its
+   pixels darker than it (histogram equalisation, 1,024 levels), which no monotone change of the
+   grey scale (exposure, gamma, a vendor's processing curve) alters; done at the model's size, as
+   on the 224 px training images, it costs a fraction of a millisecond;
 4. the grey channel is repeated to 3 channels and standardised with ``mean``/``std``.
 
 The parameters live in :class:`PreprocessSpec`, which is stored in every model's metadata so a
@@ -46,6 +47,10 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.crop != "none" or self.intensity != "percentile":
+            # readers that know only version 1 refuse the file instead of feeding it whole,
+            # unequalised images; the version is also part of the training cache's key
+            d["version"] = 2
         if self.crop == "none":  # files written before the lung box existed read the same
             del d["crop"], d["crop_pad"]
         if self.intensity == "percentile":  # and before equalisation existed
@@ -127,8 +132,6 @@ def normalise_intensity(values: np.ndarray, monochrome1: bool, padding: np.ndarr
     lo, hi = win.center - win.width / 2.0, win.center + win.width / 2.0
     out = (v - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
     np.clip(out, 0.0, 1.0, out=out)
-    if spec.intensity == "equalize":
-        out = equalise(out, padding)
     if padding is not None:
         out[padding] = 0.0
     return out
@@ -158,24 +161,36 @@ def resize_square(img01: np.ndarray, size: int) -> np.ndarray:
 
 
 def restretch(unit: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Step 2 again (percentile stretch, equalisation where the spec says so) on an already
-    normalised [0, 1] image (the lung box)."""
+    """The percentile stretch of step 2 again, on an already normalised [0, 1] image (the lung box)."""
     lo, hi = np.percentile(unit, (spec.low_percentile, spec.high_percentile))
     out = (unit - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
-    out = np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
-    return equalise(out) if spec.intensity == "equalize" else out
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def unit_and_box(norm: np.ndarray, spec: PreprocessSpec, lungs: np.ndarray | None = None,
-                 box: LungBox | None = None) -> tuple[np.ndarray, LungBox | None]:
-    """Step 3 from the normalised image: the (size, size) unit and, for ``crop="lungs"``, the lung
-    box it was cut from: ``box`` (``ai.anatomy.AnatomyModel.lung_box``) or the box of ``lungs`` (the
-    anatomy model's mask at the image's size); neither: no lungs found, the whole image squared."""
+                 box: LungBox | None = None, padding: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, LungBox | None]:
+    """Step 3 from the normalised image (steps 1-2): the (size, size) unit and, for
+    ``crop="lungs"``, the lung box it was cut from: ``box`` (``ai.anatomy.AnatomyModel.lung_box``)
+    or the box of ``lungs`` (the anatomy model's mask at the image's size); neither: no lungs found,
+    the whole image squared. Equalised last where the spec says so: padding pixels are not counted
+    and stay 0; a dark surround, and the part of a lung box beyond the image, count like any pixel."""
+    size = spec.input_size
+    equalising = spec.intensity == "equalize"
     if spec.crop != "lungs":
-        return resize_square(norm, spec.input_size), None
-    if box is None:
-        box = lung_box(lungs, norm.shape[:2], spec.crop_pad)
-    return restretch(crop_resize(norm, box, spec.input_size), spec), box
+        box = None
+        unit = resize_square(norm, size)
+        pad = None if padding is None or not equalising else resize_square(padding.astype(np.float32), size) > 0.5
+    else:
+        if box is None:
+            box = lung_box(lungs, norm.shape[:2], spec.crop_pad)
+        unit = restretch(crop_resize(norm, box, size), spec)
+        pad = None if padding is None or not equalising else crop_resize(padding.astype(np.float32), box, size) > 0.5
+    if equalising:
+        unit = equalise(unit, pad)
+        if pad is not None:
+            unit[pad] = 0.0
+    return unit, box
 
 
 def preprocess_unit(values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
@@ -186,7 +201,7 @@ def preprocess_unit(values: np.ndarray, monochrome1: bool = False, padding: np.n
     Training caches this output on disk and augments it; inference goes straight on. ``lungs`` or
     ``box`` are used by a ``crop="lungs"`` spec only (:func:`unit_and_box`).
     """
-    return unit_and_box(normalise_intensity(values, monochrome1, padding, spec), spec, lungs, box)[0]
+    return unit_and_box(normalise_intensity(values, monochrome1, padding, spec), spec, lungs, box, padding)[0]
 
 
 def standardise(unit: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:

@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Generator
 
 import numpy as np
@@ -731,11 +731,11 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     shift_x = shift_y = None
     shift_kinds: list[str] = []
     if cfg.select_on == "shifted":
-        from cxr_viewer.training.shift import shifted_set
+        from cxr_viewer.training.shift import shifted_set, whole_spec
 
         whole = val_x
-        if spec.crop == "lungs":  # other hospitals' images change before the lung box is found in them
-            whole, _, _ = yield from prepare_images(val_s, PreprocessCache(cfg.cache_dir, replace(spec, crop="none")),
+        if whole_spec(spec) != spec:  # other hospitals' images change before the lung box or equalisation
+            whole, _, _ = yield from prepare_images(val_s, PreprocessCache(cfg.cache_dir, whole_spec(spec)),
                                                     cancel, "preparing validation images")
         units, src, shift_kinds = yield from shifted_set(whole.astype(np.float32) / 65535.0, spec, per_image=3,
                                                          seed=cfg.seed, cancel=cancel, anatomy=cache.anatomy)

@@ -216,15 +216,15 @@ def evaluate_shifted_task(scorer: Scorer, samples: list[Sample], split_note: str
     (each applied before the one preprocessing function normalises the image), at the model's own
     thresholds. The heads alone are measured: the input checks are not applied."""
     from cxr_viewer.ai.preprocess import standardise
-    from cxr_viewer.training.shift import shift_report, shifted_set
+    from cxr_viewer.training.shift import shift_report, shifted_set, whole_spec
 
     spec = scorer.meta.preprocessing
     units, kept, bad = yield from _units(samples, spec, cancel, scorer.anatomy)
     if not kept:
         raise DataError("no readable labelled images to evaluate")
     whole = units
-    if spec.crop == "lungs":  # the images change first; the lung box is then found in the changed image
-        whole, _, _ = yield from _units(kept, replace(spec, crop="none"), cancel)
+    if whole_spec(spec) != spec:  # the images change first; the lung box and equalisation come after
+        whole, _, _ = yield from _units(kept, whole_spec(spec), cancel)
     sh, src, kinds = yield from shifted_set(whole, spec, cancel=cancel, anatomy=scorer.anatomy)
 
     def probs(u: np.ndarray, stage: str) -> np.ndarray:
@@ -266,15 +266,17 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     lights the heart, mediastinum, markers or leads scores low."""
     from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
     from cxr_viewer.ai.preprocess import map_over_image, resize_square, standardise, unit_and_box
+    from cxr_viewer.training.shift import whole_spec
 
     j = HEADS.index(head)
     chosen = [s for s in samples if s.labels[j] is not None and (s.labels[j] == 1 or not positives_only)]
     if not chosen:
         raise DataError(f"no labelled images for the {head} head")
     spec = scorer.meta.preprocessing
-    # whole images; a lung-box model's input is cut from them with the lungs found here, and its
-    # heatmap put back where the box lies, so that every model is measured on the whole image
-    whole, _kept, _bad = yield from _units(chosen, replace(spec, crop="none"), cancel)
+    # whole images (the percentile window only: what the anatomy model reads); a lung-box model's
+    # input is cut from them with the lungs found here, and its heatmap put back where the box lies,
+    # so that every model is measured on the whole image
+    whole, _kept, _bad = yield from _units(chosen, whole_spec(spec), cancel)
     k = scorer.head_names.index(head)
     size = spec.input_size
     aspec = anatomy.meta.preprocessing

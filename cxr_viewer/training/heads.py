@@ -68,7 +68,7 @@ def _features(model, images: np.ndarray, spec, copies: int, choice, cancel: Canc
     import random
 
     random.seed(seed)
-    aug = Augment(spec.input_size)
+    aug = Augment(spec.input_size, equalize=spec.intensity == "equalize")  # as scoring feeds the model
     out = np.zeros((copies + 1, len(images), 2048), dtype=np.float32)
     model.eval()
     total = (copies + 1) * len(images)

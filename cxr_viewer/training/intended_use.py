@@ -486,17 +486,15 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     each). Fitted on unshifted children only, the distance called 95% of the validation children
     "unlike the training images" once their field of view was 30% wider, 16% once rotated by 6
     degrees: another hospital's children would have been refused as out of distribution."""
-    from dataclasses import replace
-
     from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_unit, standardise, unit_and_box
-    from cxr_viewer.training.shift import SHIFTS, shifted
+    from cxr_viewer.training.shift import SHIFTS, shifted, whole_spec
 
     cfg = cfg or GateConfig()  # the image check's own split: the same validation children for both
     train, val = _split(data, cfg)
     kids_train = np.where(train & (data.kinds == "child"))[0]
     kids_val = np.where(val)[0]
     spec = scorer.meta.preprocessing
-    whole_spec = replace(spec, crop="none")  # the shifts change whole images; a lung box is found after
+    whole = whole_spec(spec)  # the shifts change whole images; a lung box and equalisation come after
     names = list(SHIFTS)
     r = np.random.default_rng(cfg.seed)
 
@@ -504,7 +502,7 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
         if spec.crop != "lungs":
             return preprocess_unit(image.values, image.monochrome1, image.padding, spec)
         norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
-        return unit_and_box(norm, spec, box=scorer.lung_box_of(image))[0]
+        return unit_and_box(norm, spec, box=scorer.lung_box_of(image), padding=image.padding)[0]
 
     def features(idx, shifts_per_image: int, what: str):
         """The real scoring path (each file decoded and preprocessed as for a score), then the same
@@ -516,8 +514,8 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
             for p in data.paths[idx[i:i + 32]]:
                 image = open_image(str(p))
                 units.append(model_unit(image))
-                wholes.append(units[-1] if spec.crop != "lungs" else
-                              preprocess_unit(image.values, image.monochrome1, image.padding, whole_spec))
+                wholes.append(units[-1] if whole == spec else
+                              preprocess_unit(image.values, image.monochrome1, image.padding, whole))
             rows, row_kinds = list(units), ["none"] * len(units)
             for k, u in enumerate(wholes):
                 for name in r.choice(names, size=shifts_per_image, replace=False):

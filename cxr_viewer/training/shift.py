@@ -17,17 +17,17 @@ from typing import Callable, Generator
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, resize_square, unit_and_box
+from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, unit_and_box
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 
 def _renormalise(x: np.ndarray, spec: PreprocessSpec, anatomy=None) -> np.ndarray:
-    """What the pipeline does to any raw image: percentile window to [0, 1], resize; for a
-    ``crop="lungs"`` spec the lung box ``anatomy`` finds in the changed image."""
+    """What the pipeline does to any raw image: percentile window to [0, 1], resize (for a
+    ``crop="lungs"`` spec the lung box ``anatomy`` finds in the changed image), equalise if the spec says so."""
     norm = normalise_intensity(x, False, None, spec)
-    if spec.crop != "lungs":
-        return resize_square(norm, spec.input_size)
-    box = None if anatomy is None else anatomy.lung_box(norm, pad=spec.crop_pad)
+    if spec.crop == "lungs" and anatomy is None:
+        raise ValueError("a lung-box spec needs the anatomy model to find the box in a shifted image")
+    box = anatomy.lung_box(norm, pad=spec.crop_pad) if spec.crop == "lungs" else None
     return unit_and_box(norm, spec, box=box)[0]
 
 
@@ -108,10 +108,19 @@ SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 
 
 def shifted(unit: np.ndarray, shift: str, spec: PreprocessSpec, seed: int = 0, anatomy=None) -> np.ndarray:
-    """One preprocessed whole-image unit (S, S) in [0, 1] changed by ``shift`` and preprocessed
-    again by ``spec`` (for ``crop="lungs"``: the lung box that ``anatomy`` finds after the change)."""
+    """One whole-image unit (S, S) in [0, 1] after steps 1-2 only (:func:`whole_spec`) changed by
+    ``shift`` and preprocessed again by ``spec`` (for ``crop="lungs"``: the lung box that ``anatomy``
+    finds after the change)."""
     r = np.random.default_rng(seed)
     return _renormalise(np.asarray(SHIFTS[shift](np.asarray(unit, np.float32), r), np.float32), spec, anatomy)
+
+
+def whole_spec(spec: PreprocessSpec) -> PreprocessSpec:
+    """The spec whose units the shifts change: the whole image after the percentile window only
+    (a new hospital's image before the lung box or equalisation of the model's pipeline)."""
+    from dataclasses import replace
+
+    return replace(spec, crop="none", intensity="percentile")
 
 
 def shifted_set(units: np.ndarray, spec: PreprocessSpec, per_image: int | None = None, seed: int = 0,
