@@ -105,3 +105,12 @@ def test_an_equalising_model_is_trained_and_scored_through_the_same_preprocessin
     assert gate.meta.preprocessing.intensity == "percentile"  # the image check reads images as it was trained
     assert np.allclose(unit, gate.unit(image.values, image.monochrome1, image.padding), atol=1e-6)
     assert scorer.score(image, heatmaps=True, score_anyway=True).head("pneumonia").available
+
+    # fine-tuning it (the training dialog's "Current model") keeps equalising unless told otherwise
+    from cxr_viewer.training.engine import preprocessing_for
+
+    again = tiny_config(root, tmp_path / "m2.safetensors", init=done.model_path)
+    assert preprocessing_for(again).intensity == "equalize"
+    assert preprocessing_for(tiny_config(root, tmp_path / "m3.safetensors", init=done.model_path,
+                                         intensity="percentile")).intensity == "percentile"
+    assert preprocessing_for(tiny_config(root, tmp_path / "m4.safetensors")).intensity == "percentile"

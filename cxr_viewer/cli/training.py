@@ -256,10 +256,10 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--mixup", type=float, help="mixup: blend each batch with a shuffled copy, Beta(A, A) (e.g. 0.4; default 0: off)")
     p.add_argument("--crop", choices=("none", "lungs"),
                    help="lungs: the model reads the box around both lungs found by the anatomy model, not the "
-                        "whole image (default none)")
+                        "whole image (default: as the --init model, else none)")
     p.add_argument("--intensity", choices=("percentile", "equalize"),
                    help="equalize: histogram equalisation after the percentile window, so that exposure, gamma and "
-                        "processing curves change nothing (default percentile)")
+                        "processing curves change nothing (default: as the --init model, else percentile)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--init", help="scratch (default), a cxr_viewer model .safetensors, or local ImageNet ResNet50 weights")

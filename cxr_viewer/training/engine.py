@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cxr_viewer.ai.inference import autocast, choose_device
-from cxr_viewer.ai.model import HEADS, CxrNet, HeadInfo, ModelMeta, load_model, save_model, sidecar_path
+from cxr_viewer.ai.model import HEADS, CxrNet, HeadInfo, ModelMeta, load_model, read_meta, save_model, sidecar_path
 from cxr_viewer.ai.preprocess import PreprocessSpec
 from cxr_viewer.common.errors import ImageOpenError, UserError
 from cxr_viewer.common.fileio import atomic_path
@@ -84,10 +84,12 @@ class TrainConfig:
     #: mixup (Zhang et al. 2018): each batch blended with a shuffled copy of itself, labels alike,
     #: the blend drawn from Beta(mixup, mixup); 0: off
     mixup: float = 0.0
-    #: "lungs": the model reads the box around both lungs (the anatomy model's), not the whole image
-    crop: str = "none"
-    #: "equalize": histogram equalisation after the percentile window (ai.preprocess), in training and scoring
-    intensity: str = "percentile"
+    #: "lungs": the model reads the box around both lungs (the anatomy model's), not the whole image;
+    #: None: as the initial model reads images (a cxr_viewer model given as ``init``), else "none"
+    crop: str | None = None
+    #: "equalize": histogram equalisation after the resize (ai.preprocess), in training and scoring;
+    #: None: as the initial model, else "percentile"
+    intensity: str | None = None
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -122,9 +124,9 @@ class TrainConfig:
             raise DataError("ema must be in [0, 1)")
         if not 0.0 <= self.mixup <= 10.0:
             raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
-        if self.crop not in ("none", "lungs"):
+        if self.crop not in (None, "none", "lungs"):
             raise DataError("crop must be none or lungs")
-        if self.intensity not in ("percentile", "equalize"):
+        if self.intensity not in (None, "percentile", "equalize"):
             raise DataError("intensity must be percentile or equalize")
         if self.schedule not in ("cosine", "constant"):
             raise DataError("schedule must be cosine or constant")
@@ -471,6 +473,21 @@ def prepare_images(samples: list[Sample], cache: PreprocessCache, cancel: Cancel
 
 # --- model init -----------------------------------------------------------------------------
 
+def preprocessing_for(cfg: TrainConfig) -> PreprocessSpec:
+    """The run's preprocessing: the config's lung box and intensity where given, else those of the
+    initial model when it is a cxr_viewer model (fine-tuning an equalising model must not feed it
+    unequalised images), else the whole image and the percentile window."""
+    inherited = PreprocessSpec()
+    if (cfg.crop is None or cfg.intensity is None) and cfg.init not in ("", "scratch"):
+        try:
+            inherited = read_meta(cfg.init).preprocessing
+        except Exception:  # noqa: BLE001 - ImageNet weights, or a bad file: initial_model says why
+            pass
+    return PreprocessSpec(input_size=cfg.input_size, crop=cfg.crop or inherited.crop,
+                          crop_pad=inherited.crop_pad if cfg.crop is None else PreprocessSpec.crop_pad,
+                          intensity=cfg.intensity or inherited.intensity)
+
+
 def initial_model(cfg: TrainConfig) -> tuple[CxrNet, str]:
     """The network to start from. Any unusable --init file raises DataError with one line."""
     model = CxrNet(HEADS, 256, cfg.head_activation)
@@ -711,7 +728,8 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
     validate_for_training(train_s)  # before decoding anything
-    spec = PreprocessSpec(input_size=cfg.input_size, crop=cfg.crop, intensity=cfg.intensity)
+    spec = preprocessing_for(cfg)
+    cfg.crop, cfg.intensity = spec.crop, spec.intensity  # the run's record says what was used
     cache = PreprocessCache(cfg.cache_dir, spec)
     train_x, train_s, bad_train = yield from prepare_images(train_s, cache, cancel, "preparing training images")
     val_x, val_s, bad_val = yield from prepare_images(val_s, cache, cancel, "preparing validation images")
