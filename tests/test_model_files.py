@@ -181,7 +181,7 @@ SIDECAR_CASES = [
     ("input_size_bool", _set("preprocessing.input_size", True), r"input_size must be an integer", False),
     ("top_input_size_differs", _set("input_size", 8), r"input_size must be", False),
     ("resize_crop", _set("preprocessing.resize", "crop"), r"resize must be one of squash", False),
-    ("preprocessing_version_2", _set("preprocessing.version", 2), r"preprocessing\.version must be", False),
+    ("preprocessing_version_3", _set("preprocessing.version", 3), r"preprocessing\.version must be", False),
     ("preprocessing_list", _set("preprocessing", [224]), r"preprocessing must be a JSON object", False),
     ("head_hidden_string", _set("head_hidden", "256"), r"head_hidden must be", False),
     ("head_hidden_zero", _set("head_hidden", 0), r"head_hidden must be", False),
