@@ -284,7 +284,7 @@ def _preprocessing_from_doc(doc: Any, default: PreprocessSpec = PreprocessSpec()
         crop_pad=f.number("crop_pad", default.crop_pad, 0.0, 0.5),
         intensity=f.choice("intensity", ("percentile", "equalize"), default.intensity),
     )
-    f.integer("version", default.version, 1, 2)  # 2: the lung box or equalisation (``to_dict`` writes it)
+    f.integer("version", 1, 1, 2)  # 2: the lung box or equalisation (``PreprocessSpec.version``)
     if spec.low_percentile >= spec.high_percentile:
         raise f.invalid("low_percentile", f"below high_percentile ({spec.high_percentile:g})", spec.low_percentile)
     if spec.std < 1e-6:

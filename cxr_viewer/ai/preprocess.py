@@ -40,17 +40,18 @@ class PreprocessSpec:
     channels: int = 3
     mean: float = 0.5
     std: float = 0.25
-    version: int = 1
     crop: str = "none"  # "none": the whole image; "lungs": the lung box (needs the lung mask)
     crop_pad: float = 0.1  # the lung box grows by this share of its side on each side
     intensity: str = "percentile"  # or "equalize": histogram equalisation after the percentile window
 
+    @property
+    def version(self) -> int:
+        """2 for the lung box or equalisation: readers that know only version 1 refuse such a file
+        instead of feeding the model whole, unequalised images (also part of the training cache's key)."""
+        return 1 if (self.crop, self.intensity) == ("none", "percentile") else 2
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if self.crop != "none" or self.intensity != "percentile":
-            # readers that know only version 1 refuse the file instead of feeding it whole,
-            # unequalised images; the version is also part of the training cache's key
-            d["version"] = 2
+        d = {**asdict(self), "version": self.version}
         if self.crop == "none":  # files written before the lung box existed read the same
             del d["crop"], d["crop_pad"]
         if self.intensity == "percentile":  # and before equalisation existed
@@ -194,14 +195,18 @@ def unit_and_box(norm: np.ndarray, spec: PreprocessSpec, lungs: np.ndarray | Non
 
 
 def preprocess_unit(values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
-                    spec: PreprocessSpec = PreprocessSpec(), lungs: np.ndarray | None = None,
-                    box: LungBox | None = None) -> np.ndarray:
+                    spec: PreprocessSpec = PreprocessSpec(), anatomy=None) -> np.ndarray:
     """Steps 1-3: modality values -> (size, size) float32 in [0, 1].
 
-    Training caches this output on disk and augments it; inference goes straight on. ``lungs`` or
-    ``box`` are used by a ``crop="lungs"`` spec only (:func:`unit_and_box`).
+    Training caches this output on disk and augments it; inference goes straight on. A
+    ``crop="lungs"`` spec needs ``anatomy`` (``ai.anatomy.AnatomyModel``) to find the lung box.
     """
-    return unit_and_box(normalise_intensity(values, monochrome1, padding, spec), spec, lungs, box, padding)[0]
+    box = None
+    if spec.crop == "lungs":
+        if anatomy is None:
+            raise ValueError("a lung-box spec needs the anatomy model to find the lung box")
+        box = anatomy.lung_box(values, monochrome1, padding, spec.crop_pad)
+    return unit_and_box(normalise_intensity(values, monochrome1, padding, spec), spec, box=box, padding=padding)[0]
 
 
 def standardise(unit: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
@@ -212,11 +217,11 @@ def standardise(unit: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np
 
 
 def preprocess(values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
-               spec: PreprocessSpec = PreprocessSpec(), box: LungBox | None = None) -> np.ndarray:
+               spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
     """Modality values -> model input, float32 (channels, size, size)."""
-    return standardise(preprocess_unit(values, monochrome1, padding, spec, box=box), spec)
+    return standardise(preprocess_unit(values, monochrome1, padding, spec), spec)
 
 
-def preprocess_image(image, spec: PreprocessSpec = PreprocessSpec(), box: LungBox | None = None) -> np.ndarray:
+def preprocess_image(image, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
     """:func:`preprocess` for a :class:`~cxr_viewer.io.image.LoadedImage`."""
-    return preprocess(image.values, image.monochrome1, image.padding, spec, box)
+    return preprocess(image.values, image.monochrome1, image.padding, spec)

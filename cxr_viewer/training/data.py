@@ -288,10 +288,7 @@ class PreprocessCache:
                 except (OSError, ValueError):
                     pass  # a damaged cache entry is recomputed
         image = open_image(path)
-        box = None
-        if self.spec.crop == "lungs":
-            box = self.anatomy.lung_box(image.values, image.monochrome1, image.padding, self.spec.crop_pad)
-        unit = preprocess_unit(image.values, image.monochrome1, image.padding, self.spec, box=box)
+        unit = preprocess_unit(image.values, image.monochrome1, image.padding, self.spec, self.anatomy)
         if cached:
             tmp = f"{cached}.{os.getpid()}.tmp.npy"
             try:

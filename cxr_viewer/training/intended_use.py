@@ -486,7 +486,7 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     each). Fitted on unshifted children only, the distance called 95% of the validation children
     "unlike the training images" once their field of view was 30% wider, 16% once rotated by 6
     degrees: another hospital's children would have been refused as out of distribution."""
-    from cxr_viewer.ai.preprocess import normalise_intensity, preprocess_unit, standardise, unit_and_box
+    from cxr_viewer.ai.preprocess import preprocess_unit, standardise
     from cxr_viewer.training.shift import SHIFTS, shifted, whole_spec
 
     cfg = cfg or GateConfig()  # the image check's own split: the same validation children for both
@@ -498,12 +498,6 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     names = list(SHIFTS)
     r = np.random.default_rng(cfg.seed)
 
-    def model_unit(image) -> np.ndarray:
-        if spec.crop != "lungs":
-            return preprocess_unit(image.values, image.monochrome1, image.padding, spec)
-        norm = normalise_intensity(image.values, image.monochrome1, image.padding, spec)
-        return unit_and_box(norm, spec, box=scorer.lung_box_of(image), padding=image.padding)[0]
-
     def features(idx, shifts_per_image: int, what: str):
         """The real scoring path (each file decoded and preprocessed as for a score), then the same
         units shifted ``shifts_per_image`` times; returns (features, shift name per row)."""
@@ -513,7 +507,7 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
             units, wholes = [], []
             for p in data.paths[idx[i:i + 32]]:
                 image = open_image(str(p))
-                units.append(model_unit(image))
+                units.append(preprocess_unit(image.values, image.monochrome1, image.padding, spec, scorer.anatomy))
                 wholes.append(units[-1] if whole == spec else
                               preprocess_unit(image.values, image.monochrome1, image.padding, whole))
             rows, row_kinds = list(units), ["none"] * len(units)

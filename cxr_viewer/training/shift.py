@@ -17,18 +17,14 @@ from typing import Callable, Generator
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cxr_viewer.ai.preprocess import PreprocessSpec, normalise_intensity, unit_and_box
+from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 
 def _renormalise(x: np.ndarray, spec: PreprocessSpec, anatomy=None) -> np.ndarray:
     """What the pipeline does to any raw image: percentile window to [0, 1], resize (for a
     ``crop="lungs"`` spec the lung box ``anatomy`` finds in the changed image), equalise if the spec says so."""
-    norm = normalise_intensity(x, False, None, spec)
-    if spec.crop == "lungs" and anatomy is None:
-        raise ValueError("a lung-box spec needs the anatomy model to find the box in a shifted image")
-    box = anatomy.lung_box(norm, pad=spec.crop_pad) if spec.crop == "lungs" else None
-    return unit_and_box(norm, spec, box=box)[0]
+    return preprocess_unit(x, spec=spec, anatomy=anatomy)
 
 
 def _pil(x: np.ndarray) -> Image.Image:
