@@ -187,7 +187,9 @@ def check_deidentified(path: Path, tmp_path: Path) -> None:
         assert out.get(kw) == before.get(kw)
 
     # nothing identifying anywhere, original dates included: in memory and in the file written
-    secrets = secrets_of(before) + dates_of(before)
+    # (an original date that a shifted one happens to equal is no leak: 2004-08-26 moved back 3,257
+    # days is RG1's other date, 1995-09-26, once in 3,288 runs; every date moved is checked above)
+    secrets = secrets_of(before) + sorted(set(dates_of(before)) - set(dates_of(out)))
     assert secrets
     assert_no_secrets(header_bytes(out), secrets, f"de-identified {path.name}")
     dst = tmp_path / f"deid_{path.name}"
