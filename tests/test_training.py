@@ -490,3 +490,39 @@ def test_shifts_change_the_image_and_keep_the_pipeline_range():
         assert 0.0 <= out.min() and out.max() <= 1.0 and np.isfinite(out).all()
         assert np.abs(out - unit).mean() > 1e-3, name
         assert np.array_equal(out, shifted(unit, name, spec, seed=1))  # reproducible
+
+
+def test_split_seed_keeps_the_validation_split_while_the_training_seed_varies(tiny_root, tmp_path, monkeypatch):
+    """Members of a seed ensemble must be chosen on one validation split: ``split_seed`` fixes it."""
+    import argparse
+
+    from cxr_viewer.cli.training import _train_config, add_parsers
+    from cxr_viewer.training import engine
+
+    chosen = []
+    real = engine.choose_validation
+
+    def recording(scan, fraction, seed):
+        train_s, val_s, note = real(scan, fraction, seed)
+        chosen.append(sorted(s.path for s in val_s))
+        return train_s, val_s, note
+
+    monkeypatch.setattr(engine, "choose_validation", recording)
+
+    def validation_of(**kw):
+        gen = train(tiny_config(tiny_root, tmp_path / f"m{len(chosen)}.safetensors", **kw))
+        for ev in gen:
+            if isinstance(ev, ScanEvent):
+                gen.close()
+                break
+        return chosen[-1]
+
+    base = validation_of(seed=0)
+    assert validation_of(seed=1, split_seed=0) == base
+    assert validation_of(seed=2, split_seed=0) == base
+    assert any(validation_of(seed=s) != base for s in (1, 2, 3))  # without it the seed moves the split
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "DATA", "--out", "m.safetensors", "--seed", "3", "--split-seed", "0"])
+    assert (_train_config(args).seed, _train_config(args).split_seed) == (3, 0)

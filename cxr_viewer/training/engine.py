@@ -96,6 +96,9 @@ class TrainConfig:
     early_stopping: int = 5  # patience in epochs on validation AUROC; 0 = off
     val_split: float = 0.1
     seed: int = 0
+    #: the validation split's seed (and its shifted copies'); None: ``seed``. Fixing it while ``seed``
+    #: varies trains members of a seed ensemble on the same split, chosen on the same validation
+    split_seed: int | None = None
     num_workers: int = 1
     cache_dir: str | None = field(default_factory=default_cache_dir)
     limit_per_class: int | None = None  # use at most this many images per class folder (tests, quick looks)
@@ -724,9 +727,10 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     # data
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
     validate_for_training(scan.splits.get("train", []))  # empty or single-class data: say so before splitting
-    train_s, val_s, val_note = choose_validation(scan, cfg.val_split, cfg.seed)
-    train_s = _limit(train_s, cfg.limit_per_class, cfg.seed)
-    val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train_s, val_s, val_note = choose_validation(scan, cfg.val_split, split_seed)
+    train_s = _limit(train_s, cfg.limit_per_class, split_seed)
+    val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), split_seed)
     validate_for_training(train_s)  # before decoding anything
     spec = preprocessing_for(cfg)
     cfg.crop, cfg.intensity = spec.crop, spec.intensity  # the run's record says what was used
@@ -756,7 +760,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             whole, _, _ = yield from prepare_images(val_s, PreprocessCache(cfg.cache_dir, whole_spec(spec)),
                                                     cancel, "preparing validation images")
         units, src, shift_kinds = yield from shifted_set(whole.astype(np.float32) / 65535.0, spec, per_image=3,
-                                                         seed=cfg.seed, cancel=cancel, anatomy=cache.anatomy)
+                                                         seed=split_seed, cancel=cancel, anatomy=cache.anatomy)
         shift_x, shift_y = np.rint(units * 65535.0).astype(np.uint16), val_y[src]
 
     # model, optimiser, schedule
