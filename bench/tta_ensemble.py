@@ -1,12 +1,14 @@
 """Test-time augmentation and model ensembles, measured on the shift-mimicking validation.
 
-    python bench/tta_ensemble.py MODEL [MODEL2]
+    python bench/tta_ensemble.py MODEL [MODEL2 ...]
 
 The validation split of MODEL (re-derived from its metadata, as ``evaluate --split validation``)
 plus three shifted copies of each image (``training.shift``, seed 0), each shifted as a whole image
 (a lung-box model's box is found after the change). Prints, for MODEL alone, MODEL with test-time
 augmentation (logits averaged over the image as it is, gamma 0.8 and 1.25, a 90% centre crop and
-a 10% wider field), and MODEL + MODEL2 (logits averaged): AUROC on the split, AUROC pooled with the
+a 10% wider field), each further model alone, and the ensemble of all models given (logits
+averaged; it costs one pass per model, e.g. a seed ensemble trained with ``train --seed N
+--split-seed 0``, which keeps MODEL's validation split): AUROC on the split, AUROC pooled with the
 shifted copies, and the specificity at the threshold that keeps sensitivity >= 0.95 on the pooled
 images (the shipped model's rule). Needs ../shared/data/kermany. Research use only.
 """
@@ -76,7 +78,7 @@ def main() -> None:
     if len(sys.argv) < 2 or not DATA.is_dir():
         sys.exit(__doc__)
     a = Scorer.from_file(sys.argv[1], "cpu", "auto")
-    b = Scorer.from_file(sys.argv[2], "cpu", "auto") if len(sys.argv) > 2 else None
+    others = [Scorer.from_file(path, "cpu", "auto") for path in sys.argv[2:]]
     whole = whole_spec(a.meta.preprocessing)
     samples, _note = select_samples(str(DATA), "validation", a.meta.training)
     units, kept, _bad = run_to_completion(_units(samples, whole, NEVER_CANCELLED))
@@ -88,8 +90,11 @@ def main() -> None:
     za = {name: logits(a, whole, v) for name, v in VIEWS.items()}
     rows["model alone"] = za["as it is"]
     rows["model, test-time augmentation (5 views)"] = np.mean(list(za.values()), axis=0)
-    if b is not None:
-        rows["model + second model"] = (za["as it is"] + logits(b, whole, VIEWS["as it is"])) / 2
+    if others:
+        zs = [logits(b, whole, VIEWS["as it is"]) for b in others]
+        for k, z in enumerate(zs, start=2):
+            rows[f"model {k} alone"] = z
+        rows[f"ensemble of the {len(zs) + 1} models"] = np.mean([za["as it is"], *zs], axis=0)
     print(f"{n} validation images + {len(sh)} shifted copies; specificity at sensitivity >= 0.95 on the pooled images")
     print("| variant | AUROC (split) | AUROC (pooled) | specificity |\n|---|---|---|---|")
     for name, z in rows.items():
