@@ -522,6 +522,12 @@ def test_split_seed_keeps_the_validation_split_while_the_training_seed_varies(ti
     assert validation_of(seed=2, split_seed=0) == base
     assert any(validation_of(seed=s) != base for s in (1, 2, 3))  # without it the seed moves the split
 
+    # evaluate --split validation re-derives the split a member was chosen on from its description
+    from cxr_viewer.training.evaluation import select_samples
+
+    val, _ = select_samples(str(tiny_root), "validation", {"config": {"val_split": 0.25, "seed": 3, "split_seed": 0}})
+    assert sorted(s.path for s in val) == base
+
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "DATA", "--out", "m.safetensors", "--seed", "3", "--split-seed", "0"])

@@ -113,11 +113,12 @@ def select_samples(data_dir: str, split: str, model_training: dict | None = None
                    labels_csv: str | None = None) -> tuple[list[Sample], str]:
     """``split``: ``test`` (a Kaggle root's test/ folder, or the folder itself when it holds class
     folders), or ``validation``: the split the model was chosen on, re-derived from its metadata
-    (ratio and seed), so the model card's numbers can be reproduced."""
+    (ratio and the split's seed), so the model card's numbers can be reproduced."""
     scan = scan_dataset(data_dir, labels_csv)
     if split == "validation":
         cfg = (model_training or {}).get("config") or {}
-        ratio, seed = float(cfg.get("val_split", 0.1)), int(cfg.get("seed", 0))
+        ratio = float(cfg.get("val_split", 0.1))
+        seed = int(cfg["split_seed"] if cfg.get("split_seed") is not None else cfg.get("seed", 0))
         if labels_csv is None and cfg.get("labels_csv"):
             scan = scan_dataset(data_dir, cfg["labels_csv"])
         _, val, note = choose_validation(scan, ratio, seed)
