@@ -177,17 +177,17 @@ def unit_and_box(norm: np.ndarray, spec: PreprocessSpec, lungs: np.ndarray | Non
     the whole image squared. Equalised last where the spec says so: padding pixels are not counted
     and stay 0; a dark surround, and the part of a lung box beyond the image, count like any pixel."""
     size = spec.input_size
-    equalising = spec.intensity == "equalize"
-    if spec.crop != "lungs":
+    if spec.crop == "lungs" and box is None:
+        box = lung_box(lungs, norm.shape[:2], spec.crop_pad)
+    elif spec.crop != "lungs":
         box = None
-        unit = resize_square(norm, size)
-        pad = None if padding is None or not equalising else resize_square(padding.astype(np.float32), size) > 0.5
-    else:
-        if box is None:
-            box = lung_box(lungs, norm.shape[:2], spec.crop_pad)
-        unit = restretch(crop_resize(norm, box, size), spec)
-        pad = None if padding is None or not equalising else crop_resize(padding.astype(np.float32), box, size) > 0.5
-    if equalising:
+
+    def cut(a: np.ndarray) -> np.ndarray:  # the image and its padding mask alike
+        return resize_square(a, size) if box is None else crop_resize(a, box, size)
+
+    unit = cut(norm) if box is None else restretch(cut(norm), spec)
+    if spec.intensity == "equalize":
+        pad = None if padding is None else cut(padding.astype(np.float32)) > 0.5
         unit = equalise(unit, pad)
         if pad is not None:
             unit[pad] = 0.0

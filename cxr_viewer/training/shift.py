@@ -21,12 +21,6 @@ from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit
 from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 
 
-def _renormalise(x: np.ndarray, spec: PreprocessSpec, anatomy=None) -> np.ndarray:
-    """What the pipeline does to any raw image: percentile window to [0, 1], resize (for a
-    ``crop="lungs"`` spec the lung box ``anatomy`` finds in the changed image), equalise if the spec says so."""
-    return preprocess_unit(x, spec=spec, anatomy=anatomy)
-
-
 def _pil(x: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(np.clip(x, 0, 1) * 255).astype(np.uint8))
 
@@ -108,7 +102,9 @@ def shifted(unit: np.ndarray, shift: str, spec: PreprocessSpec, seed: int = 0, a
     ``shift`` and preprocessed again by ``spec`` (for ``crop="lungs"``: the lung box that ``anatomy``
     finds after the change)."""
     r = np.random.default_rng(seed)
-    return _renormalise(np.asarray(SHIFTS[shift](np.asarray(unit, np.float32), r), np.float32), spec, anatomy)
+    # what the pipeline does to any raw image: percentile window, resize or lung box, equalisation
+    return preprocess_unit(np.asarray(SHIFTS[shift](np.asarray(unit, np.float32), r), np.float32), spec=spec,
+                           anatomy=anatomy)
 
 
 def whole_spec(spec: PreprocessSpec) -> PreprocessSpec:
