@@ -50,6 +50,14 @@ def test_scan_shows_counts(qtbot, dialog):
         dialog.scan()
     text = dialog.scan_text.toPlainText()
     assert "NORMAL 10" in text and "PNEUMONIA 10" in text and "grouped by patient" in text
+    assert dialog.config().split_by == "patient"
+
+    dialog.split_by.setCurrentIndex(dialog.split_by.findData("earliest"))
+    with qtbot.waitSignal(dialog.scan_runner.finished, timeout=30000):
+        dialog.scan()
+    assert "earliest 10% of patients" in dialog.scan_text.toPlainText()
+    assert dialog.config().split_by == "earliest"
+    dialog.grab().save(str(SCREENSHOTS / "training_dialog_earliest.png"))
 
 
 def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):

@@ -101,6 +101,54 @@ def test_grouped_split_has_no_patient_on_both_sides(shared_data):
         assert abs(share - 3875 / 5216) < 0.03  # stratified
 
 
+def test_earliest_split_holds_out_the_lowest_numbered_patients_of_each_class_and_series():
+    from cxr_viewer.training.data import Sample, choose_validation, earliest_split
+
+    samples = []
+    for n in range(1, 41):  # 40 pneumonia patients, two images each, numbered out of order
+        samples += [Sample(f"p/person{(n * 7) % 41}_bacteria_{k}.jpeg", (1,), f"PERSON{(n * 7) % 41}", "PNEUMONIA")
+                    for k in range(2)]
+    samples += [Sample(f"n/IM-{n:04d}-0001.jpeg", (0,), f"IM-{n:04d}", "NORMAL") for n in range(115, 135)]
+    samples += [Sample(f"n/NORMAL2-IM-{n:04d}-0001.jpeg", (0,), f"NORMAL2-IM-{n:04d}", "NORMAL")
+                for n in range(300, 330)]
+    samples.append(Sample("n/odd.jpeg", (0,), "ODD", "NORMAL"))  # no number: always trained on
+    train_s, val_s = earliest_split(samples, 0.1)
+    assert len(train_s) + len(val_s) == len(samples)
+    assert {s.patient for s in val_s} == {"PERSON1", "PERSON2", "PERSON3", "PERSON4", "IM-0115", "IM-0116",
+                                          "NORMAL2-IM-0300", "NORMAL2-IM-0301", "NORMAL2-IM-0302"}
+    assert not {s.patient for s in train_s} & {s.patient for s in val_s}
+    assert "ODD" in {s.patient for s in train_s}
+    with pytest.raises(DataError):
+        earliest_split([s for s in samples if s.patient == "ODD"] * 3, 0.1)
+    with pytest.raises(DataError):
+        choose_validation(type("Scan", (), {"splits": {"train": samples}})(), 0.1, 0, "alphabetical")
+
+
+def test_earliest_split_of_kermany_is_re_derived_by_evaluate(shared_data):
+    import argparse
+
+    from cxr_viewer.cli.training import _train_config, add_parsers
+    from cxr_viewer.training.data import choose_validation
+    from cxr_viewer.training.evaluation import select_samples
+
+    root = str(shared_data / "kermany")
+    train_s, val_s, note = choose_validation(scan_dataset(root), 0.1, 0, "earliest")
+    assert "earliest" in note and 0.08 < len(val_s) / (len(train_s) + len(val_s)) < 0.15
+    trained = {s.patient for s in train_s}
+    for prefix in ("IM-", "NORMAL2-IM-", "PERSON"):
+        def number(p):
+            return int(p[len(prefix):])
+        held = [number(s.patient) for s in val_s if s.patient.startswith(prefix)]
+        rest = [number(p) for p in trained if p.startswith(prefix)]
+        assert held and max(held) < min(rest)  # every held-out patient came before every trained one
+    val, _ = select_samples(root, "validation", {"config": {"val_split": 0.1, "seed": 5, "split_by": "earliest"}})
+    assert sorted(s.path for s in val) == sorted(s.path for s in val_s)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "DATA", "--out", "m.safetensors", "--split-by", "earliest"])
+    assert _train_config(args).split_by == "earliest"
+
+
 def test_jsrt_labels_define_the_positive_class(shared_data):
     samples = read_labels_csv(str(shared_data / "jsrt" / "jsrt_metadata.csv"))
     counts = Counter(s.label("lung_cancer_association") for s in samples)
@@ -502,8 +550,8 @@ def test_split_seed_keeps_the_validation_split_while_the_training_seed_varies(ti
     chosen = []
     real = engine.choose_validation
 
-    def recording(scan, fraction, seed):
-        train_s, val_s, note = real(scan, fraction, seed)
+    def recording(scan, fraction, seed, *by):
+        train_s, val_s, note = real(scan, fraction, seed, *by)
         chosen.append(sorted(s.path for s in val_s))
         return train_s, val_s, note
 

@@ -18,7 +18,7 @@ def _train_config(args: argparse.Namespace):
 
     cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
-                "input_size", "precision", "device", "init", "early_stopping", "val_split", "seed", "split_seed", "num_workers",
+                "input_size", "precision", "device", "init", "early_stopping", "val_split", "split_by", "seed", "split_seed", "num_workers",
                 "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
                 "augment_strength", "select_on", "ema", "mixup", "crop", "intensity"):
         value = getattr(args, key, None)
@@ -269,6 +269,10 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     else:
         p.add_argument("--val-split", type=float, help="validation fraction carved from train (default 0.1)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--split-by", choices=("patient", "earliest"),
+                   help="how validation is carved from train: patient (grouped by patient at random, the default) or "
+                        "earliest (the lowest-numbered patients of each class and id series: acquired apart from "
+                        "the training images, as a new hospital's are)")
     p.add_argument("--split-seed", type=int,
                    help="seed of the validation split and its shifted copies (default: --seed); keep it and vary "
                         "--seed to train members of a seed ensemble on one split")

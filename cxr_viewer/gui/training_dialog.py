@@ -50,13 +50,13 @@ class ScanPreview:
     skipped: tuple[str, ...]
 
 
-def scan_task(folder: str, labels_csv: str | None, val_split: float, seed: int,
+def scan_task(folder: str, labels_csv: str | None, val_split: float, seed: int, split_by: str = "patient",
               cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, ScanPreview]:
     yield Progress("scanning", 0, 1, folder)
     scan = scan_dataset(folder, labels_csv or None)
     cancel.raise_if_cancelled()
     try:
-        train_s, val_s, note = choose_validation(scan, val_split, seed)
+        train_s, val_s, note = choose_validation(scan, val_split, seed, split_by)
     except DataError as exc:
         train_s, val_s, note = scan.splits.get("train", []), [], f"no validation split: {exc}"
     return ScanPreview(scan.summary(), note, len(train_s), len(val_s),
@@ -123,6 +123,12 @@ class TrainingDialog(QDialog):
         self.val_split.setRange(0.05, 0.45)
         self.val_split.setSingleStep(0.05)
         self.val_split.setValue(0.1)
+        self.split_by = QComboBox(self)
+        self.split_by.addItem("Patients at random", "patient")
+        self.split_by.addItem("Earliest patients", "earliest")
+        self.split_by.setToolTip("Earliest patients: the lowest-numbered patients of each class and id series "
+                                 "(e.g. IM-0115, person12) are validated on: acquired apart from the training "
+                                 "images, as a new hospital's are")
         self.balance = QCheckBox("Class-balanced sampling", self)
         self.balance.setChecked(True)
         self.augment = QCheckBox("Augmentation (rotation, shift, zoom, brightness/contrast; no flips)", self)
@@ -155,12 +161,13 @@ class TrainingDialog(QDialog):
                  ("Batch size", self.batch), ("Head activation", self.activation), ("Input size", self.input_size),
                  ("Validation split", self.val_split), ("Early stopping (epochs)", self.patience),
                  ("Precision", self.precision), ("Device", self.device), ("Initial weights", self.init),
-                 ("Seed", self.seed)]
+                 ("Seed", self.seed), ("Validation patients", self.split_by)]
         for i, (label, widget) in enumerate(pairs):
             opts.addWidget(QLabel(label, self), i // 3, (i % 3) * 2)
             opts.addWidget(widget, i // 3, (i % 3) * 2 + 1)
-        opts.addWidget(self.balance, 4, 0, 1, 3)
-        opts.addWidget(self.augment, 4, 3, 1, 3)
+        row = (len(pairs) + 2) // 3
+        opts.addWidget(self.balance, row, 0, 1, 3)
+        opts.addWidget(self.augment, row, 3, 1, 3)
         form.addRow("Options", opts)
         form.addRow("Save model to", self.out)
 
@@ -267,7 +274,8 @@ class TrainingDialog(QDialog):
             self.scan_text.setPlainText("Choose a folder first.")
             return
         self.scan_text.setPlainText("Scanning...")
-        self.scan_runner.submit(scan_task, folder, self.labels_csv.text().strip(), self.val_split.value(), self.seed.value())
+        self.scan_runner.submit(scan_task, folder, self.labels_csv.text().strip(), self.val_split.value(), self.seed.value(),
+                               self.split_by.currentData())
 
     def _on_scanned(self, p: ScanPreview) -> None:
         lines = [p.summary, f"validation: {p.validation} -> {p.train_n} train / {p.val_n} validation images"]
@@ -284,7 +292,8 @@ class TrainingDialog(QDialog):
             balance=self.balance.isChecked(), augment=self.augment.isChecked(),
             precision=self.precision.currentText(), device=self.device.currentText(),
             init="scratch" if init == "file" else init, early_stopping=self.patience.value(),
-            val_split=self.val_split.value(), seed=self.seed.value(), num_workers=1,
+            val_split=self.val_split.value(), split_by=self.split_by.currentData(), seed=self.seed.value(),
+            num_workers=1,
         )
 
     def start_training(self, resume: bool = False, config: TrainConfig | None = None) -> None:

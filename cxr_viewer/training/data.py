@@ -228,8 +228,44 @@ def grouped_split(samples: list[Sample], val_ratio: float, seed: int) -> tuple[l
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
-def choose_validation(scan: DatasetScan, val_ratio: float, seed: int) -> tuple[list[Sample], list[Sample], str]:
-    """Use ``val/`` when it has at least MIN_VAL_IMAGES images, else carve from train."""
+SPLITS_BY = ("patient", "earliest")
+
+
+def _series_and_number(patient: str) -> tuple[str, int] | None:
+    """``NORMAL2-IM-0123`` -> (``NORMAL2-IM-``, 123); None when the id does not end in a number."""
+    m = re.match(r"^(.*?)(\d+)$", patient)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def earliest_split(samples: list[Sample], val_ratio: float) -> tuple[list[Sample], list[Sample]]:
+    """A validation split of the earliest patients: in each class and each numbered id series
+    (Kermany: ``IM-``, ``NORMAL2-IM-``, ``PERSON``), the ``val_ratio`` share of patients with the
+    lowest numbers. Sequential ids stand for acquisition order, so this validation was acquired
+    apart from the training images (another batch or period, as a new hospital's images are), not
+    interleaved with them as a random split is. Patients whose ids carry no number are trained on."""
+    if not 0.0 < val_ratio < 0.5:
+        raise DataError("the validation ratio must be between 0 and 0.5")
+    series: dict[tuple[str, str], set[int]] = {}
+    for s in samples:
+        sn = _series_and_number(s.patient)
+        if sn is not None:
+            series.setdefault((s.source, sn[0]), set()).add(sn[1])
+    held: set[tuple[str, str, int]] = set()
+    for (source, prefix), numbers in series.items():
+        take = int(np.ceil(val_ratio * len(numbers) - 1e-9)) if len(numbers) >= 2 else 0
+        held.update((source, prefix, n) for n in sorted(numbers)[:take])
+    val = [s for s in samples if (s.source, *(_series_and_number(s.patient) or ("", -1))) in held]
+    if not val:
+        raise DataError("no numbered patient ids (such as IM-0115 or person12) to take the earliest patients from; "
+                        "use the patient-grouped split")
+    val_ids = {id(s) for s in val}
+    return [s for s in samples if id(s) not in val_ids], val
+
+
+def choose_validation(scan: DatasetScan, val_ratio: float, seed: int,
+                      by: str = "patient") -> tuple[list[Sample], list[Sample], str]:
+    """Use ``val/`` when it has at least MIN_VAL_IMAGES images, else carve from train: grouped by
+    patient at random (``by="patient"``) or the earliest patients of each id series (``"earliest"``)."""
     train = scan.splits.get("train", [])
     val = scan.splits.get("val", [])
     if len(val) >= MIN_VAL_IMAGES:
@@ -237,6 +273,12 @@ def choose_validation(scan: DatasetScan, val_ratio: float, seed: int) -> tuple[l
     note = ""
     if val:
         note = f"val/ has only {len(val)} images, too few to choose a model on; "
+    if by == "earliest":
+        tr, va = earliest_split(train, val_ratio)
+        return tr, va, note + (f"the earliest {val_ratio:.0%} of patients of each class and id series carved out "
+                               f"of train (acquired apart from the training images)")
+    if by != "patient":
+        raise DataError(f"unknown split {by!r}: one of {', '.join(SPLITS_BY)}")
     tr, va = grouped_split(train, val_ratio, seed)
     return tr, va, note + f"{val_ratio:.0%} of train carved out, stratified by class and grouped by patient"
 

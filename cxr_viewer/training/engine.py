@@ -99,6 +99,7 @@ class TrainConfig:
     #: the validation split's seed (and its shifted copies'); None: ``seed``. Fixing it while ``seed``
     #: varies trains members of a seed ensemble on the same split, chosen on the same validation
     split_seed: int | None = None
+    split_by: str = "patient"  # "earliest": the lowest-numbered patients (data.earliest_split)
     num_workers: int = 1
     cache_dir: str | None = field(default_factory=default_cache_dir)
     limit_per_class: int | None = None  # use at most this many images per class folder (tests, quick looks)
@@ -728,7 +729,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     scan = scan_dataset(cfg.data_dir, cfg.labels_csv)
     validate_for_training(scan.splits.get("train", []))  # empty or single-class data: say so before splitting
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    train_s, val_s, val_note = choose_validation(scan, cfg.val_split, split_seed)
+    train_s, val_s, val_note = choose_validation(scan, cfg.val_split, split_seed, cfg.split_by)
     train_s = _limit(train_s, cfg.limit_per_class, split_seed)
     val_s = _limit(val_s, cfg.limit_per_class and max(2, cfg.limit_per_class // 4), split_seed)
     validate_for_training(train_s)  # before decoding anything

@@ -121,7 +121,7 @@ def select_samples(data_dir: str, split: str, model_training: dict | None = None
         seed = int(cfg["split_seed"] if cfg.get("split_seed") is not None else cfg.get("seed", 0))
         if labels_csv is None and cfg.get("labels_csv"):
             scan = scan_dataset(data_dir, cfg["labels_csv"])
-        _, val, note = choose_validation(scan, ratio, seed)
+        _, val, note = choose_validation(scan, ratio, seed, cfg.get("split_by", "patient"))
         return val, note
     if "test" in scan.splits:
         return scan.splits["test"], "the test/ split"
