@@ -136,10 +136,8 @@ def test_earliest_split_of_kermany_is_re_derived_by_evaluate(shared_data):
     assert "earliest" in note and 0.08 < len(val_s) / (len(train_s) + len(val_s)) < 0.15
     trained = {s.patient for s in train_s}
     for prefix in ("IM-", "NORMAL2-IM-", "PERSON"):
-        def number(p):
-            return int(p[len(prefix):])
-        held = [number(s.patient) for s in val_s if s.patient.startswith(prefix)]
-        rest = [number(p) for p in trained if p.startswith(prefix)]
+        held = [int(s.patient[len(prefix):]) for s in val_s if s.patient.startswith(prefix)]
+        rest = [int(p[len(prefix):]) for p in trained if p.startswith(prefix)]
         assert held and max(held) < min(rest)  # every held-out patient came before every trained one
     val, _ = select_samples(root, "validation", {"config": {"val_split": 0.1, "seed": 5, "split_by": "earliest"}})
     assert sorted(s.path for s in val) == sorted(s.path for s in val_s)
