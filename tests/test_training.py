@@ -112,12 +112,14 @@ def test_earliest_split_holds_out_the_lowest_numbered_patients_of_each_class_and
     samples += [Sample(f"n/NORMAL2-IM-{n:04d}-0001.jpeg", (0,), f"NORMAL2-IM-{n:04d}", "NORMAL")
                 for n in range(300, 330)]
     samples.append(Sample("n/odd.jpeg", (0,), "ODD", "NORMAL"))  # no number: always trained on
+    samples.append(Sample("n/person3_normal.jpeg", (0,), "PERSON3", "NORMAL"))  # held out with its pneumonia
     train_s, val_s = earliest_split(samples, 0.1)
     assert len(train_s) + len(val_s) == len(samples)
     assert {s.patient for s in val_s} == {"PERSON1", "PERSON2", "PERSON3", "PERSON4", "IM-0115", "IM-0116",
                                           "NORMAL2-IM-0300", "NORMAL2-IM-0301", "NORMAL2-IM-0302"}
     assert not {s.patient for s in train_s} & {s.patient for s in val_s}
     assert "ODD" in {s.patient for s in train_s}
+    assert "n/person3_normal.jpeg" in {s.path for s in val_s}
     with pytest.raises(DataError):
         earliest_split([s for s in samples if s.patient == "ODD"] * 3, 0.1)
     with pytest.raises(DataError):

@@ -254,12 +254,12 @@ def earliest_split(samples: list[Sample], val_ratio: float) -> tuple[list[Sample
     for (source, prefix), numbers in series.items():
         take = int(np.ceil(val_ratio * len(numbers) - 1e-9)) if len(numbers) >= 2 else 0
         held.update((source, prefix, n) for n in sorted(numbers)[:take])
-    val = [s for s in samples if (s.source, *(_series_and_number(s.patient) or ("", -1))) in held]
-    if not val:
+    # a patient held out in one class is held out in every class (no patient on both sides)
+    patients = {s.patient for s in samples if (s.source, *(_series_and_number(s.patient) or ("", -1))) in held}
+    if not patients:
         raise DataError("no numbered patient ids (such as IM-0115 or person12) to take the earliest patients from; "
                         "use the patient-grouped split")
-    val_ids = {id(s) for s in val}
-    return [s for s in samples if id(s) not in val_ids], val
+    return [s for s in samples if s.patient not in patients], [s for s in samples if s.patient in patients]
 
 
 def choose_validation(scan: DatasetScan, val_ratio: float, seed: int,
