@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -580,3 +581,61 @@ def test_split_seed_keeps_the_validation_split_while_the_training_seed_varies(ti
     add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "DATA", "--out", "m.safetensors", "--seed", "3", "--split-seed", "0"])
     assert (_train_config(args).seed, _train_config(args).split_seed) == (3, 0)
+
+
+def test_outside_lung_share_is_the_activation_outside_the_lungs():
+    from cxr_viewer.training.engine import outside_lung_share
+
+    lungs = torch.zeros(2, 1, 64, 64)
+    lungs[:, :, 16:48, 8:56] = 1  # cells rows 2-5 of 8 are lung
+    fmap = torch.zeros(2, 4, 8, 8)
+    fmap[0, :, 3, 3] = 1.0  # all inside
+    fmap[1, :, 0, 0] = 1.0  # all outside
+    assert outside_lung_share(fmap[:1], lungs[:1]) == pytest.approx(0.0)
+    assert outside_lung_share(fmap[1:], lungs[1:]) == pytest.approx(1.0)
+    assert outside_lung_share(fmap, lungs) == pytest.approx(0.5)
+    f = fmap.clone().requires_grad_(True)
+    outside_lung_share(f, lungs).backward()
+    assert f.grad[1, :, 0, 0].sum() == 0  # an image whose activation is all outside: no way down but moving it
+    assert f.grad[0, :, 0, 0].sum() > 0  # activation added outside the lungs raises the loss
+
+
+def test_augmentation_moves_the_lung_mask_with_the_image(monkeypatch):
+    from cxr_viewer.training.engine import Augment
+
+    # the strong grey-scale changes (collimator bands, edge enhancement) are not geometry: left out here
+    monkeypatch.setattr(Augment, "_strong", staticmethod(lambda x: x))
+    img = torch.zeros(1, 64, 64)
+    img[:, 20:44, 10:30] = 1.0
+    mask = (img > 0.5).to(torch.uint8)
+    for strength in ("standard", "strong"):
+        aug = Augment(64, strength)
+        for seed in range(6):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            x, m = aug(img.clone(), mask.clone())
+            assert m.dtype == torch.uint8 and set(m.unique().tolist()) <= {0, 1}
+            bright = x[0] > x[0].mean()
+            inter = (bright & m[0].bool()).sum().item()
+            union = (bright | m[0].bool()).sum().item()
+            assert inter / union > 0.85, (strength, seed, inter / union)
+
+
+def test_lung_guidance_trains_on_masks_from_the_anatomy_model(tiny_root, tmp_path, monkeypatch):
+    from cxr_viewer.training import engine
+
+    seen = []
+    real = engine.outside_lung_share
+
+    def recording(fmap, lungs):
+        seen.append((tuple(lungs.shape), float(lungs.mean())))
+        return real(fmap, lungs)
+
+    monkeypatch.setattr(engine, "outside_lung_share", recording)
+    cfg = tiny_config(tiny_root, tmp_path / "g.safetensors", lung_guidance=1.0, intensity="equalize")
+    done = run_to_completion(train(cfg))
+    assert len(seen) == 4 and all(s[0] == (4, 1, 48, 48) for s in seen)
+    assert all(0.05 < s[1] < 0.6 for s in seen)  # real lung fields, not empty or everything
+    assert read_meta(done.model_path).training["config"]["lung_guidance"] == 1.0
+    with pytest.raises(DataError, match="lung guidance"):
+        tiny_config(tiny_root, tmp_path / "x.safetensors", lung_guidance=1.0, mixup=0.4).validate()

@@ -80,8 +80,10 @@ class CxrNet(nn.Module):
         pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 1), 1)
         return torch.cat([self.heads[h](pooled) for h in self.head_names], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(self.features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits (B, heads); with ``with_features``, (logits, the last conv block's output)."""
+        fmap = self.features(x)
+        return (self.head_logits(fmap), fmap) if with_features else self.head_logits(fmap)
 
 
 @dataclass

@@ -20,7 +20,7 @@ def _train_config(args: argparse.Namespace):
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "split_by", "seed", "split_seed", "num_workers",
                 "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
-                "augment_strength", "select_on", "ema", "mixup", "crop", "intensity"):
+                "augment_strength", "select_on", "ema", "mixup", "crop", "intensity", "lung_guidance"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -260,6 +260,9 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--intensity", choices=("percentile", "equalize"),
                    help="equalize: histogram equalisation after the percentile window, so that exposure, gamma and "
                         "processing curves change nothing (default: as the --init model, else percentile)")
+    p.add_argument("--lung-guidance", type=float, metavar="W",
+                   help="weight of a loss on the share of the last conv block's activation (where heatmaps come "
+                        "from) outside the lung fields the anatomy model outlines on each training image (0: off)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--init", help="scratch (default), a cxr_viewer model .safetensors, or local ImageNet ResNet50 weights")

@@ -90,6 +90,10 @@ class TrainConfig:
     #: "equalize": histogram equalisation after the resize (ai.preprocess), in training and scoring;
     #: None: as the initial model, else "percentile"
     intensity: str | None = None
+    #: weight of a loss that keeps the last conv block's activations (where the Grad-CAM heatmaps come
+    #: from) inside the lung fields the anatomy model outlines on each training image: the share of
+    #: activation outside the lungs, averaged over the batch (:func:`outside_lung_share`); 0: off
+    lung_guidance: float = 0.0
     precision: str = "auto"
     device: str = "auto"
     init: str = "scratch"  # scratch | a cxr_viewer model .safetensors | ImageNet ResNet50 weights file
@@ -130,6 +134,10 @@ class TrainConfig:
             raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
         if self.crop not in (None, "none", "lungs"):
             raise DataError("crop must be none or lungs")
+        if not 0.0 <= self.lung_guidance <= 100.0:
+            raise DataError("lung guidance must be in [0, 100] (0: off)")
+        if self.lung_guidance and (self.mixup or self.crop == "lungs"):
+            raise DataError("lung guidance works on whole images without mixup (a blend has two pairs of lungs)")
         if self.intensity not in (None, "percentile", "equalize"):
             raise DataError("intensity must be percentile or equalize")
         if self.schedule not in ("cosine", "constant"):
@@ -384,8 +392,15 @@ class Augment:
         else:
             self.affine = v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.9, 1.12))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.affine(x)
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        """The changed image; with ``mask`` (1, S, S), (image, mask) moved by the same affine."""
+        if mask is not None:
+            from torchvision import tv_tensors
+
+            x, mask = self.affine(tv_tensors.Image(x), tv_tensors.Mask(mask))
+            x, mask = x.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        else:
+            x = self.affine(x)
         if self.strong:
             x = self._strong(x)
         else:
@@ -398,7 +413,7 @@ class Augment:
             from cxr_viewer.ai.preprocess import equalise
 
             x = torch.from_numpy(equalise(x[0].numpy()))[None]
-        return x
+        return x if mask is None else (x, mask)
 
 
     @staticmethod
@@ -433,8 +448,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     """Preprocessed images held in memory (uint16, [0, 1] scaled), labels with -1 for unlabelled."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool,
-                 strength: str = "standard"):
-        self.images, self.labels, self.spec = images, labels, spec
+                 strength: str = "standard", masks: np.ndarray | None = None):
+        self.images, self.labels, self.spec, self.masks = images, labels, spec, masks
         self.augment = Augment(spec.input_size, strength, spec.intensity == "equalize") if augment else None
 
     def __len__(self) -> int:
@@ -442,10 +457,51 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         x = torch.from_numpy(self.images[i].astype(np.float32) / 65535.0)[None]
+        m = None if self.masks is None else torch.from_numpy(self.masks[i])[None]
         if self.augment is not None:
-            x = self.augment(x)
+            x, m = self.augment(x) if m is None else self.augment(x, m)
         x = ((x - self.spec.mean) / self.spec.std).expand(self.spec.channels, -1, -1).contiguous()
-        return x, torch.from_numpy(self.labels[i])
+        if m is None:
+            return x, torch.from_numpy(self.labels[i])
+        return x, torch.from_numpy(self.labels[i]), m.float()
+
+
+def _guidance_anatomy():
+    from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
+
+    try:
+        return AnatomyModel.from_file(default_anatomy_path())
+    except Exception as exc:  # noqa: BLE001 - a missing or bad file: one line
+        raise DataError(f"lung guidance needs the anatomy model: {one_line(exc)}") from None
+
+
+def outside_lung_share(fmap: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:
+    """The share of the last conv block's activation (B, C, h, w) that lies outside the lungs
+    (B, 1, H, W in {0, 1}), averaged over the batch: each cell's activation summed over channels,
+    weighted by the share of its pixels outside the lungs. Grad-CAM is a weighted sum of these
+    activations, so a map with little activation outside the lungs cannot put its heatmap there."""
+    e = fmap.float().sum(1)  # the block ends in a ReLU: activations are >= 0
+    lung = torch.nn.functional.adaptive_avg_pool2d(lungs.float(), fmap.shape[-2:])[:, 0]
+    return ((e * (1 - lung)).sum((1, 2)) / e.sum((1, 2)).clamp(min=1e-6)).mean()
+
+
+def lung_masks(units: np.ndarray, anatomy, cancel: CancelToken = NEVER_CANCELLED, batch: int = 32
+               ) -> Generator[Progress, None, np.ndarray]:
+    """(N, S, S) uint8 lung masks (both lungs, 0/1) of whole-image units (uint16, the percentile
+    window), from the anatomy model at its own size, scaled back to S."""
+    from cxr_viewer.ai.preprocess import resize_square
+
+    n, s = len(units), units.shape[-1]
+    size = anatomy.meta.preprocessing.input_size
+    out = np.zeros((n, s, s), np.uint8)
+    for i in range(0, n, batch):
+        cancel.raise_if_cancelled()
+        u = np.stack([resize_square(x.astype(np.float32) / 65535.0, size) for x in units[i:i + batch]])
+        p = anatomy.probabilities_units(u)
+        lungs = np.maximum(p[:, 0], p[:, 1]).astype(np.float32)
+        out[i:i + batch] = np.stack([resize_square(m, s) >= anatomy.meta.threshold for m in lungs])
+        yield Progress("finding the lungs", min(i + batch, n), n)
+    return out
 
 
 def prepare_images(samples: list[Sample], cache: PreprocessCache, cancel: CancelToken, stage: str
@@ -811,7 +867,16 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         if ema_model is not None and ck.get("ema") is not None:
             ema_model.load_state_dict(ck["ema"])
         _set_rng_state(ck["rng"])
-    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment, cfg.augment_strength)
+    train_masks = None
+    if cfg.lung_guidance:
+        from cxr_viewer.training.shift import whole_spec
+
+        whole_train = train_x
+        if whole_spec(spec) != spec:  # the lungs are found on the image before equalisation
+            whole_train, _, _ = yield from prepare_images(train_s, PreprocessCache(cfg.cache_dir, whole_spec(spec)),
+                                                          cancel, "preparing training images")
+        train_masks = yield from lung_masks(whole_train, _guidance_anatomy(), cancel)
+    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment, cfg.augment_strength, train_masks)
     judged = model if ema_model is None else ema_model.module
     stopped_early = False
     t_run = time.perf_counter()
@@ -829,15 +894,20 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         )
         net.train()
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-        for step, (x, y) in enumerate(loader):
+        for step, batch in enumerate(loader):
             cancel.raise_if_cancelled()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             if cfg.mixup > 0:
                 x, y = mixup_batch(x, y, cfg.mixup, g)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(choice):
-                logits = net(x)
+                if train_masks is None:
+                    logits = net(x)
+                else:
+                    logits, fmap = net(x, with_features=True)
             loss = masked_bce(logits, y)
+            if train_masks is not None:
+                loss = loss + cfg.lung_guidance * outside_lung_share(fmap, batch[2].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
