@@ -45,12 +45,27 @@ def small(dlg: TrainingDialog, tmp_path: Path, **kw):
     return cfg
 
 
+def run_to_end(qtbot, start, done, *runners, timeout=300000):
+    """Call start() and wait for the signal done; a runner's failed signal ends the wait at once and
+    fails the test with the worker's message (instead of waiting the whole timeout for done)."""
+    outcome = []
+    done.connect(lambda *_: outcome.append(None))
+    for r in runners:
+        r.failed.connect(outcome.append)
+    start()
+    qtbot.waitUntil(lambda: bool(outcome), timeout=timeout)
+    assert outcome[0] is None, f"the run failed: {outcome[0]}"
+
+
 def test_scan_shows_counts(qtbot, dialog):
     with qtbot.waitSignal(dialog.scan_runner.finished, timeout=30000):
         dialog.scan()
     text = dialog.scan_text.toPlainText()
     assert "NORMAL 10" in text and "PNEUMONIA 10" in text and "grouped by patient" in text
     assert dialog.config().split_by == "patient"
+    from cxr_viewer.training.data import SPLITS_BY
+
+    assert tuple(dialog.split_by.itemData(i) for i in range(dialog.split_by.count())) == SPLITS_BY
 
     dialog.split_by.setCurrentIndex(dialog.split_by.findData("earliest"))
     with qtbot.waitSignal(dialog.scan_runner.finished, timeout=30000):
@@ -72,8 +87,8 @@ def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):
             shot.append(dialog.grab().save(str(SCREENSHOTS / "training_dialog_mid_run.png")))
 
     dialog.runner.progress.connect(screenshot_mid_training)
-    with qtbot.waitSignal(dialog.runner.finished, timeout=300000):
-        dialog.start_training(config=small(dialog, tmp_path))
+    run_to_end(qtbot, lambda: dialog.start_training(config=small(dialog, tmp_path)), dialog.runner.finished,
+               dialog.runner)
     assert len(epochs) == 2 and shot == [True]
     xs, ys = dialog.step_curve.getData()
     assert len(xs) == 6
@@ -97,8 +112,8 @@ def test_the_data_s_test_split_is_evaluated_after_training(qtbot, shared_data, t
     dlg.folder.setText(str(root))
     dlg.out.setText(str(tmp_path / "models" / "m.safetensors"))
     try:
-        with qtbot.waitSignal(dlg.eval_runner.finished, timeout=300000):
-            dlg.start_training(config=small(dlg, tmp_path, epochs=1))
+        run_to_end(qtbot, lambda: dlg.start_training(config=small(dlg, tmp_path, epochs=1)),
+                   dlg.eval_runner.finished, dlg.runner, dlg.eval_runner)
         report = dlg.report.toPlainText()
         assert "Validation split report" in report and "Test split report (the test/ split" in report
         assert report.index("Test split report") > report.index("Validation split report")

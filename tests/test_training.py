@@ -150,6 +150,21 @@ def test_earliest_split_of_kermany_is_re_derived_by_evaluate(shared_data):
     assert _train_config(args).split_by == "earliest"
 
 
+def test_every_way_to_choose_validation_patients_is_offered_by_the_cli():
+    """The CLI lists the split choices itself (importing training.data would pull torch into every
+    command's argument parsing); this keeps that list and data.SPLITS_BY the same."""
+    import argparse
+
+    from cxr_viewer.cli.training import add_parsers
+    from cxr_viewer.training.data import SPLITS_BY
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_parsers(sub)
+    action = next(a for a in sub.choices["train"]._actions if "--split-by" in a.option_strings)
+    assert tuple(action.choices) == SPLITS_BY
+
+
 def test_jsrt_labels_define_the_positive_class(shared_data):
     samples = read_labels_csv(str(shared_data / "jsrt" / "jsrt_metadata.csv"))
     counts = Counter(s.label("lung_cancer_association") for s in samples)
@@ -613,7 +628,7 @@ def test_augmentation_moves_the_lung_mask_with_the_image(monkeypatch):
         for seed in range(6):
             random.seed(seed)
             torch.manual_seed(seed)
-            x, m = aug(img.clone(), mask.clone())
+            x, m = aug.with_mask(img.clone(), mask.clone())
             assert m.dtype == torch.uint8 and set(m.unique().tolist()) <= {0, 1}
             bright = x[0] > x[0].mean()
             inter = (bright & m[0].bool()).sum().item()

@@ -245,17 +245,17 @@ def earliest_split(samples: list[Sample], val_ratio: float) -> tuple[list[Sample
     interleaved with them as a random split is. Patients whose ids carry no number are trained on."""
     if not 0.0 < val_ratio < 0.5:
         raise DataError("the validation ratio must be between 0 and 0.5")
-    series: dict[tuple[str, str], set[int]] = {}
+    series: dict[tuple[str, str], dict[int, set[str]]] = {}  # (class, id prefix) -> number -> patient ids
     for s in samples:
         sn = _series_and_number(s.patient)
         if sn is not None:
-            series.setdefault((s.source, sn[0]), set()).add(sn[1])
-    held: set[tuple[str, str, int]] = set()
-    for (source, prefix), numbers in series.items():
-        take = int(np.ceil(val_ratio * len(numbers) - 1e-9)) if len(numbers) >= 2 else 0
-        held.update((source, prefix, n) for n in sorted(numbers)[:take])
+            series.setdefault((s.source, sn[0]), {}).setdefault(sn[1], set()).add(s.patient)
     # a patient held out in one class is held out in every class (no patient on both sides)
-    patients = {s.patient for s in samples if (s.source, *(_series_and_number(s.patient) or ("", -1))) in held}
+    patients: set[str] = set()
+    for by_number in series.values():
+        take = int(np.ceil(val_ratio * len(by_number) - 1e-9)) if len(by_number) >= 2 else 0
+        for n in sorted(by_number)[:take]:
+            patients |= by_number[n]
     if not patients:
         raise DataError("no numbered patient ids (such as IM-0115 or person12) to take the earliest patients from; "
                         "use the patient-grouped split")

@@ -392,15 +392,18 @@ class Augment:
         else:
             self.affine = v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.9, 1.12))
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        """The changed image; with ``mask`` (1, S, S), (image, mask) moved by the same affine."""
-        if mask is not None:
-            from torchvision import tv_tensors
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The changed image."""
+        return self._photometric(self.affine(x))
 
-            x, mask = self.affine(tv_tensors.Image(x), tv_tensors.Mask(mask))
-            x, mask = x.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        else:
-            x = self.affine(x)
+    def with_mask(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The changed image and ``mask`` (1, S, S) moved by the same affine (the mask's values kept)."""
+        from torchvision import tv_tensors
+
+        x, mask = self.affine(tv_tensors.Image(x), tv_tensors.Mask(mask))
+        return self._photometric(x.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor)
+
+    def _photometric(self, x: torch.Tensor) -> torch.Tensor:
         if self.strong:
             x = self._strong(x)
         else:
@@ -413,7 +416,7 @@ class Augment:
             from cxr_viewer.ai.preprocess import equalise
 
             x = torch.from_numpy(equalise(x[0].numpy()))[None]
-        return x if mask is None else (x, mask)
+        return x
 
 
     @staticmethod
@@ -461,7 +464,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         if self.augment is not None and m is None:
             x = self.augment(x)
         elif self.augment is not None:
-            x, m = self.augment(x, m)
+            x, m = self.augment.with_mask(x, m)
         x = ((x - self.spec.mean) / self.spec.std).expand(self.spec.channels, -1, -1).contiguous()
         if m is None:
             return x, torch.from_numpy(self.labels[i])
