@@ -31,19 +31,13 @@ from tta_ensemble import VIEWS, logits, spec_at_sensitivity  # noqa: E402
 from cxr_viewer.ai.inference import Scorer  # noqa: E402
 from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
 from cxr_viewer.training.evaluation import _units, select_samples  # noqa: E402
+from cxr_viewer.training.metrics import bootstrap_auroc_ci  # noqa: E402
 from cxr_viewer.training.shift import shifted_set, whole_spec  # noqa: E402
 
 
-def auroc_ci(y: np.ndarray, z: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    r = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    boot = [roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))],
-                          np.r_[z[r.choice(pos, len(pos))], z[r.choice(neg, len(neg))]]) for _ in range(n)]
-    return float(roc_auc_score(y, z)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
-
-
 def row(name: str, y: np.ndarray, z: np.ndarray, threshold: float) -> str:
-    a, lo, hi = auroc_ci(y, z)
+    a = float(roc_auc_score(y, z))
+    lo, hi = bootstrap_auroc_ci(y, z)  # resampling images, 1,000 times, seed 0: as every report here
     t = np.log(threshold / (1 - threshold))
     sens, spec = float((z[y == 1] >= t).mean()), float((z[y == 0] < t).mean())
     med = float(1 / (1 + np.exp(-np.median(z[y == 0]))))

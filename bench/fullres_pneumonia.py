@@ -27,7 +27,8 @@ def main() -> None:
     files += sorted(SAMPLES.glob("*/*.jpeg"))
     scorers = [Scorer.from_file(m, "cpu") for m in sys.argv[1:]]
     thresholds = [s.meta.heads["pneumonia"].threshold for s in scorers]
-    print("| image | " + " | ".join(f"{s.meta.version} (threshold {t:.3f})" for s, t in zip(scorers, thresholds)) + " |")
+    heads = (f"v{s.meta.version} (threshold {t:.3f})" for s, t in zip(scorers, thresholds))
+    print("| image | " + " | ".join(heads) + " |")
     print("|---" * (len(scorers) + 1) + "|")
     below = [0] * len(scorers)
     for f in files:
@@ -35,16 +36,20 @@ def main() -> None:
         cells = []
         for k, s in enumerate(scorers):
             head = s.score(img, heatmaps=False, score_anyway=True).head("pneumonia")
+            if head.probability is None:  # not scored at all (the head's reason says why)
+                cells.append(f"no score: {head.reason}")
+                continue
             if f.parent == FULLRES:
                 below[k] += head.probability < thresholds[k]
-            mark = "" if head.status == "scored" else " (outside intended use)"
+            mark = "" if head.status == "scored" else " (outside intended use, scored anyway)"
             cells.append(f"{head.probability:.3f}{mark}")
         label = "fullres" if f.parent == FULLRES else f"sample {f.parent.name}"
         print(f"| {label} {f.name} | " + " | ".join(cells) + " |")
     if files and FULLRES.is_dir():
         n = len(list(FULLRES.glob("*.jpeg")))
-        print("full-resolution pneumonia images below the threshold: "
-              + ", ".join(f"{s.meta.version}: {b} of {n}" for s, b in zip(scorers, below)))
+        print("full-resolution pneumonia images below the threshold (those outside intended use counted with "
+              "their scores-anyway): "
+              + ", ".join(f"v{s.meta.version}: {b} of {n}" for s, b in zip(scorers, below)))
 
 
 if __name__ == "__main__":
