@@ -168,6 +168,22 @@ def test_heatmap_share_in_the_lungs_is_measured_on_real_pneumonia_images(shared_
     doc = run_to_completion(heatmap_lung_share_task(scorer, AnatomyModel.from_file(str(SHIPPED)), samples))
     assert doc["images"] == 6  # the positives only
     assert 0.0 <= doc["mean_share_in_lungs"] <= 1.0 and 0.1 < doc["lung_area_fraction"] < 0.7
+    # a 7 x 7 heatmap lighting both lungs evenly scores well above an evenly spread one, short of 1
+    assert doc["lung_area_fraction"] + 0.1 < doc["lung_shaped_heatmap_share"] < 0.95
+
+
+def test_lung_shaped_heatmap_share_measures_a_coarse_heatmap_of_the_lungs_themselves():
+    from cxr_viewer.training.evaluation import _lung_shaped_share
+
+    assert _lung_shaped_share(np.ones((224, 224), bool), 224) == pytest.approx(1.0)
+    assert np.isnan(_lung_shaped_share(np.zeros((224, 224), bool), 224))
+    lungs = np.zeros((224, 224), bool)
+    lungs[:, :112] = True  # half the image, on the 7 x 7 grid's cell borders at 3.5 cells: blurred over
+    share = _lung_shaped_share(lungs, 224)
+    assert 0.5 < share < 1.0
+    thin = np.zeros((224, 224), bool)
+    thin[100:110, 20:200] = True  # a strip thinner than one cell: the coarse heatmap spills far outside
+    assert _lung_shaped_share(thin, 224) < share
 
 
 def test_no_ctr_from_implausible_outlines():

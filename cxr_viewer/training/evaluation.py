@@ -264,7 +264,11 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     """How much of each heatmap (Grad-CAM, as the viewer shows it) lies inside the lung fields the
     anatomy model outlines: per image sum(heatmap * lungs) / sum(heatmap), on the labelled
     positives of ``head`` (all labelled images with ``positives_only=False``). A heatmap that
-    lights the heart, mediastinum, markers or leads scores low."""
+    lights the heart, mediastinum, markers or leads scores low. Two references come with it: the
+    lungs' share of the image (what an evenly spread heatmap scores) and what a heatmap as coarse as
+    Grad-CAM scores when it lights both lungs evenly and nothing else: each image's own lung outline
+    averaged over the model's feature grid (7 x 7 at 224 px) and upsampled the same way (a heatmap
+    on one spot deep inside a lung can score more)."""
     from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
     from cxr_viewer.ai.preprocess import map_over_image, resize_square, standardise, unit_and_box
     from cxr_viewer.training.shift import whole_spec
@@ -281,7 +285,7 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     k = scorer.head_names.index(head)
     size = spec.input_size
     aspec = anatomy.meta.preprocessing
-    shares, in_lung_area = [], []
+    shares, in_lung_area, ceiling = [], [], []
     for i in range(0, len(whole), batch_size):
         cancel.raise_if_cancelled()
         w = whole[i:i + batch_size]
@@ -295,6 +299,7 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
             total = float(cam.sum())
             shares.append(float((cam * lu).sum()) / total if total > 0 else float("nan"))
             in_lung_area.append(float(lu.mean()))
+            ceiling.append(_lung_shaped_share(lu, size))
         yield Progress("heatmaps", min(i + batch_size, len(whole)), len(whole))
     s = np.array(shares)
     ok = np.isfinite(s)
@@ -302,4 +307,23 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
             "mean_share_in_lungs": float(s[ok].mean()), "median_share_in_lungs": float(np.median(s[ok])),
             "share_below_half": float((s[ok] < 0.5).mean()),
             "lung_area_fraction": float(np.mean(in_lung_area)),
-            "note": "the share a heatmap spread evenly would have is the lung-area fraction"}
+            "lung_shaped_heatmap_share": float(np.nanmean(ceiling)),
+            "note": "the share a heatmap spread evenly would have is the lung-area fraction; "
+                    "lung_shaped_heatmap_share: a heatmap made of each image's lung outline at the "
+                    "model's feature-grid resolution (both lungs lit evenly, as coarsely as Grad-CAM)"}
+
+
+def _lung_shaped_share(lungs: np.ndarray, size: int) -> float:
+    """The lung share of a heatmap that is the lung mask (size x size) averaged over the model's
+    feature grid (the ResNet50's last block: size // 32 cells a side), peak-normalised and
+    bilinearly upsampled as Grad-CAM is (``inference.grad_cam``, ``Scorer.probabilities_cams_distances``)."""
+    import torch
+    from torch.nn import functional as F
+
+    grid = max(size // 32, 1)
+    t = torch.from_numpy(lungs.astype(np.float32))[None, None]
+    cells = F.adaptive_avg_pool2d(t, grid)
+    if float(cells.max()) <= 0:
+        return float("nan")
+    cam = F.interpolate(cells / cells.max(), size=lungs.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return float((cam * lungs).sum() / cam.sum())
