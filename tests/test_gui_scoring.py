@@ -56,7 +56,8 @@ def test_scores_arrive_from_the_worker_with_heatmap(qtbot, window, model_path):
     assert not lung.heatmap.isEnabled()
     assert RESEARCH_NOTICE in window.findings.notice.text()
     assert "not a prediction that pneumonia turns into cancer" in lung.meaning.text()
-    # heatmap toggle
+    # heatmap toggle, which says what a heatmap is and is not
+    assert "Grad-CAM" in pneu.heatmap.toolTip() and "not an outline of disease" in pneu.heatmap.toolTip()
     assert not window.view.heatmap_visible()
     pneu.heatmap.setChecked(True)
     assert window.view.heatmap_visible()

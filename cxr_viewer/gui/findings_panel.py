@@ -28,6 +28,12 @@ from cxr_viewer.clinical.finding_marks import MARK_HEX, MARK_TITLES
 from cxr_viewer.gui.anatomy_panel import AnatomyBox
 
 
+CELL_MAP_TIP = "Show the nodule/mass model's probability per cell over the image"
+GRAD_CAM_TIP = ("Show where the score comes from over the image, coarsely (Grad-CAM on the model's 7 x 7 "
+                "feature grid): not an outline of disease. The model card says how much of this model's "
+                "heatmaps falls in the lungs")
+
+
 def heatmap_lut() -> np.ndarray:
     """256 x 4 RGBA: inferno colours, transparent at 0 rising to 80% opaque at the hottest
     (the colour map and ramp of the burnt-in exports, :mod:`cxr_viewer.ai.overlay`)."""
@@ -73,8 +79,7 @@ class HeadBox(QFrame):
         self.meaning = small_label(HEAD_MEANING[head], self, muted=True)
         self.use = small_label("", self, muted=True)  # the head's intended use
         self.heatmap = QCheckBox("Heatmap", self)
-        self.heatmap.setToolTip("Show the nodule/mass model's probability per cell over the image"
-                                if head in MARK_TITLES else "Show where the model looked (Grad-CAM) over the image")
+        self.heatmap.setToolTip(CELL_MAP_TIP if head in MARK_TITLES else GRAD_CAM_TIP)
         self.heatmap.setEnabled(False)
         self.more = QToolButton(self)
         self.more.setText("Details")
