@@ -17,9 +17,9 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxr_viewer.ai.anatomy import AnatomyModel, clean_masks, default_anatomy_path, resize_probabilities
+from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
 from cxr_viewer.ai.inference import Scorer
-from cxr_viewer.ai.preprocess import preprocess_unit, resize_square, standardise
+from cxr_viewer.ai.preprocess import preprocess_unit, standardise
 from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion
 from cxr_viewer.training.evaluation import _units, select_samples
 from cxr_viewer.training.shift import shifted, whole_spec
@@ -39,13 +39,11 @@ def main() -> None:
     samples, _ = select_samples(root, "validation", sc.meta.training)
     whole, kept, _bad = run_to_completion(_units(samples, whole_spec(spec), NEVER_CANCELLED))
     y = np.array([s.labels[0] for s in kept])
-    size, aspec = spec.input_size, an.meta.preprocessing
+    size = spec.input_size
     idx, prob, share = [], [], []
     for i in range(0, len(whole), 16):
         w = whole[i:i + 16]
-        probs = an.probabilities_units(np.stack([resize_square(x, aspec.input_size) for x in w]))
-        lungs = [(lambda m: m[0] | m[1])(clean_masks(resize_probabilities(pr, (size, size)) >= an.meta.threshold))
-                 for pr in probs]
+        lungs = an.lungs_of_units(w, size)
         for sh in SHIFTS_KEEPING_GEOMETRY:
             units = np.stack([preprocess_unit(x, spec=spec) if sh is None else shifted(x, sh, spec, 7 + i + j)
                               for j, x in enumerate(w)])

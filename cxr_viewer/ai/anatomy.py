@@ -33,7 +33,7 @@ from cxr_viewer.ai.model import (
     save_fp16_described,
     verified_tensors,
 )
-from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit, standardise
+from cxr_viewer.ai.preprocess import PreprocessSpec, preprocess_unit, resize_square, standardise
 
 ANATOMY_FORMAT = "cxr_viewer.anatomy/1"
 ANATOMY_FILE = "anatomy.safetensors"
@@ -250,6 +250,14 @@ class AnatomyModel:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
         return torch.sigmoid(logits).numpy()
+
+    def lungs_of_units(self, units: np.ndarray, size: int) -> np.ndarray:
+        """(B, size, size) bool: both lungs, cleaned as :meth:`segment` cleans them, of whole-image
+        units (B, S, S) in [0, 1] (the percentile window only), each resized to the model's input."""
+        side = self.meta.preprocessing.input_size
+        probs = self.probabilities_units(np.stack([resize_square(x, side) for x in units]))
+        masks = [clean_masks(resize_probabilities(pr, (size, size)) >= self.meta.threshold) for pr in probs]
+        return np.stack([m[0] | m[1] for m in masks])
 
     def segment(self, values: np.ndarray, monochrome1: bool = False, padding: np.ndarray | None = None,
                 shape: tuple[int, int] | None = None) -> Anatomy:

@@ -461,10 +461,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         x = torch.from_numpy(self.images[i].astype(np.float32) / 65535.0)[None]
         m = None if self.masks is None else torch.from_numpy(self.masks[i])[None]
-        if self.augment is not None and m is None:
-            x = self.augment(x)
-        elif self.augment is not None:
-            x, m = self.augment.with_mask(x, m)
+        if self.augment is not None:
+            x, m = (self.augment(x), None) if m is None else self.augment.with_mask(x, m)
         x = ((x - self.spec.mean) / self.spec.std).expand(self.spec.channels, -1, -1).contiguous()
         if m is None:
             return x, torch.from_numpy(self.labels[i])

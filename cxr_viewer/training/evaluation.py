@@ -269,8 +269,7 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     Grad-CAM scores when it lights both lungs evenly and nothing else: each image's own lung outline
     averaged over the model's feature grid (7 x 7 at 224 px) and upsampled the same way (a heatmap
     on one spot deep inside a lung can score more)."""
-    from cxr_viewer.ai.anatomy import clean_masks, resize_probabilities
-    from cxr_viewer.ai.preprocess import map_over_image, resize_square, standardise, unit_and_box
+    from cxr_viewer.ai.preprocess import map_over_image, standardise, unit_and_box
     from cxr_viewer.training.shift import whole_spec
 
     j = HEADS.index(head)
@@ -284,14 +283,11 @@ def heatmap_lung_share_task(scorer: Scorer, anatomy, samples: list[Sample], head
     whole, _kept, _bad = yield from _units(chosen, whole_spec(spec), cancel)
     k = scorer.head_names.index(head)
     size = spec.input_size
-    aspec = anatomy.meta.preprocessing
     shares, in_lung_area, ceiling = [], [], []
     for i in range(0, len(whole), batch_size):
         cancel.raise_if_cancelled()
         w = whole[i:i + batch_size]
-        probs = anatomy.probabilities_units(np.stack([resize_square(x, aspec.input_size) for x in w]))
-        lungs = [(lambda m: m[0] | m[1])(clean_masks(resize_probabilities(pr, (size, size)) >= anatomy.meta.threshold))
-                 for pr in probs]
+        lungs = anatomy.lungs_of_units(w, size)
         inputs = [unit_and_box(x, spec, lu) for x, lu in zip(w, lungs)]
         _p, cams, _d = scorer.probabilities_cams_distances(standardise(np.stack([u for u, _ in inputs]), spec))
         for cam, lu, (_u, box) in zip(cams[:, k], lungs, inputs):
