@@ -46,12 +46,13 @@ def small(dlg: TrainingDialog, tmp_path: Path, **kw):
 
 
 def run_to_end(qtbot, start, done, *runners, timeout=300000):
-    """Call start() and wait for the signal done; a runner's failed signal ends the wait at once and
-    fails the test with the worker's message (instead of waiting the whole timeout for done)."""
+    """Call start() and wait for the signal done; a runner's failed or cancelled signal ends the wait
+    at once and fails the test with why (instead of waiting the whole timeout for done)."""
     outcome = []
     done.connect(lambda *_: outcome.append(None))
     for r in runners:
         r.failed.connect(outcome.append)
+        r.cancelled.connect(lambda: outcome.append("cancelled"))
     start()
     qtbot.waitUntil(lambda: bool(outcome), timeout=timeout)
     assert outcome[0] is None, f"the run failed: {outcome[0]}"
@@ -101,6 +102,11 @@ def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):
     with qtbot.waitSignal(dialog.model_ready, timeout=5000) as b:
         dialog.use.click()
     assert b.args[0].endswith("m.safetensors") and Path(b.args[0]).exists()
+    # the dialog's default recipe (the shipped model's) is what the model was trained with
+    import json
+
+    recorded = json.loads(Path(b.args[0]).with_suffix(".json").read_text())["training"]["config"]
+    assert (recorded["lung_guidance"], recorded["select_on"], recorded["intensity"]) == (3.0, "shifted", "equalize")
 
 
 def test_the_data_s_test_split_is_evaluated_after_training(qtbot, shared_data, tmp_path):
@@ -142,3 +148,30 @@ def test_main_window_opens_the_dialog(qtbot, tmp_path):
     assert win.training_dialog.isVisible()
     win.training_dialog.close()
     win.shutdown()
+
+
+def test_the_dialog_offers_the_shipped_recipe_by_default_and_says_when_it_is_changed(qtbot, tmp_path):
+    from cxr_viewer.training.recipes import BASIC, SHIFT_ROBUST, recipe_of
+
+    current = str(REPO / "models" / "default.safetensors")
+    dlg = TrainingDialog(current_model=current)
+    qtbot.addWidget(dlg)
+    cfg = dlg.config()
+    assert dlg.recipe.currentData() == "shift-robust" and recipe_of(cfg) == "shift-robust"
+    assert {k: getattr(cfg, k) for k in SHIFT_ROBUST.fields} == dict(SHIFT_ROBUST.fields)
+    # fine-tuning the current model, with the schedule that made the shipped versions
+    assert (cfg.init, cfg.lr, cfg.epochs, cfg.batch_size, cfg.early_stopping) == (current, 1e-4, 3, 32, 0)
+    dlg.lung_guidance.setValue(1.0)  # one field changed by hand: no longer the shipped recipe
+    assert dlg.recipe.currentText() == "Custom" and dlg.config().lung_guidance == 1.0
+    dlg.apply_recipe("basic")
+    assert dlg.recipe.currentData() == "basic"
+    assert {k: getattr(dlg.config(), k) for k in BASIC.fields} == dict(BASIC.fields)
+    dlg.init.setCurrentIndex(0)
+    dlg._on_init_chosen(0)  # from scratch: the scratch schedule
+    assert (dlg.config().lr, dlg.config().epochs, dlg.config().early_stopping) == (1e-3, 10, 5)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    dlg.apply_recipe("shift-robust")
+    dlg.grab().save(str(SCREENSHOTS / "training_dialog_recipe.png"))
+    dlg.shutdown()

@@ -654,3 +654,39 @@ def test_lung_guidance_trains_on_masks_from_the_anatomy_model(tiny_root, tmp_pat
     assert read_meta(done.model_path).training["config"]["lung_guidance"] == 1.0
     with pytest.raises(DataError, match="lung guidance"):
         tiny_config(tiny_root, tmp_path / "x.safetensors", lung_guidance=1.0, mixup=0.4).validate()
+
+
+def test_the_shift_robust_recipe_is_the_shipped_model_s():
+    """The dialog's and the CLI's "shift-robust" recipe and fine-tuning schedule are what the shipped
+    model records it was trained with (models/default.json), so they cannot drift apart."""
+    import json
+
+    from cxr_viewer.training.recipes import FINE_TUNE_SCHEDULE, SHIFT_ROBUST, recipe_of
+
+    config = json.loads((REPO / "models" / "default.json").read_text())["training"]["config"]
+    assert {k: config[k] for k in SHIFT_ROBUST.fields} == dict(SHIFT_ROBUST.fields)
+    assert {k: config[k] for k in FINE_TUNE_SCHEDULE} == dict(FINE_TUNE_SCHEDULE)
+    assert recipe_of(TrainConfig(**{k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})) \
+        == "shift-robust"
+
+
+def test_a_recipe_reaches_the_training_config_and_single_options_override_it():
+    import argparse
+
+    from cxr_viewer.cli.training import _train_config, add_parsers
+    from cxr_viewer.training.recipes import BASIC, SHIFT_ROBUST, apply_recipe, recipe_of
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    base = ["train", "DATA", "--out", "m.safetensors"]
+    robust = _train_config(parser.parse_args(base + ["--recipe", "shift-robust"]))
+    assert {k: getattr(robust, k) for k in SHIFT_ROBUST.fields} == dict(SHIFT_ROBUST.fields)
+    robust.validate()
+    assert recipe_of(_train_config(parser.parse_args(base))) == "basic"  # TrainConfig's defaults
+    mixed = _train_config(parser.parse_args(base + ["--recipe", "shift-robust", "--lung-guidance", "1"]))
+    assert (mixed.lung_guidance, mixed.ema, recipe_of(mixed)) == (1.0, 0.995, None)
+    assert recipe_of(apply_recipe(mixed, "basic")) == "basic" and mixed.intensity is BASIC.fields["intensity"]
+    with pytest.raises(ValueError, match="unknown recipe"):
+        apply_recipe(mixed, "magic")
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--recipe", "magic"])

@@ -8,6 +8,7 @@ import sys
 
 from cxr_viewer import RESEARCH_NOTICE
 from cxr_viewer.cli.common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, load_scorer, run_with_bar
+from cxr_viewer.training.recipes import RECIPES
 
 #: the same as training.engine.OPTIMIZERS (kept here so that parsing arguments never imports torch)
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adamax", "adagrad")
@@ -15,8 +16,11 @@ OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "adamax", "adagrad")
 
 def _train_config(args: argparse.Namespace):
     from cxr_viewer.training.engine import TrainConfig
+    from cxr_viewer.training.recipes import apply_recipe
 
     cfg = TrainConfig(data_dir=args.data_dir, out=args.out)
+    if getattr(args, "recipe", None):  # first: the options given one by one override it
+        apply_recipe(cfg, args.recipe)
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "split_by", "seed", "split_seed", "num_workers",
                 "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
@@ -246,6 +250,11 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--input-size", type=int)
     p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="shift-robust: as the shipped model was made (strong augmentation, EMA, equalised input, "
+                        "lung guidance, chosen on shifted copies, threshold at sensitivity 0.95); basic: the first "
+                        "model's. The options below override it. The shipped versions were fine-tuned from the "
+                        "one before with --lr 1e-4 --epochs 3 --batch-size 32 --early-stopping 0")
     p.add_argument("--augment-strength", choices=("standard", "strong"),
                    help="strong: also processing curves, blur, edge enhancement, noise, collimation, wider zoom "
                         "(default standard)")

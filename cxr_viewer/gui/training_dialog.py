@@ -37,6 +37,7 @@ from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.training.data import DataError, choose_validation, scan_dataset
 from cxr_viewer.training.engine import OPTIMIZERS, DoneEvent, EpochEvent, ScanEvent, StepEvent, TrainConfig, train
+from cxr_viewer.training.recipes import FINE_TUNE_SCHEDULE, RECIPES, SCRATCH_SCHEDULE, SHIFT_ROBUST, recipe_of
 
 PLOT_INTERVAL_MS = 250  # redraw at most 4 times a second
 
@@ -131,7 +132,7 @@ class TrainingDialog(QDialog):
                                  "images, as a new hospital's are")
         self.balance = QCheckBox("Class-balanced sampling", self)
         self.balance.setChecked(True)
-        self.augment = QCheckBox("Augmentation (rotation, shift, zoom, brightness/contrast; no flips)", self)
+        self.augment = QCheckBox("Augmentation (its strength below; never flips)", self)
         self.augment.setChecked(True)
         self.precision = QComboBox(self)
         self.precision.addItems(["auto", "fp32", "bf16", "fp16"])
@@ -148,6 +149,9 @@ class TrainingDialog(QDialog):
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
         self.out = QLineEdit(os.path.join(os.path.expanduser("~"), "cxr_models", "model.safetensors"), self)
+        if self.current_model:  # fine-tuning what the viewer uses is the usual start (and the quicker one)
+            self.init.setCurrentIndex(1)
+        self._build_recipe()
 
         form = QFormLayout()
         folder_row = QHBoxLayout()
@@ -169,6 +173,14 @@ class TrainingDialog(QDialog):
         opts.addWidget(self.balance, row, 0, 1, 3)
         opts.addWidget(self.augment, row, 3, 1, 3)
         form.addRow("Options", opts)
+        recipe = QGridLayout()
+        pairs = [("Recipe", self.recipe), ("Augmentation", self.augment_strength), ("Choose on", self.select_on),
+                 ("Weight EMA", self.ema), ("Intensity", self.intensity), ("Lung guidance", self.lung_guidance),
+                 ("Threshold", self.threshold_rule), ("Weight decay", self.weight_decay)]
+        for i, (label, widget) in enumerate(pairs):
+            recipe.addWidget(QLabel(label, self), i // 4, (i % 4) * 2)
+            recipe.addWidget(widget, i // 4, (i % 4) * 2 + 1)
+        form.addRow("Robustness", recipe)
         form.addRow("Save model to", self.out)
 
         self.start = QPushButton("Start", self)
@@ -235,7 +247,87 @@ class TrainingDialog(QDialog):
         layout.addWidget(self.tabs, 1)
         layout.addWidget(notice)
 
+    def _build_recipe(self) -> None:
+        """The recipe's fields (training.recipes): choosing a recipe sets them; changing one makes it custom."""
+        self.recipe = QComboBox(self)
+        for r in RECIPES.values():
+            self.recipe.addItem(r.label, r.name)
+            self.recipe.setItemData(self.recipe.count() - 1, r.description, Qt.ItemDataRole.ToolTipRole)
+        self.recipe.addItem("Custom", None)
+        self.augment_strength = QComboBox(self)
+        self.augment_strength.addItem("Standard", "standard")
+        self.augment_strength.addItem("Strong", "strong")
+        self.augment_strength.setToolTip("Strong: also processing curves, blur, edge enhancement, noise, collimation "
+                                         "and wider zoom, each followed by the pipeline's own normalisation")
+        self.select_on = QComboBox(self)
+        self.select_on.addItem("Validation split", "validation")
+        self.select_on.addItem("Split + shifted copies", "shifted")
+        self.select_on.setToolTip("What chooses the epoch, the calibration and the threshold: the validation split "
+                                  "as it is, or pooled with 12 copies changed the way other hospitals' images differ "
+                                  "(exposure, processing curve, blur, sharpening, noise, JPEG, crop, collimation)")
+        self.ema = QDoubleSpinBox(self)
+        self.ema.setDecimals(4)
+        self.ema.setRange(0.0, 0.9999)
+        self.ema.setSingleStep(0.001)
+        self.ema.setToolTip("Exponential moving average of the weights, evaluated and saved instead of them (0: off)")
+        self.intensity = QComboBox(self)
+        self.intensity.addItem("As the initial model", None)
+        self.intensity.addItem("Percentile window", "percentile")
+        self.intensity.addItem("Histogram equalisation", "equalize")
+        self.intensity.setToolTip("Equalisation makes exposure, gamma and processing-curve changes give the same input")
+        self.lung_guidance = QDoubleSpinBox(self)
+        self.lung_guidance.setDecimals(1)
+        self.lung_guidance.setRange(0.0, 100.0)
+        self.lung_guidance.setToolTip("Weight of a loss on the share of the heatmap's source activation outside the "
+                                      "lung fields the anatomy model outlines on each training image (0: off)")
+        self.threshold_rule = QComboBox(self)
+        self.threshold_rule.addItem("Youden", "youden")
+        for target in ("0.95", "0.97"):
+            self.threshold_rule.addItem(f"Sensitivity >= {target}", f"sensitivity:{target}")
+        self.weight_decay = QDoubleSpinBox(self)
+        self.weight_decay.setDecimals(5)
+        self.weight_decay.setRange(0.0, 1.0)
+        self.weight_decay.setSingleStep(0.01)
+        self.apply_recipe(SHIFT_ROBUST.name)
+        self._schedule(self.init.currentData())
+
+    def apply_recipe(self, name: str | None) -> None:
+        """Set the recipe's fields into their widgets (None: leave them, the user's own mix)."""
+        if name is None:
+            return
+        fields = RECIPES[name].fields
+        for widget, key in ((self.augment_strength, "augment_strength"), (self.select_on, "select_on"),
+                            (self.intensity, "intensity"), (self.threshold_rule, "threshold_rule")):
+            widget.setCurrentIndex(widget.findData(fields[key]))
+        self.ema.setValue(fields["ema"])
+        self.lung_guidance.setValue(fields["lung_guidance"])
+        self.weight_decay.setValue(fields["weight_decay"])
+        self.optimizer.setCurrentText(fields["optimizer"])
+        self._sync_recipe()
+
+    def _sync_recipe(self) -> None:
+        """Show which recipe the fields now make (Custom when none)."""
+        self.recipe.blockSignals(True)
+        self.recipe.setCurrentIndex(self.recipe.findData(recipe_of(self.config())))
+        self.recipe.blockSignals(False)
+
+    def _schedule(self, init: str | None) -> None:
+        """Fine-tuning the current model: the schedule that made each shipped version from the one
+        before; from scratch: the scratch schedule. A weights file (e.g. ImageNet) keeps what is set."""
+        schedule = (FINE_TUNE_SCHEDULE if init and init == self.current_model
+                    else SCRATCH_SCHEDULE if init in (None, "scratch") else None)
+        if schedule is not None:
+            self.lr.setValue(schedule["lr"])
+            self.epochs.setValue(schedule["epochs"])
+            self.batch.setValue(schedule["batch_size"])
+            self.patience.setValue(schedule["early_stopping"])
+
     def _wire(self) -> None:
+        self.recipe.activated.connect(lambda i: self.apply_recipe(self.recipe.itemData(i)))
+        for combo in (self.augment_strength, self.select_on, self.intensity, self.threshold_rule, self.optimizer):
+            combo.currentIndexChanged.connect(self._sync_recipe)
+        for spin in (self.ema, self.lung_guidance, self.weight_decay):
+            spin.valueChanged.connect(self._sync_recipe)
         self.browse.clicked.connect(self._browse)
         self.scan_button.clicked.connect(self.scan)
         self.start.clicked.connect(lambda: self.start_training(resume=False))
@@ -267,6 +359,7 @@ class TrainingDialog(QDialog):
                 self.init.setCurrentIndex(index)
             else:
                 self.init.setCurrentIndex(0)
+        self._schedule(self.init.currentData())
 
     def scan(self) -> None:
         folder = self.folder.text().strip()
@@ -293,7 +386,10 @@ class TrainingDialog(QDialog):
             precision=self.precision.currentText(), device=self.device.currentText(),
             init="scratch" if init == "file" else init, early_stopping=self.patience.value(),
             val_split=self.val_split.value(), split_by=self.split_by.currentData(), seed=self.seed.value(),
-            num_workers=1,
+            num_workers=1, augment_strength=self.augment_strength.currentData(),
+            select_on=self.select_on.currentData(), ema=round(self.ema.value(), 4),
+            intensity=self.intensity.currentData(), lung_guidance=self.lung_guidance.value(),
+            threshold_rule=self.threshold_rule.currentData(), weight_decay=self.weight_decay.value(),
         )
 
     def start_training(self, resume: bool = False, config: TrainConfig | None = None) -> None:
