@@ -690,3 +690,27 @@ def test_a_recipe_reaches_the_training_config_and_single_options_override_it():
         apply_recipe(mixed, "magic")
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--recipe", "magic"])
+
+
+def test_a_trained_model_gets_its_own_feature_distance_input_check(tiny_root, tmp_path, monkeypatch):
+    """After training, the model's feature distance is fitted on the run's own training children and
+    the viewer's scorer uses it; with too few images none is fitted and an older model's is removed."""
+    from cxr_viewer.ai.gate import FeatureDistance, ood_path
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.training import engine
+
+    monkeypatch.setattr(engine, "MIN_INPUT_CHECK_VALIDATION", 4)
+    out = tmp_path / "m.safetensors"
+    done = run_to_completion(train(tiny_config(tiny_root, out, epochs=1, input_check_min_images=8)))
+    assert "input check: feature distance fitted on" in done.report_text
+    fd = FeatureDistance.from_file(ood_path(str(out)))
+    meta = read_meta(str(out))
+    assert fd.model_sha256 == meta.weights_sha256 and np.isfinite(fd.threshold)
+    assert fd.fitted_on["children_train"] == sum(meta.training["train_counts"].values())
+    scorer = Scorer.from_file(str(out), "cpu", "fp32")
+    assert scorer.checks.distance is not None and scorer.checks.distance_heads == ("pneumonia",)
+    # a second run to the same name with too few images: the first model's check must not linger
+    done = run_to_completion(train(tiny_config(tiny_root, out, epochs=1, seed=1)))
+    assert "no feature distance fitted (" in done.report_text and "at least 200" in done.report_text
+    assert not Path(ood_path(str(out))).exists()
+    assert Scorer.from_file(str(out), "cpu", "fp32").checks.distance is None

@@ -114,6 +114,14 @@ class TrainConfig:
     #: fewer validation images than this in either class of a head: no calibration, no threshold,
     #: the head is not available (a threshold of 1.000 "chosen" on 3 images is not an operating point)
     min_val_per_class: int = 20
+    #: fit the model's own feature-distance input check (``ai.gate.FeatureDistance``, OUT.ood.safetensors)
+    #: on its training and validation children after training, so that the viewer refuses images
+    #: unlike them with this model as with the shipped one; only with at least
+    #: ``input_check_min_images`` training images of the pneumonia head (and 40 validation ones),
+    #: on at most ``input_check_max_images`` of them (a seeded sample)
+    input_check: bool = True
+    input_check_min_images: int = 200
+    input_check_max_images: int = 2000
     name: str = ""  # default: the output file's name, "(trained DATE)"
     version: str = ""  # default: the date and time of the run
 
@@ -755,6 +763,52 @@ def report_writers(report_path: str, report_json: str, reports: dict, out: str) 
     return writers
 
 
+MIN_INPUT_CHECK_VALIDATION = 40  # the threshold is the 99% quantile of their distances (x 4 with shifts)
+
+
+def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample], head_trained: bool,
+                    cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, str]:
+    """After the model is written: fit its feature distance on its own training children (each as
+    it is and once shifted) with the threshold letting 99% of its validation children through (as
+    they are and three shifts each), written atomically beside the model; returns the report's line.
+    A feature distance left from an older model at that name is removed when none is fitted. The
+    model is complete before this starts: a cancel or a failure here only leaves it without one."""
+    from cxr_viewer.ai.gate import ood_path
+
+    path = ood_path(cfg.out)
+    kids = [s.path for s in train_s if s.label("pneumonia") is not None]
+    val = [s.path for s in val_s if s.label("pneumonia") is not None]
+    why = ("" if head_trained else "the pneumonia head is not available") if cfg.input_check else "not asked for"
+    if not why and (len(kids) < cfg.input_check_min_images or len(val) < MIN_INPUT_CHECK_VALIDATION):
+        why = (f"{len(kids)} training and {len(val)} validation images; at least {cfg.input_check_min_images} and "
+               f"{MIN_INPUT_CHECK_VALIDATION} are needed")
+    if not why:
+        from cxr_viewer.ai.inference import Scorer
+        from cxr_viewer.training.intended_use import fit_distance_on
+
+        rng = np.random.default_rng(cfg.seed)
+        if len(kids) > cfg.input_check_max_images:
+            kids = sorted(rng.choice(kids, cfg.input_check_max_images, replace=False).tolist())
+        try:
+            scorer = Scorer.from_file(cfg.out, cfg.device, cfg.precision)
+            fd = yield from fit_distance_on(scorer, kids, val, rng=rng, cancel=cancel)
+            fd.fitted_on["by"] = "cxr-viewer train, on the run's own training and validation images"
+            fd.save(path)
+        except Cancelled:
+            why = "cancelled"
+        except (UserError, OSError, ValueError, MemoryError, RuntimeError) as exc:
+            why = one_line(exc)
+        else:
+            return (f"input check: feature distance fitted on {len(kids)} training images (limit {fd.threshold:.2f}: "
+                    f"{fd.fitted_on['validation_children_passed'].get('none', 0):.1%} of the validation images as "
+                    f"they are pass) -> {os.path.basename(path)}")
+    for stale in (path, sidecar_path(path)):  # it belonged to the model this one replaced
+        if os.path.exists(stale):
+            os.unlink(stale)
+    return (f"input check: no feature distance fitted ({why}); the image check alone decides which images "
+            "this model scores")
+
+
 def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CANCELLED
           ) -> Generator[object, None, DoneEvent]:
     """Task: train a model. Yields Progress, ScanEvent, StepEvent and EpochEvent; returns DoneEvent."""
@@ -1032,6 +1086,9 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         report = json.dumps({"notice": "Research use only. Not for diagnostic use.", "split": "validation",
                              "model": os.path.basename(cfg.out), "heads": reports, "history": history}, indent=2)
         write_model_files(model, meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
+        texts.append((yield from fit_input_check(cfg, train_s, val_s,
+                                                 meta.heads["pneumonia"].trained if "pneumonia" in heads else False,
+                                                 cancel)))
     if distributed:
         import torch.distributed as dist
 

@@ -478,6 +478,62 @@ def validate_gate(gate: Gate, data: GateData, val: np.ndarray, cfg: GateConfig) 
     return report
 
 
+def _distance_features(scorer, paths: Sequence[str], shifts_per_image: int, what: str, rng: np.random.Generator,
+                       cancel: CancelToken) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """The model's pooled features along the real scoring path (each file decoded and preprocessed
+    as for a score), then of the same units shifted ``shifts_per_image`` times (``training.shift``);
+    returns (features, the shift's name per row: "none" for the images as they are)."""
+    from cxr_viewer.ai.preprocess import preprocess_unit, standardise
+    from cxr_viewer.training.shift import SHIFTS, shifted, whole_spec
+
+    spec = scorer.meta.preprocessing
+    whole = whole_spec(spec)  # the shifts change whole images; a lung box and equalisation come after
+    names = list(SHIFTS)
+    feats, kinds = [], []
+    for i in range(0, len(paths), 32):
+        cancel.raise_if_cancelled()
+        units, wholes = [], []
+        for p in paths[i:i + 32]:
+            image = open_image(str(p))
+            units.append(preprocess_unit(image.values, image.monochrome1, image.padding, spec, scorer.anatomy))
+            wholes.append(units[-1] if whole == spec else
+                          preprocess_unit(image.values, image.monochrome1, image.padding, whole))
+        rows, row_kinds = list(units), ["none"] * len(units)
+        for u in wholes:
+            for name in rng.choice(names, size=shifts_per_image, replace=False):
+                rows.append(shifted(u, str(name), spec, int(rng.integers(1 << 30)), scorer.anatomy))
+                row_kinds.append(str(name))
+        for j in range(0, len(rows), 32):
+            feats.append(scorer.pooled_features(standardise(np.stack(rows[j:j + 32]), spec)))
+        kinds += row_kinds
+        yield Progress(f"features of {what}", i, len(paths))
+    return np.concatenate(feats), np.array(kinds)
+
+
+def fit_distance_on(scorer, train_paths: Sequence[str], val_paths: Sequence[str], val_pass: float = 0.99,
+                    rng: np.random.Generator | None = None, cancel: CancelToken = NEVER_CANCELLED
+                    ) -> Generator[Progress, None, FeatureDistance]:
+    """The feature distance fitted on ``train_paths`` (each image as it is and once shifted), its
+    threshold letting ``val_pass`` of ``val_paths`` through (as they are and three shifts each)."""
+    from cxr_viewer.training.shift import SHIFTS
+
+    rng = rng if rng is not None else np.random.default_rng(0)
+    ftrain, _ = yield from _distance_features(scorer, train_paths, 1, "the training children", rng, cancel)
+    fval, val_kinds = yield from _distance_features(scorer, val_paths, 3, "the validation children", rng, cancel)
+    fd = FeatureDistance.fit(ftrain, scorer.meta.weights_sha256,
+                             fitted_on={"children_train": int(len(train_paths)),
+                                        "children_validation": int(len(val_paths)),
+                                        "shifted": "each training child once, each validation child three times "
+                                                   "(training.shift)"})
+    dist = fd.distance(fval)
+    fd.threshold = float(np.quantile(dist, val_pass))
+    fd.fitted_on["validation_pass"] = val_pass
+    fd.fitted_on["validation_children_passed"] = {
+        k: round(float((dist[val_kinds == k] <= fd.threshold).mean()), 4) for k in ["none", *SHIFTS]
+        if (val_kinds == k).any()}
+    return fd
+
+
 def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: GateConfig | None = None,
                          cancel: CancelToken = NEVER_CANCELLED) -> Generator[Progress, None, FeatureDistance]:
     """Fit the scoring model's feature distance on the children's training part, each image as it
@@ -485,56 +541,16 @@ def fit_feature_distance(scorer, data: GateData, val_pass: float = 0.99, cfg: Ga
     lets ``val_pass`` of the validation children through, as they are and shifted (three shifts
     each). Fitted on unshifted children only, the distance called 95% of the validation children
     "unlike the training images" once their field of view was 30% wider, 16% once rotated by 6
-    degrees: another hospital's children would have been refused as out of distribution."""
-    from cxr_viewer.ai.preprocess import preprocess_unit, standardise
-    from cxr_viewer.training.shift import SHIFTS, shifted, whole_spec
-
+    degrees: another hospital's children would have been refused as out of distribution.
+    The other sets of ``data`` (adults, not radiographs) are measured: the share each refuses."""
     cfg = cfg or GateConfig()  # the image check's own split: the same validation children for both
     train, val = _split(data, cfg)
     kids_train = np.where(train & (data.kinds == "child"))[0]
     kids_val = np.where(val)[0]
-    spec = scorer.meta.preprocessing
-    whole = whole_spec(spec)  # the shifts change whole images; a lung box and equalisation come after
-    names = list(SHIFTS)
     r = np.random.default_rng(cfg.seed)
-
-    def features(idx, shifts_per_image: int, what: str):
-        """The real scoring path (each file decoded and preprocessed as for a score), then the same
-        units shifted ``shifts_per_image`` times; returns (features, shift name per row)."""
-        feats, kinds = [], []
-        for i in range(0, len(idx), 32):
-            cancel.raise_if_cancelled()
-            units, wholes = [], []
-            for p in data.paths[idx[i:i + 32]]:
-                image = open_image(str(p))
-                units.append(preprocess_unit(image.values, image.monochrome1, image.padding, spec, scorer.anatomy))
-                wholes.append(units[-1] if whole == spec else
-                              preprocess_unit(image.values, image.monochrome1, image.padding, whole))
-            rows, row_kinds = list(units), ["none"] * len(units)
-            for k, u in enumerate(wholes):
-                for name in r.choice(names, size=shifts_per_image, replace=False):
-                    rows.append(shifted(u, str(name), spec, int(r.integers(1 << 30)), scorer.anatomy))
-                    row_kinds.append(str(name))
-            for j in range(0, len(rows), 32):
-                feats.append(scorer.pooled_features(standardise(np.stack(rows[j:j + 32]), spec)))
-            kinds += row_kinds
-            yield Progress(f"features of {what}", i, len(idx))
-        return np.concatenate(feats), np.array(kinds)
-
-    ftrain, _ = yield from features(kids_train, 1, "the training children")
-    fval, val_kinds = yield from features(kids_val, 3, "the validation children")
-    fd = FeatureDistance.fit(ftrain, scorer.meta.weights_sha256,
-                             fitted_on={"children_train": int(len(kids_train)), "children_validation": int(len(kids_val)),
-                                        "shifted": "each training child once, each validation child three times "
-                                                   "(training.shift)"})
-    dist = fd.distance(fval)
-    fd.threshold = float(np.quantile(dist, val_pass))
-    fd.fitted_on["validation_pass"] = val_pass
-    fd.fitted_on["validation_children_passed"] = {
-        k: round(float((dist[val_kinds == k] <= fd.threshold).mean()), 4) for k in ["none", *names]
-        if (val_kinds == k).any()}
+    fd = yield from fit_distance_on(scorer, data.paths[kids_train], data.paths[kids_val], val_pass, r, cancel)
     for source in sorted(set(data.sources[data.kinds != "child"])):
         idx = np.where((data.sources == source) & (data.kinds != "child"))[0]
-        f, _ = yield from features(idx, 0, source)
+        f, _ = yield from _distance_features(scorer, data.paths[idx], 0, source, r, cancel)
         fd.fitted_on[f"refused_{source}"] = round(float((fd.distance(f) > fd.threshold).mean()), 4)
     return fd
