@@ -150,7 +150,7 @@ def test_main_window_opens_the_dialog(qtbot, tmp_path):
     win.shutdown()
 
 
-def test_the_dialog_offers_the_shipped_recipe_by_default_and_says_when_it_is_changed(qtbot, tmp_path):
+def test_the_dialog_offers_the_shipped_recipe_by_default_and_says_when_it_is_changed(qtbot, tmp_path, monkeypatch):
     from cxr_viewer.training.recipes import BASIC, SHIFT_ROBUST, recipe_of
 
     current = str(REPO / "models" / "default.safetensors")
@@ -163,15 +163,48 @@ def test_the_dialog_offers_the_shipped_recipe_by_default_and_says_when_it_is_cha
     assert (cfg.init, cfg.lr, cfg.epochs, cfg.batch_size, cfg.early_stopping) == (current, 1e-4, 3, 32, 0)
     dlg.lung_guidance.setValue(1.0)  # one field changed by hand: no longer the shipped recipe
     assert dlg.recipe.currentText() == "Custom" and dlg.config().lung_guidance == 1.0
-    dlg.apply_recipe("basic")
-    assert dlg.recipe.currentData() == "basic"
+    dlg.augment.setChecked(False)  # no augmentation is no recipe either
+    dlg.apply_recipe(None)  # "Custom" picked by hand: the combo still says what the fields make
+    assert dlg.recipe.currentText() == "Custom"
+    dlg.recipe.activated.emit(dlg.recipe.findData("basic"))  # as a user's pick arrives
+    assert dlg.recipe.currentData() == "basic" and dlg.augment.isChecked()
     assert {k: getattr(dlg.config(), k) for k in BASIC.fields} == dict(BASIC.fields)
     dlg.init.setCurrentIndex(0)
     dlg._on_init_chosen(0)  # from scratch: the scratch schedule
     assert (dlg.config().lr, dlg.config().epochs, dlg.config().early_stopping) == (1e-3, 10, 5)
+    dlg.epochs.setValue(7)
+    dlg._on_init_chosen(0)  # the same start chosen again: the user's edit stays
+    assert dlg.config().epochs == 7
+    from PySide6.QtWidgets import QFileDialog
+
+    other = tmp_path / "imagenet_resnet50.safetensors"  # weights without a cxr_viewer description
+    other.write_bytes(b"")
+    for path, expected in ((str(other), (1e-3, 10)), (current, (1e-4, 3))):
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, p=path: (p, ""))
+        dlg.init.setCurrentIndex(dlg.init.findData("file"))
+        dlg._on_init_chosen(dlg.init.currentIndex())
+        assert dlg.config().init == path and (dlg.config().lr, dlg.config().epochs) == expected
     dlg.show()
     qtbot.waitExposed(dlg)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     dlg.apply_recipe("shift-robust")
     dlg.grab().save(str(SCREENSHOTS / "training_dialog_recipe.png"))
     dlg.shutdown()
+
+
+def test_cancel_while_fitting_the_input_check_keeps_the_saved_model_usable(qtbot, dialog, tmp_path, monkeypatch):
+    """The model is whole before its input check is fitted: a cancel then says so and Use stays offered."""
+    from cxr_viewer.ai.gate import ood_path
+    from cxr_viewer.training import engine
+    from cxr_viewer.training.engine import SavedEvent
+
+    monkeypatch.setattr(engine, "MIN_INPUT_CHECK_VALIDATION", 2)
+    cfg = small(dialog, tmp_path, epochs=1, input_check_min_images=4)
+    dialog.runner.progress.connect(lambda ev: dialog.runner.cancel() if isinstance(ev, SavedEvent) else None)
+    dialog.start_training(config=cfg)
+    qtbot.waitUntil(lambda: dialog.start.isEnabled(), timeout=300000)
+    assert dialog.status.text().startswith("Cancelled after the model was saved to")
+    assert dialog.use.isEnabled() and Path(cfg.out).exists() and not Path(ood_path(cfg.out)).exists()
+    with qtbot.waitSignal(dialog.model_ready, timeout=5000) as b:
+        dialog.use.click()
+    assert b.args[0] == cfg.out

@@ -709,8 +709,63 @@ def test_a_trained_model_gets_its_own_feature_distance_input_check(tiny_root, tm
     assert fd.fitted_on["children_train"] == sum(meta.training["train_counts"].values())
     scorer = Scorer.from_file(str(out), "cpu", "fp32")
     assert scorer.checks.distance is not None and scorer.checks.distance_heads == ("pneumonia",)
+    # a run that cannot fit one (here: its scorer fails to load) keeps its model and loses the old check
+    def broken(*a, **k):
+        raise RuntimeError("no scorer today")
+
+    monkeypatch.setattr(Scorer, "from_file", broken)
+    done = run_to_completion(train(tiny_config(tiny_root, out, epochs=1, seed=2, input_check_min_images=8,
+                                               input_check_max_images=10)))
+    assert "no feature distance fitted (RuntimeError: no scorer today)" in done.report_text
+    assert read_meta(str(out)).weights_sha256 != meta.weights_sha256 and not Path(ood_path(str(out))).exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "MIN_INPUT_CHECK_VALIDATION", 4)
+    done = run_to_completion(train(tiny_config(tiny_root, out, epochs=1, seed=3, input_check_min_images=8,
+                                               input_check_max_images=10)))
+    fd = FeatureDistance.from_file(ood_path(str(out)))
+    assert fd.fitted_on["children_train"] == 10 and fd.fitted_on["children_validation"] <= 5  # the caps
     # a second run to the same name with too few images: the first model's check must not linger
     done = run_to_completion(train(tiny_config(tiny_root, out, epochs=1, seed=1)))
     assert "no feature distance fitted (" in done.report_text and "at least 200" in done.report_text
     assert not Path(ood_path(str(out))).exists()
     assert Scorer.from_file(str(out), "cpu", "fp32").checks.distance is None
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tiny_root, tmp_path):
+    """Resuming with other settings (a dialog whose fields changed since, another recipe) would mix
+    two runs: refused in one line before any data work; where things go and when to stop may change."""
+    cfg = tiny_config(tiny_root, tmp_path / "m.safetensors", epochs=1, input_check=False)
+    run_to_completion(train(cfg))
+    other = tiny_config(tiny_root, tmp_path / "m.safetensors", epochs=2, lr=5e-4, augment_strength="strong",
+                        input_check=False)
+    with pytest.raises(DataError, match=r"another run: lr 0\.001 \(now 0\.0005\), augment_strength"):
+        run_to_completion(train(other, resume=True))
+    longer = tiny_config(tiny_root, tmp_path / "m.safetensors", epochs=2, input_check=False,
+                         threshold_rule="sensitivity:0.9", cache_dir=None)
+    done = run_to_completion(train(longer, resume=True))
+    assert read_meta(done.model_path).training["epochs_run"] == 2
+
+
+def test_aspect_jitter_changes_proportions_and_moves_the_mask_alike():
+    """--aspect-jitter: half the images are cropped on one axis and resized back; a mask goes the same way."""
+    import random
+
+    from cxr_viewer.training.engine import Augment
+
+    x = torch.zeros(1, 64, 64)
+    x[:, 16:48, 16:48] = 1.0  # a square
+    aug = Augment(64, "standard", aspect=0.4)
+    aug.affine = lambda *t: t if len(t) > 1 else t[0]  # geometry of the aspect step alone
+    aug._photometric = lambda t: t
+    random.seed(0)
+    shapes, moved = set(), 0
+    for _ in range(40):
+        y, m = aug.with_mask(x.clone(), (x > 0.5).clone())
+        rows, cols = torch.nonzero(m[0], as_tuple=True)
+        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        shapes.add((h, w))
+        assert torch.equal(m[0], y[0] > 0.5)  # the mask is where the image's square went
+        moved += (h, w) != (32, 32)
+    assert 10 <= moved <= 30 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+    with pytest.raises(DataError, match="aspect jitter"):
+        TrainConfig(data_dir="d", out="o.safetensors", aspect_jitter=2.0).validate()

@@ -24,11 +24,12 @@ def _train_config(args: argparse.Namespace):
     for key in ("labels_csv", "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "head_activation",
                 "input_size", "precision", "device", "init", "early_stopping", "val_split", "split_by", "seed", "split_seed", "num_workers",
                 "limit_per_class", "max_steps_per_epoch", "name", "version", "threshold_rule", "min_val_per_class",
-                "augment_strength", "select_on", "ema", "mixup", "crop", "intensity", "lung_guidance"):
+                "augment_strength", "select_on", "ema", "mixup", "crop", "intensity", "lung_guidance", "aspect_jitter"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
     cfg.balance = not args.no_balance
+    cfg.input_check = not getattr(args, "no_input_check", False)
     cfg.augment = not args.no_augment
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir or None
@@ -250,6 +251,8 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--input-size", type=int)
     p.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--no-input-check", action="store_true",
+                   help="do not fit the model's feature-distance input check after training (about 2 min on 2 cores)")
     p.add_argument("--recipe", choices=tuple(RECIPES),
                    help="shift-robust: as the shipped model was made (strong augmentation, EMA, equalised input, "
                         "lung guidance, chosen on shifted copies, threshold at sensitivity 0.95); basic: the first "
@@ -261,6 +264,10 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--select-on", choices=("validation", "shifted"),
                    help="choose the epoch, calibration and threshold on the validation split (default) or on it "
                         "pooled with its shifted copies (images changed the way other hospitals' differ)")
+    p.add_argument("--aspect-jitter", type=float, metavar="R",
+                   help="crop half the training images on one axis to an aspect ratio within exp(+-R) and resize "
+                        "back, so the chest's proportions vary as when images of other shapes are squashed to the "
+                        "input (e.g. 0.25; default 0: off)")
     p.add_argument("--ema", type=float, help="exponential moving average of the weights, e.g. 0.995 (default 0: off)")
     p.add_argument("--mixup", type=float, help="mixup: blend each batch with a shuffled copy, Beta(A, A) (e.g. 0.4; default 0: off)")
     p.add_argument("--crop", choices=("none", "lungs"),

@@ -36,7 +36,16 @@ from cxr_viewer.common.tasks import NEVER_CANCELLED, CancelToken, Progress
 from cxr_viewer.gui.screen import available_geometry, centre_on, fitted_size
 from cxr_viewer.gui.workers import TaskRunner
 from cxr_viewer.training.data import DataError, choose_validation, scan_dataset
-from cxr_viewer.training.engine import OPTIMIZERS, DoneEvent, EpochEvent, ScanEvent, StepEvent, TrainConfig, train
+from cxr_viewer.training.engine import (
+    OPTIMIZERS,
+    DoneEvent,
+    EpochEvent,
+    SavedEvent,
+    ScanEvent,
+    StepEvent,
+    TrainConfig,
+    train,
+)
 from cxr_viewer.training.recipes import FINE_TUNE_SCHEDULE, RECIPES, SCRATCH_SCHEDULE, SHIFT_ROBUST, recipe_of
 
 PLOT_INTERVAL_MS = 250  # redraw at most 4 times a second
@@ -78,6 +87,7 @@ class TrainingDialog(QDialog):
         self.scan_runner = TaskRunner(self, "scan")
         self.eval_runner = TaskRunner(self, "test evaluation")
         self.finished_run: DoneEvent | None = None
+        self._saved: str | None = None  # the model written by the run, once it is whole
         self._steps: list[tuple[float, float]] = []
         self._epochs: list[EpochEvent] = []
         self._dirty = False
@@ -289,13 +299,16 @@ class TrainingDialog(QDialog):
         self.weight_decay.setRange(0.0, 1.0)
         self.weight_decay.setSingleStep(0.01)
         self.apply_recipe(SHIFT_ROBUST.name)
-        self._schedule(self.init.currentData())
+        self._init_shown = self.init.currentData()
+        self._schedule(self._init_shown)
 
     def apply_recipe(self, name: str | None) -> None:
         """Set the recipe's fields into their widgets (None: leave them, the user's own mix)."""
         if name is None:
+            self._sync_recipe()  # "Custom" picked by hand: the combo says what the fields make
             return
         fields = RECIPES[name].fields
+        self.augment.setChecked(fields["augment"])
         for widget, key in ((self.augment_strength, "augment_strength"), (self.select_on, "select_on"),
                             (self.intensity, "intensity"), (self.threshold_rule, "threshold_rule")):
             widget.setCurrentIndex(widget.findData(fields[key]))
@@ -312,11 +325,15 @@ class TrainingDialog(QDialog):
         self.recipe.blockSignals(False)
 
     def _schedule(self, init: str | None) -> None:
-        """Fine-tuning the current model: the schedule that made each shipped version from the one
-        before; from scratch: the scratch schedule. A weights file (e.g. ImageNet) keeps what is set."""
-        schedule = (FINE_TUNE_SCHEDULE if init and init == self.current_model
-                    else SCRATCH_SCHEDULE if init in (None, "scratch") else None)
-        if schedule is not None:
+        """Fine-tuning a cxr_viewer model (the current one, or a file with its description beside
+        it): the schedule that made each shipped version from the one before; from scratch or from
+        other weights (e.g. ImageNet's, whose heads are new): the scratch schedule."""
+        from cxr_viewer.ai.model import sidecar_path
+
+        is_model = bool(init) and init not in ("scratch", "file") and (
+            init == self.current_model or os.path.exists(sidecar_path(init)))
+        schedule = FINE_TUNE_SCHEDULE if is_model else SCRATCH_SCHEDULE
+        if init != "file":
             self.lr.setValue(schedule["lr"])
             self.epochs.setValue(schedule["epochs"])
             self.batch.setValue(schedule["batch_size"])
@@ -324,6 +341,7 @@ class TrainingDialog(QDialog):
 
     def _wire(self) -> None:
         self.recipe.activated.connect(lambda i: self.apply_recipe(self.recipe.itemData(i)))
+        self.augment.toggled.connect(self._sync_recipe)
         for combo in (self.augment_strength, self.select_on, self.intensity, self.threshold_rule, self.optimizer):
             combo.currentIndexChanged.connect(self._sync_recipe)
         for spin in (self.ema, self.lung_guidance, self.weight_decay):
@@ -359,7 +377,9 @@ class TrainingDialog(QDialog):
                 self.init.setCurrentIndex(index)
             else:
                 self.init.setCurrentIndex(0)
-        self._schedule(self.init.currentData())
+        if self.init.currentData() != self._init_shown:  # a new start: its schedule (edits kept otherwise)
+            self._init_shown = self.init.currentData()
+            self._schedule(self._init_shown)
 
     def scan(self) -> None:
         folder = self.folder.text().strip()
@@ -398,6 +418,7 @@ class TrainingDialog(QDialog):
             self.status.setText("Choose a data folder first.")
             return
         self.finished_run = None
+        self._saved = None
         if not resume:
             self._steps, self._epochs = [], []
         self._dirty = True
@@ -414,8 +435,9 @@ class TrainingDialog(QDialog):
         self.runner.submit(train, cfg, resume)
 
     def _use_model(self) -> None:
-        if self.finished_run is not None:
-            self.model_ready.emit(self.finished_run.model_path)
+        path = self.finished_run.model_path if self.finished_run is not None else self._saved
+        if path:
+            self.model_ready.emit(path)
 
     # --- events ------------------------------------------------------------------------
     def _on_event(self, ev: object) -> None:
@@ -424,6 +446,8 @@ class TrainingDialog(QDialog):
                 self.progress.setRange(0, ev.total)
                 self.progress.setValue(ev.done)
             self.status.setText(f"{ev.stage}: {ev.done}/{ev.total}")
+        elif isinstance(ev, SavedEvent):
+            self._saved = ev.model_path
         elif isinstance(ev, ScanEvent):
             self.scan_text.setPlainText(f"{ev.summary}\nvalidation: {ev.validation}\ntrain {ev.train_counts}, "
                                         f"validation {ev.val_counts}; heads trained: {', '.join(ev.trained_heads)}; "
@@ -503,6 +527,11 @@ class TrainingDialog(QDialog):
         self._finish(f"Training stopped: {message}")
 
     def _on_cancelled(self) -> None:
+        if self._saved:  # cancelled while fitting the input check: the model is whole
+            self._finish(f"Cancelled after the model was saved to {self._saved}; it has no feature-distance "
+                         "input check (the image check alone decides which images it scores).")
+            self.use.setEnabled(True)
+            return
         self._finish("Cancelled. The last finished epoch's checkpoint is kept: Resume continues from it.")
 
     def shutdown(self) -> None:

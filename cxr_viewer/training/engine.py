@@ -81,6 +81,10 @@ class TrainConfig:
     select_on: str = "validation"
     #: exponential moving average of the weights (0: off), evaluated and saved instead of the raw weights
     ema: float = 0.0
+    #: aspect jitter: half the training images cropped on one axis to a random aspect ratio within
+    #: exp(+-aspect_jitter) and resized back to a square, so the chest's proportions vary as they do
+    #: when images of other shapes are squashed to the input (0: off; e.g. 0.25 for 0.78-1.28)
+    aspect_jitter: float = 0.0
     #: mixup (Zhang et al. 2018): each batch blended with a shuffled copy of itself, labels alike,
     #: the blend drawn from Beta(mixup, mixup); 0: off
     mixup: float = 0.0
@@ -138,6 +142,8 @@ class TrainConfig:
             raise DataError("select-on must be validation or shifted")
         if not 0.0 <= self.ema < 1.0:
             raise DataError("ema must be in [0, 1)")
+        if not 0.0 <= self.aspect_jitter <= 0.7:
+            raise DataError("aspect jitter must be in [0, 0.7] (the largest log aspect ratio; 0: off)")
         if not 0.0 <= self.mixup <= 10.0:
             raise DataError("mixup must be in [0, 10] (the Beta distribution's parameter; 0: off)")
         if self.crop not in (None, "none", "lungs"):
@@ -339,6 +345,12 @@ class EpochEvent:
 
 
 @dataclass(frozen=True)
+class SavedEvent:
+    """The model is written and whole (what follows, the input check's fit, cannot undo that)."""
+    model_path: str
+
+
+@dataclass(frozen=True)
 class DoneEvent:
     model_path: str
     report_path: str
@@ -389,10 +401,11 @@ class Augment:
     brightness, contrast and gamma. No flips: left-right anatomy (heart side, markers) matters.
     ``strength="strong"``: see :class:`TrainConfig`."""
 
-    def __init__(self, size: int, strength: str = "standard", equalize: bool = False):
+    def __init__(self, size: int, strength: str = "standard", equalize: bool = False, aspect: float = 0.0):
         from torchvision.transforms import v2
 
         self.strong = strength == "strong"
+        self.aspect = aspect  # TrainConfig.aspect_jitter
         #: end as the pipeline does for an ``intensity="equalize"`` model (ai.preprocess.equalise)
         self.equalize = equalize
         if self.strong:
@@ -402,14 +415,34 @@ class Augment:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The changed image."""
-        return self._photometric(self.affine(x))
+        return self._photometric(self.affine(self._aspect(x)[0]))
 
     def with_mask(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The changed image and ``mask`` (1, S, S) moved by the same affine (the mask's values kept)."""
+        """The changed image and ``mask`` (1, S, S) moved by the same geometry (the mask's values kept)."""
         from torchvision import tv_tensors
 
+        x, mask = self._aspect(x, mask)
         x, mask = self.affine(tv_tensors.Image(x), tv_tensors.Mask(mask))
         return self._photometric(x.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor)
+
+    def _aspect(self, x: torch.Tensor, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Half the time (with ``aspect``): crop one axis to a random aspect ratio and resize back."""
+        from torch.nn import functional as F
+
+        if not self.aspect or random.random() >= 0.5:
+            return x, mask
+        s = x.shape[-1]
+        ratio = math.exp(random.uniform(-self.aspect, self.aspect))  # width over height of the crop
+        h, w = (s, max(8, round(s * ratio))) if ratio < 1 else (max(8, round(s / ratio)), s)
+        y0, x0 = random.randint(0, s - h), random.randint(0, s - w)
+
+        def back(t: torch.Tensor, mode: str) -> torch.Tensor:
+            t = t[..., y0:y0 + h, x0:x0 + w][None].float()
+            out = F.interpolate(t, size=(s, s), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+            return out[0]
+
+        return back(x, "bilinear"), None if mask is None else back(mask, "nearest").to(mask.dtype)
 
     def _photometric(self, x: torch.Tensor) -> torch.Tensor:
         if self.strong:
@@ -459,9 +492,10 @@ class ArrayDataset(torch.utils.data.Dataset):
     """Preprocessed images held in memory (uint16, [0, 1] scaled), labels with -1 for unlabelled."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, augment: bool,
-                 strength: str = "standard", masks: np.ndarray | None = None):
+                 strength: str = "standard", masks: np.ndarray | None = None, aspect: float = 0.0):
         self.images, self.labels, self.spec, self.masks = images, labels, spec, masks
-        self.augment = Augment(spec.input_size, strength, spec.intensity == "equalize") if augment else None
+        self.augment = (Augment(spec.input_size, strength, spec.intensity == "equalize", aspect)
+                        if augment else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -695,6 +729,37 @@ def save_checkpoint(path: str, payload: dict) -> None:
         raise OutputError(f"cannot write the checkpoint {path}: {reason}") from None
 
 
+#: what may differ between a run and its resumption: where things go, how they are computed and
+#: reported, and when to stop; everything else (data, split, recipe, schedule...) must be the same
+RESUME_MAY_CHANGE = frozenset({"out", "checkpoint", "cache_dir", "num_workers", "device", "precision", "epochs",
+                               "early_stopping", "threshold_rule", "min_val_per_class", "bootstrap", "name",
+                               "version", "input_check", "input_check_min_images", "input_check_max_images"})
+
+
+def _checkpoint_of_this_run(cfg: TrainConfig) -> dict:
+    """The checkpoint to resume, refused (DataError, one line) when it belongs to another run: a
+    resumed run must be the run it continues (a dialog whose fields changed since, or another
+    recipe, would otherwise silently mix two)."""
+    path = cfg.checkpoint_path
+    if not os.path.exists(path):
+        raise DataError(f"nothing to resume: {path} does not exist")
+    ck = load_checkpoint(path)
+    try:
+        then = json.loads(ck.get("config") or "{}")
+    except (TypeError, ValueError):
+        then = {}
+    now = asdict(cfg)
+    differ = [k for k in now if k not in RESUME_MAY_CHANGE and k in then and then[k] != now[k]
+              and not (k == "data_dir" and os.path.abspath(str(then[k])) == os.path.abspath(str(now[k])))
+              and not (k in ("crop", "intensity") and now[k] is None)]  # None: as the initial model, resolved then
+    if differ:
+        shown = ", ".join(f"{k} {then[k]!r} (now {now[k]!r})" for k in differ[:4])
+        raise DataError(f"cannot resume: the checkpoint {path} is of another run: {shown}"
+                        + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                        + "; start a new run, or resume with the same settings")
+    return ck
+
+
 def load_checkpoint(path: str) -> dict:
     """Checkpoints are read with ``weights_only=True``: tensors and plain containers, no code."""
     try:
@@ -776,6 +841,9 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
     from cxr_viewer.ai.gate import ood_path
 
     path = ood_path(cfg.out)
+    for stale in (path, sidecar_path(path)):  # it belonged to the model this one replaced
+        if os.path.exists(stale):
+            os.unlink(stale)
     kids = [s.path for s in train_s if s.label("pneumonia") is not None]
     val = [s.path for s in val_s if s.label("pneumonia") is not None]
     why = ("" if head_trained else "the pneumonia head is not available") if cfg.input_check else "not asked for"
@@ -789,22 +857,24 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
         rng = np.random.default_rng(cfg.seed)
         if len(kids) > cfg.input_check_max_images:
             kids = sorted(rng.choice(kids, cfg.input_check_max_images, replace=False).tolist())
+        if len(val) > cfg.input_check_max_images // 2:  # each is scored 4 times (as it is and 3 shifts)
+            val = sorted(rng.choice(val, cfg.input_check_max_images // 2, replace=False).tolist())
         try:
-            scorer = Scorer.from_file(cfg.out, cfg.device, cfg.precision)
+            scorer = Scorer.from_file(cfg.out, cfg.device)  # the precision the viewer scores with
             fd = yield from fit_distance_on(scorer, kids, val, rng=rng, cancel=cancel)
             fd.fitted_on["by"] = "cxr-viewer train, on the run's own training and validation images"
             fd.save(path)
         except Cancelled:
             why = "cancelled"
-        except (UserError, OSError, ValueError, MemoryError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the model is written and whole: say why it has no check
             why = one_line(exc)
         else:
             return (f"input check: feature distance fitted on {len(kids)} training images (limit {fd.threshold:.2f}: "
                     f"{fd.fitted_on['validation_children_passed'].get('none', 0):.1%} of the validation images as "
                     f"they are pass) -> {os.path.basename(path)}")
-    for stale in (path, sidecar_path(path)):  # it belonged to the model this one replaced
-        if os.path.exists(stale):
-            os.unlink(stale)
+    for partial in (path, sidecar_path(path)):  # a save that failed half-way
+        if os.path.exists(partial):
+            os.unlink(partial)
     return (f"input check: no feature distance fitted ({why}); the image check alone decides which images "
             "this model scores")
 
@@ -814,6 +884,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     """Task: train a model. Yields Progress, ScanEvent, StepEvent and EpochEvent; returns DoneEvent."""
     cfg.validate()
     check_output_folder(cfg.out)  # writable, before anything slow
+    ck = _checkpoint_of_this_run(cfg) if resume else None
     world, rank, local_rank = _dist_info()
     distributed = world > 1
     try:
@@ -911,10 +982,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
     start_epoch, best_epoch, best_score, history = 0, -1, -math.inf, []
     best_state: dict | None = None
     ckpt_path = cfg.checkpoint_path
-    if resume:
-        if not os.path.exists(ckpt_path):
-            raise DataError(f"nothing to resume: {ckpt_path} does not exist")
-        ck = load_checkpoint(ckpt_path)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -933,7 +1001,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
             whole_train, _, _ = yield from prepare_images(train_s, PreprocessCache(cfg.cache_dir, whole_spec(spec)),
                                                           cancel, "preparing training images")
         train_masks = yield from lung_masks(whole_train, _guidance_anatomy(), cancel)
-    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment, cfg.augment_strength, train_masks)
+    train_ds = ArrayDataset(train_x, train_y, spec, cfg.augment, cfg.augment_strength, train_masks, cfg.aspect_jitter)
     judged = model if ema_model is None else ema_model.module
     stopped_early = False
     t_run = time.perf_counter()
@@ -1086,6 +1154,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
         report = json.dumps({"notice": "Research use only. Not for diagnostic use.", "split": "validation",
                              "model": os.path.basename(cfg.out), "heads": reports, "history": history}, indent=2)
         write_model_files(model, meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
+        yield SavedEvent(cfg.out)
         texts.append((yield from fit_input_check(cfg, train_s, val_s,
                                                  meta.heads["pneumonia"].trained if "pneumonia" in heads else False,
                                                  cancel)))

@@ -77,6 +77,18 @@ def _collimation(x, r):  # hard collimator edges: bright bands on two sides
     return out
 
 
+def _narrower(x, r):  # an original of another shape: narrower (sides cropped 9%), squashed to a square
+    w = x.shape[1]
+    d = int(w * 0.09)
+    return x[:, d:w - d]
+
+
+def _shorter(x, r):  # ... or shorter (top and bottom cropped 9%): the chest's proportions change
+    h = x.shape[0]
+    d = int(h * 0.09)
+    return x[d:h - d, :]
+
+
 def _rotate(x, r):
     return np.asarray(_pil(x).rotate(6, resample=Image.Resampling.BILINEAR), np.float32) / 255
 
@@ -94,6 +106,10 @@ SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "wide field": _wide,
     "collimation": _collimation,
     "rotated 6 deg": _rotate,
+    # the pipeline squashes every image to a square (as the training copies were): an image of
+    # another shape reaches the model with the chest's proportions changed
+    "narrower field": _narrower,
+    "shorter field": _shorter,
 }
 
 
