@@ -273,8 +273,9 @@ class TrainingDialog(QDialog):
         self.select_on.addItem("Validation split", "validation")
         self.select_on.addItem("Split + shifted copies", "shifted")
         self.select_on.setToolTip("What chooses the epoch, the calibration and the threshold: the validation split "
-                                  "as it is, or pooled with 12 copies changed the way other hospitals' images differ "
-                                  "(exposure, processing curve, blur, sharpening, noise, JPEG, crop, collimation)")
+                                  "as it is, or pooled with copies of it changed in 14 ways, as other "
+                                  "hospitals' images differ (exposure, processing curve, blur, sharpening, noise, "
+                                  "JPEG, crop, collimation, rotation, the image's shape)")
         self.ema = QDoubleSpinBox(self)
         self.ema.setDecimals(4)
         self.ema.setRange(0.0, 0.9999)
