@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from cxr_viewer.ai.gate import FeatureDistance, ood_path  # noqa: E402
 from cxr_viewer.ai.inference import Scorer  # noqa: E402
-from cxr_viewer.common.tasks import run_to_completion  # noqa: E402
+from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion  # noqa: E402
 from cxr_viewer.training.data import choose_validation, scan_dataset  # noqa: E402
 from cxr_viewer.training.engine import TrainConfig  # noqa: E402
 from cxr_viewer.training.intended_use import _distance_features, fit_distance_on  # noqa: E402
@@ -56,27 +56,20 @@ def main() -> None:
                                     if Path(p).is_file() and not p.endswith((".md", ".txt", ".json")))}
     rows = {}
     for name, paths in sets.items():
-        good = []
-        for p in paths:  # a DICOM without pixels, or anything else that cannot be scored, is left out
+        feats = []
+        for p in paths:  # one pass, file by file: a DICOM without pixels or any unreadable file is left out
             try:
-                run_to_completion(_distance_features(scorer, [p], 0, name, rng, _never()))
-                good.append(p)
+                feats.append(run_to_completion(_distance_features(scorer, [p], 0, name, rng, NEVER_CANCELLED))[0])
             except Exception:  # noqa: BLE001 - counted as not an image
                 pass
-        f, _ = run_to_completion(_distance_features(scorer, good, 0, name, rng, _never()))
-        rows[name] = {"images": len(good),
+        f = np.concatenate(feats)
+        rows[name] = {"images": len(feats),
                       "refused_by_the_shipped_check": round(float((shipped.distance(f) > shipped.threshold).mean()), 4),
                       "refused_by_train_s_check": round(float((fitted.distance(f) > fitted.threshold).mean()), 4)}
     print(json.dumps({"model": args.model, "validation": note, "fitted_on_training_children": len(kids),
                       "fit_seconds": round(fit_s, 1), "limits": {"shipped": round(shipped.threshold, 3),
                                                                   "train_s": round(fitted.threshold, 3)},
                       "sets": rows}, indent=2))
-
-
-def _never():
-    from cxr_viewer.common.tasks import NEVER_CANCELLED
-
-    return NEVER_CANCELLED
 
 
 if __name__ == "__main__":

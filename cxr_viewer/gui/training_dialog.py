@@ -299,6 +299,11 @@ class TrainingDialog(QDialog):
         self.weight_decay.setDecimals(5)
         self.weight_decay.setRange(0.0, 1.0)
         self.weight_decay.setSingleStep(0.01)
+        #: each recipe field's widget (training.recipes): applied, read and watched through this one table
+        self._recipe_widgets = {"augment": self.augment, "augment_strength": self.augment_strength,
+                                "select_on": self.select_on, "ema": self.ema, "intensity": self.intensity,
+                                "lung_guidance": self.lung_guidance, "threshold_rule": self.threshold_rule,
+                                "optimizer": self.optimizer, "weight_decay": self.weight_decay}
         self.apply_recipe(SHIFT_ROBUST.name)
         self._init_shown = self.init.currentData()
         self._schedule(self._init_shown)
@@ -308,16 +313,28 @@ class TrainingDialog(QDialog):
         if name is None:
             self._sync_recipe()  # "Custom" picked by hand: the combo says what the fields make
             return
-        fields = RECIPES[name].fields
-        self.augment.setChecked(fields["augment"])
-        for widget, key in ((self.augment_strength, "augment_strength"), (self.select_on, "select_on"),
-                            (self.intensity, "intensity"), (self.threshold_rule, "threshold_rule")):
-            widget.setCurrentIndex(widget.findData(fields[key]))
-        self.ema.setValue(fields["ema"])
-        self.lung_guidance.setValue(fields["lung_guidance"])
-        self.weight_decay.setValue(fields["weight_decay"])
-        self.optimizer.setCurrentText(fields["optimizer"])
+        for key, widget in self._recipe_widgets.items():
+            value = RECIPES[name].fields[key]
+            if isinstance(widget, QCheckBox):
+                widget.setChecked(value)
+            elif isinstance(widget, QDoubleSpinBox):
+                widget.setValue(value)
+            elif widget is self.optimizer:  # a combo of plain texts
+                widget.setCurrentText(value)
+            else:
+                widget.setCurrentIndex(widget.findData(value))
         self._sync_recipe()
+
+    def _recipe_values(self) -> dict:
+        """The recipe fields as the widgets set them."""
+        def value(w):
+            if isinstance(w, QCheckBox):
+                return w.isChecked()
+            if isinstance(w, QDoubleSpinBox):
+                return round(w.value(), w.decimals())
+            return w.currentText() if w is self.optimizer else w.currentData()
+
+        return {key: value(w) for key, w in self._recipe_widgets.items()}
 
     def _sync_recipe(self) -> None:
         """Show which recipe the fields now make (Custom when none)."""
@@ -342,11 +359,9 @@ class TrainingDialog(QDialog):
 
     def _wire(self) -> None:
         self.recipe.activated.connect(lambda i: self.apply_recipe(self.recipe.itemData(i)))
-        self.augment.toggled.connect(self._sync_recipe)
-        for combo in (self.augment_strength, self.select_on, self.intensity, self.threshold_rule, self.optimizer):
-            combo.currentIndexChanged.connect(self._sync_recipe)
-        for spin in (self.ema, self.lung_guidance, self.weight_decay):
-            spin.valueChanged.connect(self._sync_recipe)
+        for w in self._recipe_widgets.values():
+            (w.toggled if isinstance(w, QCheckBox) else w.valueChanged if isinstance(w, QDoubleSpinBox)
+             else w.currentIndexChanged).connect(self._sync_recipe)
         self.browse.clicked.connect(self._browse)
         self.scan_button.clicked.connect(self.scan)
         self.start.clicked.connect(lambda: self.start_training(resume=False))
@@ -400,17 +415,14 @@ class TrainingDialog(QDialog):
         init = self.init.currentData() or "scratch"
         return TrainConfig(
             data_dir=self.folder.text().strip(), out=self.out.text().strip(),
-            labels_csv=self.labels_csv.text().strip() or None, optimizer=self.optimizer.currentText(),
+            labels_csv=self.labels_csv.text().strip() or None,
             lr=self.lr.value(), epochs=self.epochs.value(), batch_size=self.batch.value(),
             head_activation=self.activation.currentText(), input_size=self.input_size.value(),
-            balance=self.balance.isChecked(), augment=self.augment.isChecked(),
+            balance=self.balance.isChecked(),
             precision=self.precision.currentText(), device=self.device.currentText(),
             init="scratch" if init == "file" else init, early_stopping=self.patience.value(),
             val_split=self.val_split.value(), split_by=self.split_by.currentData(), seed=self.seed.value(),
-            num_workers=1, augment_strength=self.augment_strength.currentData(),
-            select_on=self.select_on.currentData(), ema=round(self.ema.value(), 4),
-            intensity=self.intensity.currentData(), lung_guidance=self.lung_guidance.value(),
-            threshold_rule=self.threshold_rule.currentData(), weight_decay=self.weight_decay.value(),
+            num_workers=1, **self._recipe_values(),
         )
 
     def start_training(self, resume: bool = False, config: TrainConfig | None = None) -> None:

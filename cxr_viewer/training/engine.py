@@ -836,14 +836,18 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
     """After the model is written: fit its feature distance on its own training children (each as
     it is and once shifted) with the threshold letting 99% of its validation children through (as
     they are and three shifts each), written atomically beside the model; returns the report's line.
-    A feature distance left from an older model at that name is removed when none is fitted. The
-    model is complete before this starts: a cancel or a failure here only leaves it without one."""
+    A feature distance left from an older model at that name is removed first. The model is
+    complete before this starts: a cancel or a failure here only leaves it without one."""
     from cxr_viewer.ai.gate import ood_path
 
     path = ood_path(cfg.out)
-    for stale in (path, sidecar_path(path)):  # it belonged to the model this one replaced
-        if os.path.exists(stale):
-            os.unlink(stale)
+
+    def remove_check() -> None:
+        for f in (path, sidecar_path(path)):
+            if os.path.exists(f):
+                os.unlink(f)
+
+    remove_check()  # it belonged to the model this one replaced
     kids = [s.path for s in train_s if s.label("pneumonia") is not None]
     val = [s.path for s in val_s if s.label("pneumonia") is not None]
     why = ("" if head_trained else "the pneumonia head is not available") if cfg.input_check else "not asked for"
@@ -872,9 +876,7 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
             return (f"input check: feature distance fitted on {len(kids)} training images (limit {fd.threshold:.2f}: "
                     f"{fd.fitted_on['validation_children_passed'].get('none', 0):.1%} of the validation images as "
                     f"they are pass) -> {os.path.basename(path)}")
-    for partial in (path, sidecar_path(path)):  # a save that failed half-way
-        if os.path.exists(partial):
-            os.unlink(partial)
+    remove_check()  # a save that failed half-way
     return (f"input check: no feature distance fitted ({why}); the image check alone decides which images "
             "this model scores")
 
@@ -1155,9 +1157,7 @@ def train(cfg: TrainConfig, resume: bool = False, cancel: CancelToken = NEVER_CA
                              "model": os.path.basename(cfg.out), "heads": reports, "history": history}, indent=2)
         write_model_files(model, meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
         yield SavedEvent(cfg.out)
-        texts.append((yield from fit_input_check(cfg, train_s, val_s,
-                                                 meta.heads["pneumonia"].trained if "pneumonia" in heads else False,
-                                                 cancel)))
+        texts.append((yield from fit_input_check(cfg, train_s, val_s, meta.heads["pneumonia"].trained, cancel)))
     if distributed:
         import torch.distributed as dist
 
