@@ -134,19 +134,24 @@ def main() -> None:
     ap.add_argument("--model", default=default_model_path())
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda only where present)")
     args = ap.parse_args()
     if not args.model or not SHARED.is_dir():
         sys.exit("needs a model (models/default.safetensors or --model) and ../shared/data")
     files = images(args.images)
     big = sorted((SHARED / "kermany_fullres" / "train" / "PNEUMONIA").iterdir())[:2]
-    dcm = [SHARED / "dicom" / "pydicom-data_RG1" / "RG1_J2KR.dcm", SHARED / "dicom" / "pydicom-data_RG1" / "RG1_UNCR.dcm"]
+    dcm = [SHARED / "dicom" / "pydicom-data_RG1" / f"RG1_{kind}.dcm" for kind in ("J2KR", "UNCR")]
+    dcm = [p for p in dcm if p.exists()]  # a partial copy of the data (a GPU machine's) may lack them
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "runs": []}
-    combos = [("cpu", "fp32"), ("cpu", "bf16")]
-    if torch.cuda.is_available():
+    wanted = args.devices.split(",")
+    combos = [("cpu", "fp32"), ("cpu", "bf16")] if "cpu" in wanted else []
+    if torch.cuda.is_available() and "cuda" in wanted:
         combos += [("cuda", "auto")]
     for device, precision in combos:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         choice = choose_device(device, precision)
         scorer = Scorer.from_file(args.model, device, precision)
         scorer.score(open_image(str(files[0])))  # warm-up
@@ -155,6 +160,8 @@ def main() -> None:
                **throughput(scorer, files, args.batch),
                "input_checks": checks_overhead(scorer, files[:64], args.batch),
                "lung_box": lung_box_cost(scorer, [files[0], *big, *dcm])}
+        if device == "cuda":
+            run["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
     print(json.dumps(report, indent=2))

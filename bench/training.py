@@ -53,7 +53,7 @@ def step_rate(model, opt, loader_iter, steps, choice) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
+def run(files: list[Path], label: str, batch: int, steps: int, choice, workers: int = 1) -> dict:
     spec = PreprocessSpec()
     cache_dir = tempfile.mkdtemp(prefix="cxr-bench-cache-")
     samples = [Sample(str(f), (int("PNEUMONIA" in str(f)), None), f.stem, "x") for f in files]
@@ -71,7 +71,8 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     model.train()
     ds = ArrayDataset(imgs, labels, spec, augment=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=1, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                                         persistent_workers=True)
 
     def forever(dl):
         while True:
@@ -86,11 +87,14 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice) -> dict:
             yield x, y
 
     model_only = step_rate(model, opt, same(), steps, choice)
-    return {"images": label, "n": len(samples), "device": choice.label,
+    out = {"images": label, "n": len(samples), "device": choice.label, "batch": batch, "loader_workers": workers,
             "first_epoch_decode_img_s": round(first_decode, 1), "cached_load_img_s": round(cached_load, 1),
             "cached_pipeline_step_img_s": round(pipeline, 2), "model_only_step_img_s": round(model_only, 2),
             "cached_vs_model_only": round(pipeline / model_only, 3),
             "first_epoch_estimate_img_s": round(1 / (1 / first_decode + 1 / pipeline), 2)}
+    if choice.device.startswith("cuda"):
+        out["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return out
 
 
 def main() -> None:
@@ -98,6 +102,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda only where present)")
+    ap.add_argument("--workers", default="1", help="DataLoader workers for the augmentation, e.g. 1,8 "
+                    "(the training engine's default is 1)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit("needs ../shared/data")
@@ -105,13 +112,18 @@ def main() -> None:
     kermany += sorted((SHARED / "kermany/train/NORMAL").iterdir())[: args.images // 2]
     fullres = sorted((SHARED / "kermany_fullres/train/PNEUMONIA").iterdir())
     runs = []
-    combos = [("cpu", "bf16"), ("cpu", "fp32")] + ([("cuda", "auto")] if torch.cuda.is_available() else [])
+    wanted = args.devices.split(",")
+    combos = [("cpu", "bf16"), ("cpu", "fp32")] if "cpu" in wanted else []
+    combos += [("cuda", "auto")] if torch.cuda.is_available() and "cuda" in wanted else []
     for device, precision in combos:
         choice = choose_device(device, precision)
-        for files, label in ((kermany, "kermany 224 px JPEG"), (fullres, "full-size JPEG (1693-2772 px)")):
-            r = run(files, label, args.batch, args.steps, choice)
-            runs.append(r)
-            print(json.dumps(r), flush=True)
+        for workers in (int(w) for w in args.workers.split(",")):
+            for files, label in ((kermany, "kermany 224 px JPEG"), (fullres, "full-size JPEG (1693-2772 px)")):
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                r = run(files, label, args.batch, args.steps, choice, workers)
+                runs.append(r)
+                print(json.dumps(r), flush=True)
     print(json.dumps({"cpus": os.cpu_count(), "torch": torch.__version__, "runs": runs}, indent=2))
 
 
