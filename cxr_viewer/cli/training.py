@@ -164,6 +164,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cxr_viewer.common.errors import UserError
     from cxr_viewer.training.evaluation import evaluate_shifted_task, evaluate_task, select_samples
 
+    if args.shifted and args.heatmap_in_lungs:
+        print("cxr-viewer evaluate: --shifted and --heatmap-in-lungs are two measurements; run one at a time",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     scorer = load_scorer("evaluate", args.model, args.device, args.precision)
     if scorer is None:
         return EXIT_BAD_INPUT

@@ -186,7 +186,8 @@ class TrainingDialog(QDialog):
         recipe = QGridLayout()
         pairs = [("Recipe", self.recipe), ("Augmentation", self.augment_strength), ("Choose on", self.select_on),
                  ("Weight EMA", self.ema), ("Intensity", self.intensity), ("Lung guidance", self.lung_guidance),
-                 ("Threshold", self.threshold_rule), ("Weight decay", self.weight_decay)]
+                 ("Threshold", self.threshold_rule), ("Weight decay", self.weight_decay),
+                 ("Aspect jitter", self.aspect_jitter)]
         for i, (label, widget) in enumerate(pairs):
             recipe.addWidget(QLabel(label, self), i // 4, (i % 4) * 2)
             recipe.addWidget(widget, i // 4, (i % 4) * 2 + 1)
@@ -299,11 +300,19 @@ class TrainingDialog(QDialog):
         self.weight_decay.setDecimals(5)
         self.weight_decay.setRange(0.0, 1.0)
         self.weight_decay.setSingleStep(0.01)
+        self.aspect_jitter = QDoubleSpinBox(self)
+        self.aspect_jitter.setDecimals(2)
+        self.aspect_jitter.setRange(0.0, 0.7)
+        self.aspect_jitter.setSingleStep(0.05)
+        self.aspect_jitter.setToolTip("Half the training images cropped on one axis to an aspect ratio within "
+                                      "exp(+-J) and resized back, so the chest's proportions vary as they do when "
+                                      "images of other shapes are squashed to the square input (0: off)")
         #: each recipe field's widget (training.recipes): applied, read and watched through this one table
         self._recipe_widgets = {"augment": self.augment, "augment_strength": self.augment_strength,
                                 "select_on": self.select_on, "ema": self.ema, "intensity": self.intensity,
                                 "lung_guidance": self.lung_guidance, "threshold_rule": self.threshold_rule,
-                                "optimizer": self.optimizer, "weight_decay": self.weight_decay}
+                                "optimizer": self.optimizer, "weight_decay": self.weight_decay,
+                                "aspect_jitter": self.aspect_jitter}
         self.apply_recipe(SHIFT_ROBUST.name)
         self._init_shown = self.init.currentData()
         self._schedule(self._init_shown)
