@@ -57,8 +57,9 @@ def test_bundled_kermany_samples_score_consistently_with_their_labels(scorer):
             scores[f.name] = (label, scorer.score(open_image(str(f)), heatmaps=False).head("pneumonia").probability)
     for name, (label, p) in scores.items():
         if name == "person21_bacteria_73_fullres.jpeg":
-            # v4 misses this one (0.26 against the threshold 0.33; v3 0.20 / 0.29, v2 0.42), as it
-            # misses 7 of the 14 full-resolution training pneumonia images in ../shared (see the card)
+            # v5 misses this one (0.24 against the threshold 0.30; v4 0.26 / 0.33, v3 0.20 / 0.29, v2
+            # 0.42), as it misses others of the 14 full-resolution training pneumonia images in ../shared
+            # (see the card)
             continue
         assert (p >= threshold) == (label == "PNEUMONIA"), (name, label, p, threshold)
     # every pneumonia sample still ranks above every normal one
@@ -129,10 +130,11 @@ def test_the_shipped_scorer_says_why_the_lung_cancer_association_is_not_shown(mo
 
 
 def test_the_shipped_heatmaps_prefer_the_lung_fields(scorer, shared_data):
-    """v4 was trained with lung guidance so that its heatmaps come from the lungs more than from the
+    """v5 was trained with lung guidance so that its heatmaps come from the lungs more than from the
     heart, mediastinum, markers and leads: on validation pneumonia images (never trained on) its
     Grad-CAM puts clearly more weight inside the anatomy model's lung outlines than an evenly spread
-    map would (measured: 1.72x the lungs' share of the image on these 80; v3, without the guidance, 1.20x)."""
+    map would (measured: 4.0x the lungs' share of the image on the 78 of these 80 that its input checks
+    let through; v4 1.72x, v3, without the guidance, 1.20x). The bar stays v4's 1.5x."""
     from cxr_viewer.ai.anatomy import AnatomyModel, default_anatomy_path
     from cxr_viewer.common.tasks import run_to_completion
     from cxr_viewer.training.evaluation import heatmap_lung_share_task, select_samples
@@ -141,5 +143,5 @@ def test_the_shipped_heatmaps_prefer_the_lung_fields(scorer, shared_data):
     pneumonia = [s for s in samples if s.labels[0] == 1]
     chosen = pneumonia[::len(pneumonia) // 80][:80]
     doc = run_to_completion(heatmap_lung_share_task(scorer, AnatomyModel.from_file(default_anatomy_path()), chosen))
-    assert doc["images"] == 80
+    assert doc["images"] >= 76  # the input checks may set a few aside (v5: 2)
     assert doc["mean_share_in_lungs"] > 1.5 * doc["lung_area_fraction"], doc

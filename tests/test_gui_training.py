@@ -106,7 +106,8 @@ def test_live_plots_report_and_use_model(qtbot, dialog, tmp_path):
     import json
 
     recorded = json.loads(Path(b.args[0]).with_suffix(".json").read_text())["training"]["config"]
-    assert (recorded["lung_guidance"], recorded["select_on"], recorded["intensity"]) == (3.0, "shifted", "equalize")
+    assert (recorded["lung_guidance"], recorded["select_on"], recorded["intensity"], recorded["aspect_jitter"]) \
+        == (3.0, "shifted", "equalize", 0.25)
 
 
 def test_the_data_s_test_split_is_evaluated_after_training(qtbot, shared_data, tmp_path):
