@@ -93,9 +93,10 @@ def test_pdf_page_shows_header_image_scores_and_notice(exported):
     Image.fromarray(page).save(SHOTS / "pdf_report_page1.png")
     h, w, _ = page.shape
     assert h > w  # A4 portrait
-    # the image area (left, below the header) is mostly dark radiograph, the page around it white
+    # the image area (left, below the header) is radiograph, greyer and far more varied than the white
+    # page around it (this light adult film: mean 200 with v5's small heatmap, under 200 with v4's wide one)
     left = page[int(h * 0.3):int(h * 0.6), int(w * 0.1):int(w * 0.5)]
-    assert left.mean() < 200 and page[:, :].mean() > 150
+    assert left.mean() < 230 and left.std() > 20 and page[:, :].mean() > 150
     # the heatmap adds colour (inferno: red/orange/yellow) to a grey radiograph
     r, g, b = (left[..., i].astype(int) for i in range(3))
     assert ((r - b) > 40).mean() > 0.01
