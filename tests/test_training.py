@@ -787,3 +787,48 @@ def test_the_shape_shifts_change_the_chest_s_proportions_as_a_squash_would():
         rows, cols = np.nonzero(out)
         h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert (w > 1.15 * h) if wider else (h > 1.15 * w), (name, h, w)
+
+
+def test_frozen_backbone_heads_keep_the_backbone_and_carry_its_input_check(tiny_root, tmp_path):
+    """`train --freeze-backbone`: the heads are fitted by patient-grouped cross-validation on the base
+    model's features; the backbone is the base model's to the bit, so its feature distance is carried
+    over to the new model (a distance of the backbone's features alone); a base without one leaves
+    none, and an older check at the output's name does not linger."""
+    from cxr_viewer.ai.gate import FeatureDistance, ood_path
+    from cxr_viewer.ai.inference import Scorer
+    from cxr_viewer.training.heads import HeadTrainConfig, train_heads
+    from model_fixtures import make_test_model
+
+    base = make_test_model(tmp_path / "base.safetensors", input_size=48)
+    base_sha = read_meta(str(base)).weights_sha256
+    rng = np.random.default_rng(0)
+    base_fd = FeatureDistance.fit(rng.normal(size=(80, 2048)).astype(np.float32), base_sha, components=8)
+    base_fd.threshold = 1.7
+    base_fd.save(ood_path(str(base)))
+    out = tmp_path / "heads.safetensors"
+
+    def cfg(**kw) -> HeadTrainConfig:
+        return HeadTrainConfig(data_dir=str(tiny_root), base_model=str(base), out=str(out), folds=2,
+                               augmented_copies=1, steps=20, bootstrap=20, device="cpu", precision="fp32",
+                               cache_dir=str(tmp_path / "cache"), **kw)
+
+    done = run_to_completion(train_heads(cfg()))
+    meta = read_meta(str(out))
+    a, b = _weights(base), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("heads."))  # the backbone, bit for bit
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("heads.pneumonia."))
+    later = meta.training["heads_trained_later"][-1]
+    assert later["heads"] == ["pneumonia"] and later["base_model_sha256"] == base_sha
+    cv = later["cross_validation"]["pneumonia"]
+    assert cv["folds"] == 2 and meta.heads["pneumonia"].trained == (cv["auroc_ci95"][0] > 0.70)
+    assert "2-fold cross-validation, grouped by patient" in done.report_text
+    assert "feature distance carried over" in done.report_text
+    fd = FeatureDistance.from_file(ood_path(str(out)))
+    assert fd.model_sha256 == meta.weights_sha256 != base_sha and fd.threshold == 1.7
+    assert np.array_equal(fd.mean, base_fd.mean) and fd.fitted_on["carried_from"] == "base.safetensors"
+    assert Scorer.from_file(str(out), "cpu", "fp32").checks.distance is not None
+    # a base model without a check: none for the new model, and the one carried before is removed
+    os.unlink(ood_path(str(base)))
+    done = run_to_completion(train_heads(cfg(seed=1)))
+    assert "no feature distance (the base model has none)" in done.report_text
+    assert not Path(ood_path(str(out))).exists()
