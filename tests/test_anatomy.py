@@ -202,3 +202,29 @@ def test_no_ctr_from_implausible_outlines():
     tiny_heart = np.stack([right, left, _box(shape, 120, 125, 95, 100)])
     assert "implausible" in ctr_problem(tiny_heart, measure_ctr(*tiny_heart))
     assert "not found" in ctr_problem(masks, None)
+
+
+@needs_model
+def test_lung_guidance_trains_on_the_cleaned_outlines_the_heatmap_share_is_measured_on():
+    """`train --lung-guidance` finds each training image's lungs with the same function as the
+    viewer and `evaluate --heatmap-in-lungs` (each lung its largest part, holes filled)."""
+    from scipy import ndimage
+
+    from cxr_viewer.ai.preprocess import normalise_intensity, resize_square
+    from cxr_viewer.io.image import open_image
+    from cxr_viewer.training.engine import lung_masks
+
+    model = AnatomyModel.from_file(default_anatomy_path())
+    paths = sorted(p for p in (REPO / "resources" / "samples").rglob("*") if p.suffix.lower() in (".png", ".jpeg"))
+    assert paths
+    units = []
+    for p in paths:
+        image = open_image(str(p))
+        norm = normalise_intensity(image.values, image.monochrome1, image.padding, PreprocessSpec())
+        units.append(np.rint(resize_square(norm, 96) * 65535.0).astype(np.uint16))
+    masks = run_to_completion(lung_masks(np.stack(units), model, batch=2))
+    assert masks.shape == (len(paths), 96, 96) and masks.dtype == np.uint8
+    expected = model.lungs_of_units(np.stack(units).astype(np.float32) / 65535.0, 96)
+    assert np.array_equal(masks.astype(bool), expected)
+    for m in masks.astype(bool):
+        assert 0.05 < m.mean() < 0.6 and ndimage.label(m)[1] <= 2 and np.array_equal(ndimage.binary_fill_holes(m), m)

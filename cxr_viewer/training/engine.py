@@ -533,18 +533,13 @@ def outside_lung_share(fmap: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:
 def lung_masks(units: np.ndarray, anatomy, cancel: CancelToken = NEVER_CANCELLED, batch: int = 32
                ) -> Generator[Progress, None, np.ndarray]:
     """(N, S, S) uint8 lung masks (both lungs, 0/1) of whole-image units (uint16, the percentile
-    window), from the anatomy model at its own size, scaled back to S."""
-    from cxr_viewer.ai.preprocess import resize_square
-
+    window): the anatomy model's outlines, cleaned as the viewer and ``evaluate --heatmap-in-lungs``
+    clean them (:meth:`AnatomyModel.lungs_of_units`), so training is guided by the lungs it is measured on."""
     n, s = len(units), units.shape[-1]
-    size = anatomy.meta.preprocessing.input_size
     out = np.zeros((n, s, s), np.uint8)
     for i in range(0, n, batch):
         cancel.raise_if_cancelled()
-        u = np.stack([resize_square(x.astype(np.float32) / 65535.0, size) for x in units[i:i + batch]])
-        p = anatomy.probabilities_units(u)
-        lungs = np.maximum(p[:, 0], p[:, 1]).astype(np.float32)
-        out[i:i + batch] = np.stack([resize_square(m, s) >= anatomy.meta.threshold for m in lungs])
+        out[i:i + batch] = anatomy.lungs_of_units(units[i:i + batch].astype(np.float32) / 65535.0, s)
         yield Progress("finding the lungs", min(i + batch, n), n)
     return out
 
