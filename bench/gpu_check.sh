@@ -5,14 +5,19 @@
 #
 #     bash bench/gpu_check.sh [OUTDIR]
 #
-# Uses the python3 on the PATH as it is (its torch, torchvision, numpy, scikit-learn, safetensors);
-# pydicom is installed from wheels in .whl/ where that python lacks it. The real images are read from
+# Uses the python3 on the PATH as it is (its torch, torchvision, numpy, scikit-learn, safetensors,
+# pydicom). Where that python lacks pydicom and the machine has no package index, put pydicom's
+# wheel in .whl/ beside this checkout's pyproject.toml (ignored by git) and it is installed from there. The real images are read from
 # ../shared/data, or from shared/data inside the checkout where only a copy travelled with it.
 set -u
 OUTDIR=$(realpath -m "${1:-${OUT:-/tmp/gpu_check}}")
 mkdir -p "$OUTDIR"
 cd "$(dirname "$0")/.."
 if ! python3 -c "import pydicom" 2>/dev/null; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "gpu_check: this python has no pydicom: pip install pydicom, or put its wheel in .whl/" >&2
+        exit 1
+    fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
@@ -24,6 +29,7 @@ fi
 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py -rs --durations=10 2>&1 | tee "$OUTDIR/test_cuda.txt"
 tests_rc=${PIPESTATUS[0]}
 python3 bench/inference.py --devices cuda --images 256 --batch 32 2>&1 | tee "$OUTDIR/bench_inference.txt"
-python3 bench/training.py --devices cuda --images 128 --batch 64 --steps 12 --workers 1,8 2>&1 | tee "$OUTDIR/bench_training.txt"
+# 1,024 images at batch 64: 16 batches an epoch, so 8 loader workers all have work
+python3 bench/training.py --devices cuda --images 1024 --batch 64 --steps 48 --workers 1,8 2>&1 | tee "$OUTDIR/bench_training.txt"
 echo "tests rc=$tests_rc"
 exit "$tests_rc"

@@ -129,6 +129,16 @@ def lung_box_cost(scorer: Scorer, files: list[Path]) -> dict:
     return out
 
 
+def devices_wanted(text: str) -> list[str]:
+    """--devices: cpu and/or cuda; asking for CUDA alone where there is none is an error, not an empty report."""
+    wanted = [d for d in text.split(",") if d]
+    if not wanted or set(wanted) - {"cpu", "cuda"}:
+        sys.exit(f"--devices: cpu and/or cuda, not {text!r}")
+    if wanted == ["cuda"] and not torch.cuda.is_available():
+        sys.exit("--devices cuda: no CUDA device here")
+    return wanted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=default_model_path())
@@ -145,7 +155,7 @@ def main() -> None:
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "runs": []}
-    wanted = args.devices.split(",")
+    wanted = devices_wanted(args.devices)
     combos = [("cpu", "fp32"), ("cpu", "bf16")] if "cpu" in wanted else []
     if torch.cuda.is_available() and "cuda" in wanted:
         combos += [("cuda", "auto")]

@@ -1,9 +1,11 @@
 """Training benchmark: images/s of the full pipeline (decoded-and-resized cache, augmentation in a
 DataLoader worker, forward/backward/step) beside the model-only step on in-memory tensors, same
 device and precision; first (uncached: JPEG decode) and cached epochs; Kermany 224 px and
-full-size JPEGs.
+full-size JPEGs. The augmentation is the recipe's (the shipped model's shift-robust by default:
+strong, equalised, aspect jitter; the lung masks of lung guidance are not made here).
 
-    python bench/training.py [--images 128] [--batch 16] [--steps 6]
+    python bench/training.py [--images 128] [--batch 16] [--steps 6] [--devices cpu,cuda]
+                             [--workers 1,8] [--recipe shift-robust|basic]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from cxr_viewer.common.tasks import NEVER_CANCELLED, run_to_completion  # noqa: 
 from cxr_viewer.training.data import PreprocessCache, Sample  # noqa: E402
 from cxr_viewer.training.engine import ArrayDataset, masked_bce, prepare_images  # noqa: E402
 
+from bench.inference import devices_wanted  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 
 
@@ -53,8 +57,12 @@ def step_rate(model, opt, loader_iter, steps, choice) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def run(files: list[Path], label: str, batch: int, steps: int, choice, workers: int = 1) -> dict:
-    spec = PreprocessSpec()
+def run(files: list[Path], label: str, batch: int, steps: int, choice, workers: int = 1,
+        recipe: str = "shift-robust") -> dict:
+    from cxr_viewer.training.recipes import RECIPES
+
+    r = RECIPES[recipe].fields
+    spec = PreprocessSpec(intensity=r["intensity"]) if r["intensity"] else PreprocessSpec()
     cache_dir = tempfile.mkdtemp(prefix="cxr-bench-cache-")
     samples = [Sample(str(f), (int("PNEUMONIA" in str(f)), None), f.stem, "x") for f in files]
     try:
@@ -70,9 +78,10 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice, workers: 
     model = CxrNet().to(choice.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     model.train()
-    ds = ArrayDataset(imgs, labels, spec, augment=True)
+    # the recipe's augmentation (strength, equalisation, aspect jitter); lung masks are not made here
+    ds = ArrayDataset(imgs, labels, spec, r["augment"], r["augment_strength"], None, r["aspect_jitter"])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                         persistent_workers=True)
+                                         persistent_workers=workers > 0)
 
     def forever(dl):
         while True:
@@ -88,6 +97,7 @@ def run(files: list[Path], label: str, batch: int, steps: int, choice, workers: 
 
     model_only = step_rate(model, opt, same(), steps, choice)
     out = {"images": label, "n": len(samples), "device": choice.label, "batch": batch, "loader_workers": workers,
+           "recipe": recipe,
             "first_epoch_decode_img_s": round(first_decode, 1), "cached_load_img_s": round(cached_load, 1),
             "cached_pipeline_step_img_s": round(pipeline, 2), "model_only_step_img_s": round(model_only, 2),
             "cached_vs_model_only": round(pipeline / model_only, 3),
@@ -105,14 +115,16 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda only where present)")
     ap.add_argument("--workers", default="1", help="DataLoader workers for the augmentation, e.g. 1,8 "
                     "(the training engine's default is 1)")
+    ap.add_argument("--recipe", default="shift-robust", help="the augmentation of this training recipe "
+                    "(shift-robust, the shipped model's, or basic)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit("needs ../shared/data")
+    wanted = devices_wanted(args.devices)
     kermany = sorted((SHARED / "kermany/train/PNEUMONIA").iterdir())[: args.images // 2]
     kermany += sorted((SHARED / "kermany/train/NORMAL").iterdir())[: args.images // 2]
     fullres = sorted((SHARED / "kermany_fullres/train/PNEUMONIA").iterdir())
     runs = []
-    wanted = args.devices.split(",")
     combos = [("cpu", "bf16"), ("cpu", "fp32")] if "cpu" in wanted else []
     combos += [("cuda", "auto")] if torch.cuda.is_available() and "cuda" in wanted else []
     for device, precision in combos:
@@ -121,7 +133,7 @@ def main() -> None:
             for files, label in ((kermany, "kermany 224 px JPEG"), (fullres, "full-size JPEG (1693-2772 px)")):
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                r = run(files, label, args.batch, args.steps, choice, workers)
+                r = run(files, label, args.batch, args.steps, choice, workers, args.recipe)
                 runs.append(r)
                 print(json.dumps(r), flush=True)
     print(json.dumps({"cpus": os.cpu_count(), "torch": torch.__version__, "runs": runs}, indent=2))

@@ -35,7 +35,7 @@ TOL = 0.02  # probability, bf16 autocast vs fp32 (the CPU bf16 test uses the sam
 @pytest.fixture(scope="module")
 def kermany_data() -> Path:
     """../shared/data, of which only kermany/train is read here (a GPU machine may get only that)."""
-    if not (td.SHARED_DATA / "kermany" / "train" / "NORMAL").is_dir():
+    if not all((td.SHARED_DATA / "kermany" / "train" / c).is_dir() for c in ("NORMAL", "PNEUMONIA")):
         pytest.skip(f"../shared/data is missing: kermany/train not found under {td.SHARED_DATA}")
     return td.SHARED_DATA
 
@@ -76,7 +76,12 @@ def test_bundled_model_scores_alike_on_cuda(scorers):
         assert b.device.startswith("CUDA"), b.device
         for ha, hb in zip(a.heads, b.heads):
             assert (ha.head, ha.available) == (hb.head, hb.available)
-            assert ha.status == hb.status, (f.name, ha.head, ha.status, hb.status, ha.reason, hb.reason)
+            # the one slack: an image at the feature distance's limit (test_feature_distance_alike_on_cuda
+            # holds the two distances together there)
+            assert ha.status == hb.status or "feature distance" in f"{ha.reason} {hb.reason}", (
+                f.name, ha.head, ha.status, hb.status, ha.reason, hb.reason)
+            if ha.status != hb.status:
+                continue
             if ha.probability is None:
                 assert hb.probability is None
                 continue
@@ -152,8 +157,9 @@ def test_training_on_cuda_writes_a_model_the_cpu_scores(kermany_data, tmp_path):
     meta = read_meta(done.model_path)
     assert meta.training["config"]["device"] == "cuda"
     s = Scorer.from_file(done.model_path, "cpu", "fp32")
-    r = s.score(open_image(str(_sample_files()[0])), heatmaps=True)
-    assert r.head("pneumonia").probability is not None or r.head("pneumonia").status != "scored"
+    r = s.score(open_image(str(_sample_files()[0])), heatmaps=True).head("pneumonia")
+    assert r.status != "scored" or (r.probability is not None and 0.0 <= r.probability <= 1.0), (
+        r.status, r.probability)
 
 
 def test_fp16_training_step_on_cuda(kermany_data, tmp_path):

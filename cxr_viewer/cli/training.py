@@ -258,10 +258,11 @@ def _add_train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--no-input-check", action="store_true",
                    help="do not fit the model's feature-distance input check after training (about 2 min on 2 cores)")
     p.add_argument("--recipe", choices=tuple(RECIPES),
-                   help="shift-robust: as the shipped model was made (strong augmentation, EMA, equalised input, "
-                        "lung guidance, chosen on shifted copies, threshold at sensitivity 0.95); basic: the first "
-                        "model's. The options below override it. The shipped versions were fine-tuned from the "
-                        "one before with --lr 1e-4 --epochs 3 --batch-size 32 --early-stopping 0")
+                   help="shift-robust: as the shipped model was made (strong augmentation, aspect jitter 0.25, EMA, "
+                        "equalised input, lung guidance, chosen on shifted copies, threshold at sensitivity 0.95); "
+                        "basic: the first model's. The options below override it. The schedule is not part of a "
+                        "recipe: v5 was trained from scratch (18 epochs, --lr 1e-3) and fine-tuned (12 epochs, "
+                        "--lr 3e-4); the model card has the commands")
     p.add_argument("--augment-strength", choices=("standard", "strong"),
                    help="strong: also processing curves, blur, edge enhancement, noise, collimation, wider zoom "
                         "(default standard)")

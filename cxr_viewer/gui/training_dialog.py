@@ -353,7 +353,7 @@ class TrainingDialog(QDialog):
 
     def _schedule(self, init: str | None) -> None:
         """Fine-tuning a cxr_viewer model (the current one, or a file with its description beside
-        it): the schedule that made each shipped version from the one before; from scratch or from
+        it): the short fine-tuning schedule (v4's from v3); from scratch or from
         other weights (e.g. ImageNet's, whose heads are new): the scratch schedule."""
         from cxr_viewer.ai.model import sidecar_path
 

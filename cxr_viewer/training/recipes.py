@@ -49,9 +49,9 @@ BASIC = Recipe(
 RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in (SHIFT_ROBUST, BASIC)})
 
 #: fine-tuning a trained model (the training dialog's default with a model as the start): short
-#: enough for a workstation's CPU (3 epochs of 4,694 images: about 13 min on 2 cores). v2-v4 were made
-#: this way from the version before; v5 was trained from scratch on a GPU and fine-tuned for 12
-#: epochs at lr 3e-4 (its card gives the commands)
+#: enough for a workstation's CPU (3 epochs of 4,694 images: about 17 min on 2 cores with lung
+#: guidance). v4 was made this way from v3 (v2 and v3 the same at lr 3e-4); v5 was trained from
+#: scratch on a GPU and fine-tuned for 12 epochs at lr 3e-4 (its card gives the commands)
 FINE_TUNE_SCHEDULE: Mapping[str, Any] = MappingProxyType({"lr": 1e-4, "epochs": 3, "batch_size": 32,
                                                           "early_stopping": 0})
 #: training from scratch (the training dialog's defaults)
