@@ -244,6 +244,14 @@ def ood_path(model_path: str) -> str:
     return root + ".ood.safetensors"
 
 
+def remove_feature_distance(model_path: str) -> None:
+    """Remove the feature distance beside a model (weights and description), if there is one."""
+    path = ood_path(model_path)
+    for f in (path, sidecar_path(path)):
+        if os.path.exists(f):
+            os.unlink(f)
+
+
 @dataclass
 class FeatureDistance:
     """Mahalanobis distance of pooled features in a PCA space, fitted for one model."""
@@ -314,6 +322,20 @@ class FeatureDistance:
                    dict(f.obj("fitted_on").doc))
 
 
+def feature_distance_of(model_path: str, model_sha256: str) -> tuple[FeatureDistance | None, str]:
+    """The feature distance beside a model and fitted for these weights, or None and why not."""
+    path = ood_path(model_path) if model_path else ""
+    if not path or not os.path.exists(path):
+        return None, "no feature-distance check was fitted for this model"
+    try:
+        fd = FeatureDistance.from_file(path)
+    except ModelFileError as exc:
+        return None, f"feature-distance check not used: {exc}"
+    if fd.model_sha256 != model_sha256:
+        return None, "feature-distance check not used: it was fitted for another model"
+    return fd, ""
+
+
 def default_gate_path() -> str:
     """$CXR_VIEWER_GATE if set, else ``models/intended_use.safetensors``."""
     return os.environ.get("CXR_VIEWER_GATE") or str(models_dir() / GATE_FILE)
@@ -338,20 +360,9 @@ class InputChecks:
             checks.gate = Gate.from_file(default_gate_path())
         except ModelFileError as exc:
             checks.gate_problem = f"the input check cannot be used ({exc})"
-        path = ood_path(model_path) if model_path else ""
-        if path and os.path.exists(path):
-            try:
-                fd = FeatureDistance.from_file(path)
-            except ModelFileError as exc:
-                checks.distance_note = f"feature-distance check not used: {exc}"
-            else:
-                if fd.model_sha256 != meta.weights_sha256:
-                    checks.distance_note = "feature-distance check not used: it was fitted for another model"
-                else:
-                    checks.distance = fd
-                    checks.distance_heads = tuple(h for h, u in checks.uses.items() if u.population == "children")
-        else:
-            checks.distance_note = "no feature-distance check was fitted for this model"
+        checks.distance, checks.distance_note = feature_distance_of(model_path, meta.weights_sha256)
+        if checks.distance is not None:
+            checks.distance_heads = tuple(h for h, u in checks.uses.items() if u.population == "children")
         return checks
 
     def header_reasons(self, image_meta) -> dict[str, str | None]:

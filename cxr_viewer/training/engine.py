@@ -833,16 +833,10 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
     they are and three shifts each), written atomically beside the model; returns the report's line.
     A feature distance left from an older model at that name is removed first. The model is
     complete before this starts: a cancel or a failure here only leaves it without one."""
-    from cxr_viewer.ai.gate import ood_path
+    from cxr_viewer.ai.gate import ood_path, remove_feature_distance
 
     path = ood_path(cfg.out)
-
-    def remove_check() -> None:
-        for f in (path, sidecar_path(path)):
-            if os.path.exists(f):
-                os.unlink(f)
-
-    remove_check()  # it belonged to the model this one replaced
+    remove_feature_distance(cfg.out)  # it belonged to the model this one replaced
     kids = [s.path for s in train_s if s.label("pneumonia") is not None]
     val = [s.path for s in val_s if s.label("pneumonia") is not None]
     why = ("" if head_trained else "the pneumonia head is not available") if cfg.input_check else "not asked for"
@@ -871,7 +865,7 @@ def fit_input_check(cfg: TrainConfig, train_s: list[Sample], val_s: list[Sample]
             return (f"input check: feature distance fitted on {len(kids)} training images (limit {fd.threshold:.2f}: "
                     f"{fd.fitted_on['validation_children_passed'].get('none', 0):.1%} of the validation images as "
                     f"they are pass) -> {os.path.basename(path)}")
-    remove_check()  # a save that failed half-way
+    remove_feature_distance(cfg.out)  # a save that failed half-way
     return (f"input check: no feature distance fitted ({why}); the image check alone decides which images "
             "this model scores")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generator
 
 import numpy as np
@@ -196,58 +196,36 @@ def train_heads(cfg: HeadTrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> 
     report_path = os.path.splitext(cfg.out)[0] + ".heads.report.json"
     report = json.dumps({"notice": "Research use only. Not for diagnostic use.",
                          "split": f"{cfg.folds}-fold cross-validation", "heads": reports}, indent=2)
-    carried = _base_input_check(cfg.base_model, base_sha)  # read before the output may replace the base
     write_model_files(model.cpu(), meta, cfg.out, report_writers(report_path, report, reports, cfg.out))
-    texts.append(_carry_input_check(carried, cfg, meta.weights_sha256))
+    texts.append(_carry_input_check(cfg, base_sha, meta.weights_sha256))
     return DoneEvent(cfg.out, report_path, -1, False, "\n\n".join(texts))
 
 
-def _base_input_check(base_model: str, base_sha: str):
-    """The base model's feature distance (:class:`FeatureDistance`), or the reason there is none."""
-    from cxr_viewer.ai.gate import FeatureDistance, ood_path
-
-    path = ood_path(base_model)
-    if not os.path.exists(path):
-        return "the base model has none"
-    try:
-        fd = FeatureDistance.from_file(path)
-    except UserError as exc:
-        return f"the base model's cannot be read: {exc}"
-    if fd.model_sha256 != base_sha:
-        return "the base model's was fitted for another model"
-    return fd
-
-
-def _carry_input_check(carried, cfg: HeadTrainConfig, new_sha: str) -> str:
+def _carry_input_check(cfg: HeadTrainConfig, base_sha: str, new_sha: str) -> str:
     """Beside the new model: the base model's feature distance, unchanged but for the model it belongs
     to. It measures the backbone's pooled features only, and the backbone is frozen here, so every
     distance and its limit are the base model's. An older check at the output's name is removed
-    first; a failed write leaves none (the model is whole either way); returns the report's line."""
-    from cxr_viewer.ai.gate import ood_path
-    from cxr_viewer.ai.model import sidecar_path
+    first; a failed write leaves none (the model is whole either way); returns the report's line.
+    The base's check is read before anything is removed (the output may be the base model's name)."""
+    from cxr_viewer.ai.gate import feature_distance_of, ood_path, remove_feature_distance
 
-    path = ood_path(cfg.out)
-
-    def remove_check() -> None:
-        for f in (path, sidecar_path(path)):
-            if os.path.exists(f):
-                os.unlink(f)
-
-    why = carried if isinstance(carried, str) else ""
+    fd, why = feature_distance_of(cfg.base_model, base_sha)
+    if fd is None and not os.path.exists(ood_path(cfg.base_model)):
+        why = "the base model has none"
     try:
-        remove_check()
-        if not why:
-            carried.model_sha256 = new_sha
-            carried.fitted_on = {**carried.fitted_on, "carried_from": os.path.basename(cfg.base_model),
-                                 "carried_because": "the backbone is frozen: its features, the distance and "
-                                                    "its limit are the base model's"}
-            carried.save(path)
+        remove_feature_distance(cfg.out)
+        if fd is not None:
+            fd = replace(fd, model_sha256=new_sha, fitted_on={
+                **fd.fitted_on, "carried_from": os.path.basename(cfg.base_model),
+                "carried_because": "the backbone is frozen: its features, the distance and its limit are the "
+                                   "base model's"})
+            fd.save(ood_path(cfg.out))
             return (f"input check: the base model's feature distance carried over (the backbone is frozen; limit "
-                    f"{carried.threshold:.2f}) -> {os.path.basename(path)}")
+                    f"{fd.threshold:.2f}) -> {os.path.basename(ood_path(cfg.out))}")
     except OSError as exc:
         why = f"cannot write it: {exc.strerror or exc}"
         try:
-            remove_check()
+            remove_feature_distance(cfg.out)
         except OSError:
             pass
     return (f"input check: no feature distance ({why}); the image check alone decides which images "
